@@ -1,0 +1,1 @@
+"""The HTTP gateway: takes votes, makes them durable (Kafka or the local spill), answers fast."""

@@ -1,0 +1,84 @@
+"""``python -m gateway``: serve the vote API with granian (RSGI, uvloop).
+
+The main process prepares prometheus_client's multiprocess directory, serves the merged
+metrics on ``VOTE_METRICS_PORT``, records its pid under ``<stack>/run/`` (so
+``deploy/local/stack down`` can stop it) and hands the workers to granian.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import sys
+
+from core import settings as settings_mod
+from gateway.config import GatewaySettings
+
+
+def _prepare_metrics_dir(settings: GatewaySettings) -> None:
+    # Must happen before prometheus_client is imported anywhere in this process or in
+    # the workers (they inherit the environment).
+    shutil.rmtree(settings.metrics_dir, ignore_errors=True)
+    os.makedirs(settings.metrics_dir, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = settings.metrics_dir
+
+
+def _serve_metrics(settings: GatewaySettings) -> None:
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    start_http_server(settings.metrics_port, settings.http_host, registry)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gateway", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the settings read from VOTE_* (secrets masked) and exit")
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_mod.load(GatewaySettings)
+    except (settings_mod.ConfigError, ValueError) as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(json.dumps(settings_mod.describe(settings), indent=2))
+        return 0
+
+    from granian import Granian
+    from granian.constants import Interfaces, Loops
+
+    _prepare_metrics_dir(settings)
+    _serve_metrics(settings)
+    run_dir = os.path.join(settings.stack_dir, "run")
+    os.makedirs(run_dir, exist_ok=True)
+    pid_file = os.path.join(run_dir, f"gateway-{settings.http_port}.pid")
+    with open(pid_file, "w") as fh:
+        fh.write(f"{os.getpid()}\n")
+    try:
+        Granian(
+            "gateway.app:VoteGateway",
+            address=settings.http_host,
+            port=settings.http_port,
+            interface=Interfaces.RSGI,
+            loop=Loops.uvloop,
+            workers=settings.workers,
+            factory=True,
+            backlog=4096,
+            log_access=False,
+            respawn_failed_workers=True,
+            workers_kill_timeout=15,
+        ).serve()
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(pid_file)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

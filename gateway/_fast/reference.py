@@ -1,0 +1,338 @@
+"""Pure-Python reference of ``gateway._fast`` — the test oracle for the compiled core.
+
+Every public name here has the same signature and the same observable behaviour as the
+one in ``_core.pyx``; ``tests/unit/test_fast_*.py`` run one body of tests against both
+and hypothesis checks that they agree on arbitrary input. Keep this module obvious rather
+than fast: when the two disagree, this one is presumed right.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+from collections import OrderedDict
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+# Why a token was refused; also the label of vote_token_rejections_total{reason}.
+TOKEN_REASONS = (
+    "malformed",  # not three base64url parts / header or claims not a JSON object
+    "unsupported_alg",  # alg is none or not HS256/EdDSA, or a crit header is present
+    "unknown_kid",  # no live key with that kid
+    "alg_mismatch",  # alg does not match the kind of the key named by kid
+    "bad_signature",
+    "missing_claim",  # sub, aud, exp or jti absent or of the wrong type
+    "wrong_audience",  # aud does not name this election
+    "expired",  # now > exp + leeway
+    "not_yet_valid",  # now < nbf - leeway
+)
+
+_ALG_FOR_KTY = {"oct": "HS256", "OKP": "EdDSA"}
+
+
+class TokenError(Exception):
+    """A token was refused; ``reason`` is one of ``TOKEN_REASONS``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def b64url_decode(data: str | bytes) -> bytes:
+    """Strict unpadded base64url (RFC 7515 §2); raises ValueError on anything else."""
+    if isinstance(data, str):
+        try:
+            data = data.encode("ascii")
+        except UnicodeEncodeError:
+            raise ValueError("non-ascii base64url") from None
+    if len(data) % 4 == 1 or b"=" in data:
+        raise ValueError("bad base64url length or padding")
+    try:
+        return base64.b64decode(
+            data + b"=" * (-len(data) % 4), altchars=b"-_", validate=True
+        )
+    except binascii.Error as exc:
+        raise ValueError(str(exc)) from None
+
+
+def b64url_encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+class KeyRing:
+    """The live verification keys, built from a JWKS-style document.
+
+    ``{"keys": [{"kid", "kty": "oct", "k"} | {"kid", "kty": "OKP", "crv": "Ed25519", "x"}]}``
+    Several kids may be live at once (rotation). A key's optional ``alg`` must agree with
+    its kind; unknown kinds are refused at load so a bad file fails at start, not per vote.
+    """
+
+    def __init__(self, jwks: dict[str, Any]) -> None:
+        self._keys: dict[str, tuple[str, Any]] = {}
+        for jwk in jwks.get("keys", []):
+            kid = jwk.get("kid")
+            kty = jwk.get("kty")
+            if not isinstance(kid, str) or not kid:
+                raise ValueError("every key needs a non-empty kid")
+            if kty not in _ALG_FOR_KTY:
+                raise ValueError(f"key {kid!r}: unsupported kty {kty!r}")
+            alg = _ALG_FOR_KTY[kty]
+            if jwk.get("alg", alg) != alg:
+                raise ValueError(f"key {kid!r}: alg {jwk['alg']!r} does not fit kty {kty}")
+            if kty == "oct":
+                secret = b64url_decode(jwk["k"])
+                if len(secret) < 32:
+                    raise ValueError(f"key {kid!r}: HS256 secret shorter than 32 bytes")
+                material: Any = secret
+            else:
+                if jwk.get("crv") != "Ed25519":
+                    raise ValueError(f"key {kid!r}: only crv Ed25519 is supported")
+                raw = b64url_decode(jwk["x"])
+                if len(raw) != 32:
+                    raise ValueError(f"key {kid!r}: Ed25519 x must be 32 bytes")
+                material = Ed25519PublicKey.from_public_bytes(raw)
+            self._keys[kid] = (alg, material)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def kids(self) -> list[str]:
+        return sorted(self._keys)
+
+    def get(self, kid: str) -> tuple[str, Any] | None:
+        return self._keys.get(kid)
+
+
+def _json_object(segment: str) -> dict[str, Any]:
+    try:
+        value = json.loads(b64url_decode(segment))
+    except (ValueError, UnicodeDecodeError):
+        raise TokenError("malformed") from None
+    if not isinstance(value, dict):
+        raise TokenError("malformed")
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def verify_token(
+    token: str, keys: KeyRing, audience: str, now: float, leeway: float
+) -> tuple[str, str, int]:
+    """Verify a compact JWS and its claims; return ``(sub, jti, exp)``.
+
+    Checks in this order, so the cheap refusals come first and an attacker learns
+    nothing from timing: shape, header (alg/kid/crit), signature (constant time),
+    then claims (sub, jti, exp, aud, nbf with ``leeway`` seconds of clock skew).
+    """
+    if not isinstance(token, str) or token.count(".") != 2:
+        raise TokenError("malformed")
+    header_b64, claims_b64, sig_b64 = token.split(".")
+    header = _json_object(header_b64)
+    alg = header.get("alg")
+    if alg not in ("HS256", "EdDSA") or "crit" in header:
+        raise TokenError("unsupported_alg")
+    kid = header.get("kid")
+    if not isinstance(kid, str):
+        raise TokenError("unknown_kid")
+    key = keys.get(kid)
+    if key is None:
+        raise TokenError("unknown_kid")
+    key_alg, material = key
+    if alg != key_alg:
+        raise TokenError("alg_mismatch")
+    try:
+        signature = b64url_decode(sig_b64)
+    except ValueError:
+        raise TokenError("malformed") from None
+    signing_input = f"{header_b64}.{claims_b64}".encode("ascii", "replace")
+    if alg == "HS256":
+        expected = hmac.new(material, signing_input, hashlib.sha256).digest()
+        if not hmac.compare_digest(expected, signature):
+            raise TokenError("bad_signature")
+    else:
+        try:
+            material.verify(signature, signing_input)
+        except InvalidSignature:
+            raise TokenError("bad_signature") from None
+    claims = _json_object(claims_b64)
+    sub = claims.get("sub")
+    jti = claims.get("jti")
+    exp = claims.get("exp")
+    aud = claims.get("aud")
+    if not isinstance(sub, str) or not sub or not isinstance(jti, str) or not _is_number(exp):
+        raise TokenError("missing_claim")
+    if isinstance(aud, str):
+        aud_ok = aud == audience
+    elif isinstance(aud, list):
+        aud_ok = audience in aud
+    else:
+        raise TokenError("missing_claim")
+    if not aud_ok:
+        raise TokenError("wrong_audience")
+    if now > exp + leeway:
+        raise TokenError("expired")
+    nbf = claims.get("nbf")
+    if nbf is not None:
+        if not _is_number(nbf):
+            raise TokenError("missing_claim")
+        if now < nbf - leeway:
+            raise TokenError("not_yet_valid")
+    return sub, jti, int(exp)
+
+
+class IdempotencyCache:
+    """Bounded map ``vote_id -> (content digest, first answer)``, least recently used out.
+
+    A retry with the same digest gets the stored answer back; the same vote_id with
+    another digest is a conflict (409). Bounded so a flood of fresh vote_ids costs a
+    fixed amount of memory; an evicted vote_id is still deduplicated by the processor.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self.capacity = capacity
+        self._entries: OrderedDict[str, tuple[bytes, object]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, vote_id: str) -> tuple[bytes, object] | None:
+        entry = self._entries.get(vote_id)
+        if entry is not None:
+            self._entries.move_to_end(vote_id)
+        return entry
+
+    def put(self, vote_id: str, digest: bytes, answer: object) -> None:
+        """Store the first answer for vote_id; a later put for the same id is ignored."""
+        if vote_id in self._entries:
+            return
+        self._entries[vote_id] = (digest, answer)
+        if len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+
+    def discard(self, vote_id: str) -> None:
+        self._entries.pop(vote_id, None)
+
+
+class RateLimiter:
+    """Token buckets keyed by a string (client address or voter id), bounded in count.
+
+    Each key may spend ``burst`` requests at once and regains ``rate`` per second.
+    ``acquire`` returns 0.0 when the request may go ahead, otherwise the seconds until
+    one token is back (the ``Retry-After``). Least recently seen keys are dropped past
+    ``capacity``: a dropped key starts again with a full bucket, which errs on letting a
+    voter in rather than locking one out.
+    """
+
+    def __init__(self, rate: float, burst: float, capacity: int) -> None:
+        if rate <= 0 or burst < 1 or capacity < 1:
+            raise ValueError("rate must be > 0, burst >= 1, capacity >= 1")
+        self.rate = float(rate)
+        self.burst = float(burst)
+        self.capacity = capacity
+        self._buckets: OrderedDict[str, list[float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def acquire(self, key: str, now: float) -> float:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = [self.burst, now]
+            self._buckets[key] = bucket
+            if len(self._buckets) > self.capacity:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(key)
+            elapsed = now - bucket[1]
+            if elapsed > 0:
+                bucket[0] = min(self.burst, bucket[0] + elapsed * self.rate)
+                bucket[1] = now
+        if bucket[0] >= 1.0:
+            bucket[0] -= 1.0
+            return 0.0
+        return (1.0 - bucket[0]) / self.rate
+
+
+def _msgpack_str(value: str) -> bytes:
+    data = value.encode("utf-8")
+    n = len(data)
+    if n < 32:
+        return bytes((0xA0 | n,)) + data
+    if n < 0x100:
+        return b"\xd9" + bytes((n,)) + data
+    if n < 0x10000:
+        return b"\xda" + n.to_bytes(2, "big") + data
+    return b"\xdb" + n.to_bytes(4, "big") + data
+
+
+def _msgpack_uint(value: int) -> bytes:
+    if value < 0:
+        raise ValueError("received_at_us must be >= 0")
+    if value < 0x80:
+        return bytes((value,))
+    if value < 0x100:
+        return b"\xcc" + bytes((value,))
+    if value < 0x10000:
+        return b"\xcd" + value.to_bytes(2, "big")
+    if value < 0x100000000:
+        return b"\xce" + value.to_bytes(4, "big")
+    return b"\xcf" + value.to_bytes(8, "big")
+
+
+def encode_event(
+    vote_id: str,
+    election_id: str,
+    voter_id: str,
+    choice: str,
+    received_at_us: int,
+    gateway_id: str,
+) -> bytes:
+    """The msgpack event of DESIGN §6, byte-identical to ``core.event.encode``."""
+    return b"".join(
+        (
+            b"\x87",
+            _msgpack_str("v"),
+            b"\x01",
+            _msgpack_str("vote_id"),
+            _msgpack_str(vote_id),
+            _msgpack_str("election_id"),
+            _msgpack_str(election_id),
+            _msgpack_str("voter_id"),
+            _msgpack_str(voter_id),
+            _msgpack_str("choice"),
+            _msgpack_str(choice),
+            _msgpack_str("received_at_us"),
+            _msgpack_uint(received_at_us),
+            _msgpack_str("gateway_id"),
+            _msgpack_str(gateway_id),
+        )
+    )
+
+
+def sign_receipt(
+    key: bytes,
+    vote_id: str,
+    election_id: str,
+    voter_id: str,
+    choice: str,
+    received_at_us: int,
+) -> str:
+    """``r1.<base64url HMAC-SHA256>`` over the vote's identity, fields joined by 0x1f.
+
+    0x1f (unit separator) cannot occur in any field the gateway accepts, so two
+    different votes cannot share a signed message.
+    """
+    message = "\x1f".join(
+        (election_id, vote_id, voter_id, choice, str(received_at_us))
+    ).encode("utf-8")
+    return "r1." + b64url_encode(hmac.new(key, message, hashlib.sha256).digest())
+

@@ -1,0 +1,225 @@
+"""Admin path for operators and tests: keys, elections, test tokens.
+
+    python -m gateway.admin init-keys
+    python -m gateway.admin create-election --election E --candidates a,b,c [--policy first_wins]
+    python -m gateway.admin mint --election E --voters N --out votes.jsonl [--alg HS256|EdDSA]
+    python -m gateway.admin token --election E --voter V
+
+In production tokens come from the identity service; ``mint`` stands in for it so that
+tests and benchmarks can sign votes with the same keys the gateway trusts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import jwt
+import psycopg
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from core import settings as settings_mod
+from gateway._fast.reference import b64url_decode, b64url_encode
+from gateway.config import GatewaySettings
+
+POLICIES = ("first_wins", "last_wins")
+
+
+def keys_dir(settings: GatewaySettings) -> str:
+    return os.path.dirname(settings.jwks_file)
+
+
+def init_keys(settings: GatewaySettings, *, rotate: bool = False) -> dict[str, str]:
+    """Create the verification keys, the issuer's private keys and the receipt key.
+
+    Idempotent: existing keys are kept unless ``rotate``, which adds a new kid of each
+    kind beside the old ones (tokens signed with either stay valid — rotation).
+    """
+    directory = keys_dir(settings)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    issuer_file = os.path.join(directory, "issuer.json")
+    if os.path.exists(issuer_file) and not rotate:
+        return {"jwks": settings.jwks_file, "issuer": issuer_file,
+                "receipt": settings.receipt_key_file}
+    issuer: dict[str, Any] = {"keys": []}
+    if os.path.exists(issuer_file):
+        with open(issuer_file) as fh:
+            issuer = json.load(fh)
+    generation = len(issuer["keys"]) // 2 + 1
+    ed = Ed25519PrivateKey.generate()
+    issuer["keys"] += [
+        {"kid": f"hs-{generation}", "kty": "oct", "alg": "HS256",
+         "k": b64url_encode(os.urandom(32))},
+        {"kid": f"ed-{generation}", "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA",
+         "x": b64url_encode(ed.public_key().public_bytes(serialization.Encoding.Raw,
+                                                         serialization.PublicFormat.Raw)),
+         "d": b64url_encode(ed.private_bytes(serialization.Encoding.Raw,
+                                             serialization.PrivateFormat.Raw,
+                                             serialization.NoEncryption()))},
+    ]
+    # The gateway's file holds no Ed25519 private part. (HS256 is symmetric: its
+    # secret is necessarily in both.)
+    public = {"keys": [{k: v for k, v in key.items() if k != "d"} for key in issuer["keys"]]}
+    _write_private(issuer_file, json.dumps(issuer, indent=2).encode())
+    _write_private(settings.jwks_file, json.dumps(public, indent=2).encode())
+    if not os.path.exists(settings.receipt_key_file):
+        _write_private(settings.receipt_key_file, os.urandom(32))
+    return {"jwks": settings.jwks_file, "issuer": issuer_file,
+            "receipt": settings.receipt_key_file}
+
+
+def _write_private(path: str, data: bytes) -> None:
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+def create_election(dsn: str, election_id: str, candidates: Sequence[str],
+                    policy: str = "first_wins", *, title: str = "",
+                    opens_at: float | None = None, closes_at: float | None = None) -> None:
+    """Create or update an election and its candidates (upsert)."""
+    if policy not in POLICIES and not policy.startswith("max_votes:"):
+        raise ValueError(f"unknown policy {policy!r}")
+    with psycopg.connect(dsn) as conn:
+        conn.execute(
+            """
+            INSERT INTO elections (election_id, title, policy, opens_at, closes_at)
+            VALUES (%s, %s, %s, coalesce(to_timestamp(%s), '-infinity'),
+                    coalesce(to_timestamp(%s), 'infinity'))
+            ON CONFLICT (election_id) DO UPDATE
+               SET title = excluded.title, policy = excluded.policy,
+                   opens_at = excluded.opens_at, closes_at = excluded.closes_at,
+                   updated_at = now()
+            """,
+            (election_id, title, policy, opens_at, closes_at),
+        )
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO candidates (election_id, candidate_id, name) VALUES (%s, %s, %s)"
+                " ON CONFLICT DO NOTHING",
+                [(election_id, c, c) for c in candidates],
+            )
+
+
+def _load_issuer(issuer_file: str) -> dict[str, dict[str, Any]]:
+    with open(issuer_file) as fh:
+        return {k["alg"]: k for k in json.load(fh)["keys"]}  # the newest key of each alg
+
+
+def _signing_key(jwk: dict[str, Any]) -> Any:
+    if jwk["kty"] == "oct":
+        return b64url_decode(jwk["k"])
+    return Ed25519PrivateKey.from_private_bytes(b64url_decode(jwk["d"]))
+
+
+def mint_token(issuer_file: str, election_id: str, voter_id: str, *, alg: str = "HS256",
+               ttl_s: int = 3600, now: float | None = None) -> str:
+    jwk = _load_issuer(issuer_file)[alg]
+    return _mint(jwk, _signing_key(jwk), election_id, voter_id, ttl_s,
+                 time.time() if now is None else now)
+
+
+def _mint(jwk: dict[str, Any], key: Any, election_id: str, voter_id: str, ttl_s: int,
+          now: float) -> str:
+    claims = {"sub": voter_id, "aud": election_id, "iat": int(now), "nbf": int(now) - 1,
+              "exp": int(now) + ttl_s, "jti": uuid.uuid4().hex}
+    return jwt.encode(claims, key, algorithm=jwk["alg"], headers={"kid": jwk["kid"]})
+
+
+def mint_votes(issuer_file: str, election_id: str, voters: int, alg: str = "HS256",
+               seed: int | None = None, candidates: Sequence[str] | None = None,
+               ttl_s: int = 6 * 3600) -> Iterator[dict[str, str]]:
+    """N distinct voters, one signed vote each: {voter_id, vote_id, choice, token, body}."""
+    rng = random.Random(seed)
+    jwk = _load_issuer(issuer_file)[alg]
+    key = _signing_key(jwk)
+    choices = list(candidates or ("alice", "bob", "carol"))
+    now = time.time()
+    run = uuid.UUID(int=rng.getrandbits(128)).hex[:8]
+    for i in range(voters):
+        voter_id = f"voter-{run}-{i:09d}"
+        vote_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        choice = rng.choice(choices)
+        yield {
+            "voter_id": voter_id,
+            "vote_id": vote_id,
+            "choice": choice,
+            "token": _mint(jwk, key, election_id, voter_id, ttl_s, now),
+            "body": json.dumps({"vote_id": vote_id, "choice": choice}, separators=(",", ":")),
+        }
+
+
+def election_candidates(dsn: str, election_id: str) -> list[str]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT candidate_id FROM candidates WHERE election_id = %s"
+                            " ORDER BY candidate_id", (election_id,)).fetchall()
+    return [r[0] for r in rows]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gateway.admin", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    keys = sub.add_parser("init-keys", help="create signing/verification/receipt keys")
+    keys.add_argument("--rotate", action="store_true", help="add a new kid of each kind")
+    ce = sub.add_parser("create-election", help="create or update an election")
+    ce.add_argument("--election", required=True)
+    ce.add_argument("--candidates", required=True, help="comma-separated candidate ids")
+    ce.add_argument("--policy", default="first_wins",
+                    help="first_wins | last_wins | max_votes:N")
+    ce.add_argument("--title", default="")
+    ce.add_argument("--opens-in", type=float, default=None, help="seconds from now")
+    ce.add_argument("--closes-in", type=float, default=None, help="seconds from now")
+    mint = sub.add_parser("mint", help="pre-sign N votes of distinct voters into a JSONL file")
+    mint.add_argument("--election", required=True)
+    mint.add_argument("--voters", type=int, required=True)
+    mint.add_argument("--out", required=True)
+    mint.add_argument("--alg", default="HS256", choices=("HS256", "EdDSA"))
+    mint.add_argument("--seed", type=int, default=None)
+    tok = sub.add_parser("token", help="print one token")
+    tok.add_argument("--election", required=True)
+    tok.add_argument("--voter", required=True)
+    tok.add_argument("--alg", default="HS256", choices=("HS256", "EdDSA"))
+    tok.add_argument("--ttl", type=int, default=3600)
+    args = parser.parse_args(argv)
+
+    settings = settings_mod.load(GatewaySettings)
+    issuer_file = os.path.join(keys_dir(settings), "issuer.json")
+    if args.command == "init-keys":
+        print(json.dumps(init_keys(settings, rotate=args.rotate)))
+    elif args.command == "create-election":
+        now = time.time()
+        create_election(
+            settings.pg_dsn, args.election,
+            [c for c in args.candidates.split(",") if c], args.policy, title=args.title,
+            opens_at=None if args.opens_in is None else now + args.opens_in,
+            closes_at=None if args.closes_in is None else now + args.closes_in)
+        print(f"election {args.election} ready")
+    elif args.command == "mint":
+        candidates = election_candidates(settings.pg_dsn, args.election)
+        if not candidates:
+            print(f"election {args.election!r} has no candidates (create it first)",
+                  file=sys.stderr)
+            return 2
+        with open(args.out, "w") as fh:
+            for vote in mint_votes(issuer_file, args.election, args.voters, args.alg,
+                                   args.seed, candidates):
+                fh.write(json.dumps(vote) + "\n")
+        print(f"{args.voters} votes written to {args.out}")
+    elif args.command == "token":
+        print(mint_token(issuer_file, args.election, args.voter, alg=args.alg, ttl_s=args.ttl))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,393 @@
+"""The RSGI application: routing, the vote endpoint, and the read-only endpoints.
+
+One ``VoteGateway`` lives in each granian worker process. ``__rsgi_init__`` runs in the
+worker before it serves: it loads keys and elections, opens the Kafka producer and claims
+a spill slot, so the first request already finds everything warm.
+
+The vote path (DESIGN §5, §6), cheapest refusals first:
+path → election → client rate limit → content type / length → token (``_fast``) → window
+→ body (msgspec) → candidate → voter rate limit → idempotency → encode (``_fast``)
+→ Kafka or spill → 202.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import os
+import time
+import uuid
+from typing import Any
+
+import msgspec
+
+from core import jsonlog
+from gateway import _fast, metrics
+from gateway import problems as p
+from gateway.config import GatewaySettings, load
+from gateway.durability import Drainer, DurabilityPipeline, NotDurable, adopt_orphans
+from gateway.elections import Election, ElectionCache
+from gateway.models import json_encoder, vote_request_decoder
+from gateway.openapi import OPENAPI
+from gateway.producer import KafkaSink
+from gateway.spill import SpillStore
+
+log = logging.getLogger("gateway")
+
+_JSON = [("content-type", "application/json")]
+_VOTES_PREFIX = "/v1/elections/"
+
+
+def _status_counter(code: int) -> Any:
+    return metrics.requests_total.labels(str(code))
+
+
+class _Pending:
+    """Marks a vote_id whose first request is still being made durable."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: asyncio.Future) -> None:
+        self.future = future
+
+
+class VoteGateway:
+    def __init__(self, settings: GatewaySettings | None = None) -> None:
+        self.settings = settings or load()
+        self._counters: dict[int, Any] = {}
+        self.ready = False
+
+    # -- lifecycle (granian calls these in each worker) --------------------------------
+
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.run_until_complete(self.startup())
+
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.run_until_complete(self.shutdown())
+
+    async def startup(self) -> None:
+        s = self.settings
+        jsonlog.setup("gateway", s.log_level)
+        loop = asyncio.get_running_loop()
+        self.keys = _fast.KeyRing(_read_json(s.jwks_file))
+        with open(s.receipt_key_file, "rb") as fh:
+            self.receipt_key = fh.read()
+        self.elections = ElectionCache(s.pg_dsn, s.election_refresh_s)
+        await self.elections.refresh()
+        self.elections.start()
+        self.sink = KafkaSink(
+            s.kafka_bootstrap, s.topic, loop,
+            linger_ms=s.kafka_linger_ms, queue_max_messages=s.kafka_queue_max_messages,
+        )
+        self.sink.start()
+        self.spill = SpillStore.claim(s.spill_dir, loop, s.spill_max_events)
+        self.gateway_id = f"{s.gateway_id}-{os.path.basename(self.spill.path)}"
+        self.durability = DurabilityPipeline(self.sink, self.spill, s.spill_deadline_ms / 1000)
+        self.idempotency = _fast.IdempotencyCache(s.idempotency_capacity)
+        self.ip_limiter = _fast.RateLimiter(s.rate_ip_per_s, s.rate_ip_burst,
+                                            s.rate_limiter_capacity)
+        self.voter_limiter = _fast.RateLimiter(s.rate_voter_per_s, s.rate_voter_burst,
+                                               s.rate_limiter_capacity)
+        self.results = _results_reader(s)
+        if self.results is not None:
+            await self.results.start()
+        metrics.spill_events.set(len(self.spill))
+        self._tasks = [
+            loop.create_task(Drainer(self.spill, self.sink).run()),
+            loop.create_task(self._watch_kafka()),
+            loop.create_task(self._adopt_orphans_forever()),
+        ]
+        log.info("worker ready", extra={"gateway_id": self.gateway_id,
+                                        "spill_slot": self.spill.path,
+                                        "spilled": len(self.spill),
+                                        "elections": len(self.elections._elections)})
+
+    async def shutdown(self) -> None:
+        for task in getattr(self, "_tasks", []):
+            task.cancel()
+        await asyncio.gather(*getattr(self, "_tasks", []), return_exceptions=True)
+        if hasattr(self, "sink"):
+            # Votes still queued in librdkafka were acknowledged from the spill (or not
+            # acknowledged at all): flushing here is an optimisation, not a guarantee.
+            await asyncio.to_thread(self.sink.close, 5.0)
+        if hasattr(self, "spill"):
+            self.spill.close()
+        if hasattr(self, "elections"):
+            await self.elections.stop()
+        if getattr(self, "results", None) is not None:
+            await self.results.close()
+
+    async def _watch_kafka(self) -> None:
+        while True:
+            await asyncio.to_thread(self.sink.check_metadata)
+            self.ready = self.sink.metadata_ok and self.elections.healthy()
+            await asyncio.sleep(2.0)
+
+    async def _adopt_orphans_forever(self) -> None:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await adopt_orphans(s.spill_dir, self.sink, loop, s.spill_max_events)
+            except Exception:
+                log.exception("adopting orphan spill slots failed")
+            await asyncio.sleep(5.0)
+
+    # -- dispatch ----------------------------------------------------------------------
+
+    async def __call__(self, scope: Any, protocol: Any) -> None:
+        if scope.proto != "http":
+            return
+        path = scope.path
+        try:
+            if path.startswith(_VOTES_PREFIX):
+                parts = path[len(_VOTES_PREFIX):].split("/")
+                if len(parts) == 2 and parts[1] == "votes":
+                    if scope.method != "POST":
+                        raise p.MethodNotAllowed(f"{scope.method} is not allowed here")
+                    await self.post_vote(scope, protocol, parts[0])
+                    return
+                if scope.method != "GET":
+                    raise p.MethodNotAllowed(f"{scope.method} is not allowed here")
+                if len(parts) == 3 and parts[1] == "votes":
+                    await self.get_vote(scope, protocol, parts[0], parts[2])
+                    return
+                if len(parts) == 2 and parts[1] == "results":
+                    await self.get_results(protocol, parts[0])
+                    return
+                if len(parts) == 3 and parts[1:] == ["results", "stream"]:
+                    await self.stream_results(protocol, parts[0])
+                    return
+            elif path == "/livez":
+                self._send(protocol, 200, b'{"status":"ok"}')
+                return
+            elif path == "/readyz":
+                self._readyz(protocol)
+                return
+            elif path == "/openapi.json":
+                self._send(protocol, 200, OPENAPI)
+                return
+            raise p.NotFound(f"no route for {path}")
+        except p.Problem as problem:
+            self._problem(protocol, problem, path)
+        except Exception:
+            request_id = uuid.uuid4().hex
+            log.exception("unhandled error", extra={"path": path, "request_id": request_id})
+            self._problem(protocol, p.Problem(f"internal error (request {request_id})"), path)
+
+    def _send(self, protocol: Any, status: int, body: bytes,
+              headers: list[tuple[str, str]] = _JSON) -> None:
+        counter = self._counters.get(status)
+        if counter is None:
+            counter = self._counters[status] = _status_counter(status)
+        counter.inc()
+        protocol.response_bytes(status, headers, body)
+
+    def _problem(self, protocol: Any, problem: p.Problem, instance: str) -> None:
+        if problem.status >= 500:
+            log.warning("problem", extra={"status": problem.status, "detail": problem.detail,
+                                          "path": instance})
+        self._send(protocol, problem.status, problem.body(instance), problem.headers())
+
+    def _readyz(self, protocol: Any) -> None:
+        checks = {
+            "kafka_metadata": self.sink.metadata_ok,
+            "spill": not self.spill._closed,
+            "election_cache": self.elections.healthy(),
+        }
+        ok = all(checks.values())
+        body = json_encoder.encode({"status": "ready" if ok else "not-ready", "checks": checks,
+                                    "spilled": len(self.spill)})
+        self._send(protocol, 200 if ok else 503, body)
+
+    # -- POST /v1/elections/{id}/votes -------------------------------------------------
+
+    async def post_vote(self, scope: Any, protocol: Any, election_id: str) -> None:
+        started = time.perf_counter()
+        now = time.time()
+        election = self.elections.get(election_id) or await self.elections.lookup(election_id)
+        if election is None:
+            raise p.NotFound(f"unknown election {election_id!r}")
+
+        client = scope.client.rpartition(":")[0] or scope.client
+        retry = self.ip_limiter.acquire(client, now)
+        if retry:
+            metrics.rate_limited_total.labels("client").inc()
+            raise p.RateLimited("too many requests from this address", retry_after=retry)
+
+        headers = scope.headers
+        if not headers.get("content-type", "").startswith("application/json"):
+            raise p.UnsupportedMediaType()
+        body = await self._read_body(protocol, headers)
+
+        voter_id = self._authenticate(headers, election_id, now)
+        if not election.is_open(now):
+            raise p.ElectionNotOpen(f"election {election_id!r} is not open now")
+        try:
+            request = vote_request_decoder.decode(body)
+        except msgspec.ValidationError as exc:
+            raise p.BadRequest(f"invalid vote: {exc}") from None
+        except msgspec.DecodeError as exc:
+            raise p.BadRequest(f"body is not valid JSON: {exc}") from None
+        if request.choice not in election.candidates:
+            raise p.UnknownCandidate(f"{request.choice!r} is not a candidate of {election_id!r}")
+
+        retry = self.voter_limiter.acquire(voter_id, now)
+        if retry:
+            metrics.rate_limited_total.labels("voter").inc()
+            raise p.RateLimited("too many requests for this voter", retry_after=retry)
+
+        answer = await self._accept(election, voter_id, request.vote_id, request.choice, now)
+        self._send(protocol, 202, answer)
+        durability = "kafka" if b'"kafka"' in answer else "spill"
+        (metrics.ack_kafka if durability == "kafka" else metrics.ack_spill).observe(
+            time.perf_counter() - started)
+
+    async def _read_body(self, protocol: Any, headers: Any) -> bytes:
+        limit = self.settings.max_body_bytes
+        length = headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                raise p.BadRequest("invalid Content-Length")
+            if int(length) > limit:
+                raise p.PayloadTooLarge(f"body larger than {limit} bytes")
+            return await protocol()
+        # Chunked: count while reading, stop at the limit.
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in protocol:
+            size += len(chunk)
+            if size > limit:
+                raise p.PayloadTooLarge(f"body larger than {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _authenticate(self, headers: Any, election_id: str, now: float) -> str:
+        auth = headers.get("authorization", "")
+        if not auth.startswith("Bearer "):
+            metrics.token_rejections_total.labels("missing").inc()
+            raise p.Unauthorized("missing Bearer token")
+        try:
+            voter_id, _jti, _exp = _fast.verify_token(
+                auth[7:], self.keys, election_id, now, self.settings.token_leeway_s)
+        except _fast.TokenError as exc:
+            metrics.token_rejections_total.labels(exc.reason).inc()
+            if exc.reason == "wrong_audience":
+                raise p.Forbidden("token is not for this election", reason=exc.reason) from None
+            raise p.Unauthorized(f"token refused: {exc.reason}", reason=exc.reason) from None
+        return voter_id
+
+    async def _accept(self, election: Election, voter_id: str, vote_id: str, choice: str,
+                      now: float) -> bytes:
+        """Make the vote durable once per vote_id and return the 202 body."""
+        digest = f"{election.election_id}\x1f{voter_id}\x1f{choice}".encode()
+        seen = self.idempotency.get(vote_id)
+        if seen is not None:
+            if seen[0] != digest:
+                raise p.Conflict(f"vote_id {vote_id!r} was used with other content")
+            first = seen[1]
+            if isinstance(first, _Pending):
+                return await asyncio.shield(first.future)
+            return first
+
+        pending = _Pending(asyncio.get_running_loop().create_future())
+        self.idempotency.put(vote_id, digest, pending)
+        try:
+            received_at_us = int(now * 1_000_000)
+            event = _fast.encode_event(vote_id, election.election_id, voter_id, choice,
+                                       received_at_us, self.gateway_id)
+            try:
+                durability = await self.durability.persist(voter_id.encode(), event)
+            except NotDurable as exc:
+                raise p.Unavailable(f"vote not durable: {exc}", retry_after=1) from None
+            receipt = _fast.sign_receipt(self.receipt_key, vote_id, election.election_id,
+                                         voter_id, choice, received_at_us)
+            answer = (
+                b'{"vote_id":' + json_encoder.encode(vote_id)
+                + b',"status":"accepted","durability":"' + durability.encode()
+                + b'","received_at":"' + _iso(received_at_us).encode()
+                + b'","receipt":"' + receipt.encode() + b'"}'
+            )
+        except BaseException as exc:
+            # Not accepted: forget the vote_id so a retry is a fresh attempt.
+            self.idempotency.discard(vote_id)
+            if not pending.future.done():
+                pending.future.set_exception(exc if isinstance(exc, p.Problem)
+                                             else p.Unavailable("vote not accepted; retry",
+                                                                retry_after=1))
+                pending.future.exception()  # mark retrieved: followers may not exist
+            raise
+        self.idempotency.discard(vote_id)
+        self.idempotency.put(vote_id, digest, answer)
+        pending.future.set_result(answer)
+        return answer
+
+    # -- GET endpoints -----------------------------------------------------------------
+
+    async def get_vote(self, scope: Any, protocol: Any, election_id: str, vote_id: str) -> None:
+        if await self.elections.lookup(election_id) is None:
+            raise p.NotFound(f"unknown election {election_id!r}")
+        voter_id = self._authenticate(scope.headers, election_id, time.time())
+        if self.results is None:
+            raise p.Unavailable("vote status is not available", retry_after=5)
+        status = await self.results.vote_status(election_id, vote_id, voter_id)
+        if status is None:
+            raise p.NotFound(f"no vote {vote_id!r} of yours in {election_id!r}")
+        self._send(protocol, 200, json_encoder.encode({"vote_id": vote_id, **status}))
+
+    async def get_results(self, protocol: Any, election_id: str) -> None:
+        if self.results is None:
+            raise p.Unavailable("results are not available", retry_after=5)
+        results = await self.results.results(election_id)
+        if results is None:
+            raise p.NotFound(f"unknown election {election_id!r}")
+        self._send(protocol, 200, json_encoder.encode(results),
+                   [("content-type", "application/json"), ("cache-control", "no-cache")])
+
+    async def stream_results(self, protocol: Any, election_id: str) -> None:
+        if self.results is None:
+            raise p.Unavailable("results are not available", retry_after=5)
+        if await self.elections.lookup(election_id) is None:
+            raise p.NotFound(f"unknown election {election_id!r}")
+        _status_counter(200).inc()
+        transport = protocol.response_stream(200, [
+            ("content-type", "text/event-stream"),
+            ("cache-control", "no-cache"),
+            ("x-accel-buffering", "no"),
+        ])
+
+        async def pump() -> None:
+            async for frame in self.results.stream(election_id):
+                await transport.send_bytes(frame)
+
+        pump_task = asyncio.ensure_future(pump())
+        disconnect = asyncio.ensure_future(protocol.client_disconnect())
+        try:
+            await asyncio.wait({pump_task, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (pump_task, disconnect):
+                task.cancel()
+            await asyncio.gather(pump_task, disconnect, return_exceptions=True)
+
+
+def _iso(us: int) -> str:
+    return dt.datetime.fromtimestamp(us / 1_000_000, dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise SystemExit(
+            f"{path} not found: run `python -m gateway.admin init-keys` first") from None
+
+
+def _results_reader(settings: GatewaySettings) -> Any:
+    try:
+        from gateway.results import ResultsReader
+    except ImportError:
+        return None
+    return ResultsReader(settings.redis_url, settings.pg_dsn)

@@ -1,0 +1,75 @@
+"""The gateway's settings: one typed object read from ``VOTE_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import msgspec
+
+from core import settings as _settings
+
+
+def _default_stack_dir() -> str:
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.join(here, ".stack")
+
+
+class GatewaySettings(msgspec.Struct, kw_only=True):
+    # Where the local stack keeps its data; other paths default beneath it.
+    stack_dir: str = _default_stack_dir()
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    topic: str = "votes.v1"
+    pg_dsn: str = "postgresql://vote:vote@127.0.0.1:15432/vote"
+    redis_url: str = "redis://127.0.0.1:16379/0"
+
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    metrics_port: int = 9100
+    workers: int = 1
+    # Identifies this gateway in events and logs; the worker's slot is appended.
+    gateway_id: str = socket.gethostname()
+
+    # Keys: the JWKS-style verification keys and the receipt-signing secret.
+    jwks_file: str = ""
+    receipt_key_file: str = ""
+    token_leeway_s: float = 30.0
+
+    # Durability (DESIGN §6).
+    spill_deadline_ms: float = 50.0
+    spill_dir: str = ""
+    spill_max_events: int = 2_000_000
+    kafka_linger_ms: float = 2.0
+    kafka_queue_max_messages: int = 200_000
+
+    # Requests.
+    max_body_bytes: int = 4096
+    rate_ip_per_s: float = 2000.0
+    rate_ip_burst: float = 4000.0
+    rate_voter_per_s: float = 2.0
+    rate_voter_burst: float = 10.0
+    rate_limiter_capacity: int = 1_000_000
+    idempotency_capacity: int = 1_000_000
+    election_refresh_s: float = 2.0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not self.jwks_file:
+            self.jwks_file = os.path.join(self.stack_dir, "keys", "jwks.json")
+        if not self.receipt_key_file:
+            self.receipt_key_file = os.path.join(self.stack_dir, "keys", "receipt.key")
+        if not self.spill_dir:
+            self.spill_dir = os.path.join(self.stack_dir, "spill")
+        if self.workers < 1:
+            raise ValueError("VOTE_WORKERS must be >= 1")
+        if self.spill_deadline_ms <= 0:
+            raise ValueError("VOTE_SPILL_DEADLINE_MS must be > 0")
+
+    @property
+    def metrics_dir(self) -> str:
+        """prometheus_client multiprocess directory shared by the granian workers."""
+        return os.path.join(self.stack_dir, "prom", f"gateway-{self.http_port}")
+
+
+def load() -> GatewaySettings:
+    return _settings.load(GatewaySettings)

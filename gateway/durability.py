@@ -1,0 +1,153 @@
+"""DESIGN §6: make one vote durable — Kafka if it confirms in time, else the spill.
+
+``persist`` answers ``"kafka"`` when the delivery report says the event is replicated
+within the spill deadline, ``"spill"`` when the event was synced into the local RocksDB
+spill instead, and raises ``NotDurable`` when neither is possible. No other outcome
+exists, so the caller cannot send a 202 for a vote that is not durable.
+
+``Drainer`` re-produces spilled events and deletes each one only after Kafka confirms
+it; it also adopts the slots of dead workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from gateway import metrics
+from gateway.producer import KafkaSink, QueueFull
+from gateway.spill import SpillFull, SpillStore, SpillUnavailable
+
+log = logging.getLogger("gateway.durability")
+
+
+class NotDurable(Exception):
+    """Kafka did not confirm and the spill could not take the event."""
+
+
+def _fire(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class DurabilityPipeline:
+    def __init__(self, sink: KafkaSink, spill: SpillStore, deadline_s: float) -> None:
+        self.sink = sink
+        self.spill = spill
+        self.deadline_s = deadline_s
+        self._loop = asyncio.get_running_loop()
+
+    async def persist(self, key: bytes, event: bytes) -> str:
+        try:
+            delivery = self.sink.produce(key, event)
+        except QueueFull:
+            return await self._spill(key, event, None)
+        # One waiter released by whichever comes first: the report or the deadline.
+        # (Cheaper than asyncio.wait_for, which wraps the await in a new task.)
+        waiter = self._loop.create_future()
+        delivery.add_done_callback(lambda _f: _fire(waiter))
+        timer = self._loop.call_later(self.deadline_s, _fire, waiter)
+        await waiter
+        timer.cancel()
+        if delivery.done() and delivery.result() is None:
+            return "kafka"
+        return await self._spill(key, event, delivery)
+
+    async def _spill(self, key: bytes, event: bytes, delivery: asyncio.Future | None) -> str:
+        try:
+            seq = await self.spill.write(key, event)
+        except (SpillFull, SpillUnavailable) as exc:
+            raise NotDurable(str(exc)) from exc
+        metrics.spill_writes_total.inc()
+        metrics.spill_events.set(len(self.spill))
+        if delivery is not None:
+            # Kafka was only slow: when its report arrives after all, the spilled copy
+            # is redundant. (If the drainer re-produced it meanwhile, the processor
+            # drops the duplicate.)
+            def forget_if_delivered(f: asyncio.Future) -> None:
+                if f.result() is None:
+                    self.spill.delete(seq)
+                    metrics.spill_events.set(len(self.spill))
+
+            if delivery.done():
+                forget_if_delivered(delivery)
+            else:
+                delivery.add_done_callback(forget_if_delivered)
+        return "spill"
+
+
+class Drainer:
+    """Re-produces one spill store's events in order until it is empty.
+
+    While Kafka looks down it sends a single event as a probe rather than the whole
+    backlog, so librdkafka's queue does not fill with events that cannot leave.
+    """
+
+    def __init__(self, spill: SpillStore, sink: KafkaSink, *, max_in_flight: int = 2000,
+                 idle_s: float = 0.05) -> None:
+        self.spill = spill
+        self.sink = sink
+        self.max_in_flight = max_in_flight
+        self.idle_s = idle_s
+        self._in_flight: set[bytes] = set()
+        self._healthy = True
+        self._cursor = b""
+
+    def idle(self) -> bool:
+        return not self._in_flight and len(self.spill) == 0
+
+    async def run(self, until_empty: bool = False) -> None:
+        while True:
+            if len(self.spill) == 0 and not self._in_flight:
+                if until_empty:
+                    return
+                await asyncio.sleep(self.idle_s)
+                continue
+            limit = self.max_in_flight if self._healthy else 1
+            budget = limit - len(self._in_flight)
+            if budget <= 0:
+                await asyncio.sleep(self.idle_s if self._healthy else 0.5)
+                continue
+            entries = self.spill.read(self._cursor, budget, self._in_flight)
+            if not entries:
+                self._cursor = b""  # wrap around: pick up events whose retry failed
+                await asyncio.sleep(self.idle_s)
+                continue
+            for seq, key, event in entries:
+                try:
+                    delivery = self.sink.produce(key, event)
+                except QueueFull:
+                    self._healthy = False
+                    break
+                self._in_flight.add(seq)
+                delivery.add_done_callback(lambda f, seq=seq: self._on_report(seq, f))
+                self._cursor = seq
+            await asyncio.sleep(0)
+
+    def _on_report(self, seq: bytes, delivery: asyncio.Future) -> None:
+        self._in_flight.discard(seq)
+        if delivery.result() is None:
+            self._healthy = True
+            self.spill.delete(seq)
+        else:
+            self._healthy = False
+            if seq < self._cursor or not self._cursor:
+                self._cursor = b""
+        metrics.spill_events.set(len(self.spill))
+
+
+async def adopt_orphans(root: str, sink: KafkaSink, loop: asyncio.AbstractEventLoop,
+                        max_events: int) -> int:
+    """Drain every slot left by a dead worker; returns how many events were re-produced."""
+    drained = 0
+    for slot, fd in list(SpillStore.orphan_slots(root)):
+        store = SpillStore(slot, fd, loop, max_events)
+        try:
+            n = len(store)
+            if n:
+                log.info("adopting spill slot", extra={"slot": slot, "events": n})
+                await Drainer(store, sink).run(until_empty=True)
+                drained += n
+        finally:
+            store.close()
+    return drained

@@ -1,0 +1,40 @@
+"""Prometheus metrics of the gateway (DESIGN §8).
+
+granian runs several worker processes, so these use prometheus_client's multiprocess
+mode: ``python -m gateway`` points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory
+before any worker imports this module, and serves the merged view on the metrics port.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# Buckets sized for an ack budget of well under 100 ms.
+_ACK_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05,
+                0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+requests_total = Counter("vote_requests_total", "HTTP requests answered, by status code", ["code"])
+ack_seconds = Histogram(
+    "vote_ack_seconds",
+    "Time from request received to 202, by how the vote was made durable",
+    ["durability"],
+    buckets=_ACK_BUCKETS,
+)
+spill_events = Gauge(
+    "vote_spill_events",
+    "Events waiting in the local RocksDB spill for Kafka",
+    multiprocess_mode="livesum",
+)
+spill_writes_total = Counter("vote_spill_writes_total", "Events written to the spill")
+kafka_delivery_errors_total = Counter(
+    "vote_kafka_delivery_errors_total", "Delivery reports that carried an error"
+)
+rate_limited_total = Counter(
+    "vote_rate_limited_total", "Requests refused by a rate limit", ["scope"]
+)
+token_rejections_total = Counter(
+    "vote_token_rejections_total", "Tokens refused, by reason", ["reason"]
+)
+
+ack_kafka = ack_seconds.labels("kafka")
+ack_spill = ack_seconds.labels("spill")

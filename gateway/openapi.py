@@ -1,0 +1,79 @@
+"""The OpenAPI 3.1 description served at /openapi.json (built once, at import)."""
+
+from __future__ import annotations
+
+import msgspec
+
+from gateway.models import VoteAccepted, VoteRequest
+
+_schemas, _components = msgspec.json.schema_components(
+    [VoteRequest, VoteAccepted], ref_template="#/components/schemas/{name}"
+)
+
+_problem = {
+    "description": "RFC 9457 problem document",
+    "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+}
+_components["Problem"] = {
+    "type": "object",
+    "properties": {
+        "type": {"type": "string"}, "title": {"type": "string"},
+        "status": {"type": "integer"}, "detail": {"type": "string"},
+        "instance": {"type": "string"}, "reason": {"type": "string"},
+    },
+    "required": ["type", "title", "status"],
+}
+_election = {"name": "election_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_bearer = [{"bearer": []}]
+
+SPEC = {
+    "openapi": "3.1.0",
+    "info": {"title": "Vote gateway", "version": "1"},
+    "components": {
+        "schemas": _components,
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+    },
+    "paths": {
+        "/v1/elections/{election_id}/votes": {
+            "post": {
+                "summary": "Cast a vote; 202 once it is durable (Kafka or the local spill)",
+                "security": _bearer,
+                "parameters": [_election],
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": _schemas[0]}}},
+                "responses": {
+                    "202": {"description": "Accepted and durable",
+                            "content": {"application/json": {"schema": _schemas[1]}}},
+                    **{str(code): _problem for code in
+                       (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)},
+                },
+            }
+        },
+        "/v1/elections/{election_id}/votes/{vote_id}": {
+            "get": {
+                "summary": "Status of one of your votes: pending, counted, superseded, rejected",
+                "security": _bearer,
+                "parameters": [_election, {"name": "vote_id", "in": "path", "required": True,
+                                           "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "Status"}, "401": _problem,
+                              "404": _problem},
+            }
+        },
+        "/v1/elections/{election_id}/results": {
+            "get": {"summary": "Live tallies", "parameters": [_election],
+                    "responses": {"200": {"description": "Tallies"}, "404": _problem}}
+        },
+        "/v1/elections/{election_id}/results/stream": {
+            "get": {"summary": "Server-Sent Events, one per tally change",
+                    "parameters": [_election],
+                    "responses": {"200": {"description": "text/event-stream"}}}
+        },
+        "/livez": {"get": {"summary": "Process is alive", "responses": {"200": {
+            "description": "ok"}}}},
+        "/readyz": {"get": {"summary": "Kafka metadata, spill and election cache are good",
+                            "responses": {"200": {"description": "ready"},
+                                          "503": {"description": "not ready"}}}},
+    },
+}
+
+OPENAPI: bytes = msgspec.json.encode(SPEC)

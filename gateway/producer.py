@@ -1,0 +1,130 @@
+"""The Kafka side of the durability path: one idempotent librdkafka producer per worker.
+
+librdkafka calls delivery callbacks only from ``poll()``. A dedicated thread polls and
+collects the reports; each poll hands the whole batch to the event loop with one
+``call_soon_threadsafe``, instead of one cross-thread hop per vote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from gateway import metrics
+
+log = logging.getLogger("gateway.producer")
+
+
+class QueueFull(Exception):
+    """librdkafka's local queue is full: the vote must go to the spill right away."""
+
+
+Report = tuple[asyncio.Future, KafkaError | None]
+
+
+class KafkaSink:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        linger_ms: float = 2.0,
+        queue_max_messages: int = 200_000,
+        extra: dict[str, object] | None = None,
+    ) -> None:
+        conf: dict[str, object] = {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,  # implies acks=all, bounded in-flight, no reorder
+            "acks": "all",
+            "compression.type": "lz4",
+            "linger.ms": linger_ms,
+            "queue.buffering.max.messages": queue_max_messages,
+            # A vote not confirmed in 2 minutes has long been spilled; fail it so the
+            # queue cannot hold stale work forever. The spill copy is what counts.
+            "message.timeout.ms": 120_000,
+            "socket.keepalive.enable": True,
+            "statistics.interval.ms": 0,
+        }
+        conf.update(extra or {})
+        self.topic = topic
+        self._loop = loop
+        self._producer = Producer(conf)
+        self._reports: list[Report] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll_forever, name="kafka-poll", daemon=True)
+        self.last_success = 0.0
+        self.metadata_ok = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def produce(self, key: bytes, value: bytes) -> asyncio.Future:
+        """Queue one event; the returned future resolves to ``None`` or the ``KafkaError``."""
+        future = self._loop.create_future()
+        reports = self._reports
+
+        def on_delivery(err: KafkaError | None, _msg: object) -> None:
+            reports.append((future, err))
+
+        try:
+            self._producer.produce(self.topic, value, key, on_delivery=on_delivery)
+        except BufferError:
+            raise QueueFull from None
+        except KafkaException as exc:
+            log.warning("produce failed", extra={"error": str(exc)})
+            raise QueueFull from exc
+        return future
+
+    def _poll_forever(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.005)
+            if self._reports:
+                # Callbacks run inside poll() on this thread, so swapping the list here
+                # cannot race with them.
+                batch, self._reports = self._reports, []
+                try:
+                    self._loop.call_soon_threadsafe(self._resolve, batch)
+                except RuntimeError:  # loop closed during shutdown
+                    return
+
+    def _resolve(self, batch: list[Report]) -> None:
+        ok = False
+        for future, err in batch:
+            if err is not None:
+                metrics.kafka_delivery_errors_total.inc()
+            else:
+                ok = True
+            if not future.done():
+                future.set_result(err)
+        if ok:
+            self.last_success = self._loop.time()
+
+    def check_metadata(self, timeout: float = 2.0) -> bool:
+        """Blocking metadata probe for /readyz (run it in a thread)."""
+        try:
+            md = self._producer.list_topics(self.topic, timeout=timeout)
+            topic = md.topics.get(self.topic)
+            self.metadata_ok = topic is not None and topic.error is None and bool(md.brokers)
+        except KafkaException:
+            self.metadata_ok = False
+        return self.metadata_ok
+
+    def close(self, flush_timeout: float = 10.0) -> int:
+        """Flush what is queued, stop polling; returns how many messages never left."""
+        remaining = self._producer.flush(flush_timeout)
+        self._stop.set()
+        self._thread.join(timeout=2)
+        if self._reports:
+            batch, self._reports = self._reports, []
+            self._resolve(batch)
+        return remaining
+
+
+def when_delivered(future: asyncio.Future, callback: Callable[[bool], None]) -> None:
+    """Call ``callback(ok)`` once the delivery report behind ``future`` is in."""
+    future.add_done_callback(lambda f: callback(f.result() is None))

@@ -1,0 +1,206 @@
+"""The local RocksDB spill: where a vote goes when Kafka cannot confirm it in time.
+
+A vote acknowledged with ``durability: "spill"`` is in this store's write-ahead log,
+synced to disk, before the 202 leaves. Writes are group-committed: a writer thread takes
+every write queued while the previous fsync ran and syncs them with one ``write`` of one
+batch, so N concurrent spills cost one fsync, not N.
+
+Each worker process owns one slot directory (``slot-NN``), claimed with an exclusive
+``flock`` on ``slot-NN/lock``; the kernel drops the lock when the process dies, however
+it dies, so a restarted worker claims the same free slot and drains what its predecessor
+left. Slots whose owner is gone and that still hold events are adopted and drained by
+any live worker (see ``Drainer``).
+
+Keys are 8-byte big-endian sequence numbers, so iteration order is spill order; values
+are ``len(kafka key) as 2 bytes + kafka key + event``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import threading
+from collections.abc import Iterator
+
+import rocksdict
+
+log = logging.getLogger("gateway.spill")
+
+
+class SpillFull(Exception):
+    """The spill holds its capacity of events; the vote cannot be made durable here."""
+
+
+class SpillUnavailable(Exception):
+    """The spill could not write (disk error, closed store)."""
+
+
+def _encode(key: bytes, event: bytes) -> bytes:
+    return len(key).to_bytes(2, "big") + key + event
+
+
+def _decode(value: bytes) -> tuple[bytes, bytes]:
+    n = int.from_bytes(value[:2], "big")
+    return value[2 : 2 + n], value[2 + n :]
+
+
+def try_lock(lock_path: str) -> int | None:
+    """Exclusive, non-blocking flock; the fd (kept open to hold the lock) or None."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+class SpillStore:
+    """One slot's RocksDB, opened by the process holding the slot's lock."""
+
+    def __init__(self, path: str, lock_fd: int, loop: asyncio.AbstractEventLoop,
+                 max_events: int) -> None:
+        self.path = path
+        self._lock_fd = lock_fd
+        self._loop = loop
+        self.max_events = max_events
+        options = rocksdict.Options(raw_mode=True)
+        options.create_if_missing(True)
+        self._db = rocksdict.Rdict(os.path.join(path, "db"), options)
+        self._sync = rocksdict.WriteOptions()
+        self._sync.sync = True
+        # Exact set of live keys: the capacity bound and the "spill is empty" gauge
+        # must not be estimates. Seeded from what a predecessor left.
+        self._live: set[bytes] = set(self._db.keys())
+        self._next_seq = self._last_seq() + 1
+        self._pending: list[tuple[bytes, bytes, asyncio.Future]] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._writer = threading.Thread(target=self._write_forever, name="spill-writer",
+                                        daemon=True)
+        self._writer.start()
+
+    # -- claiming ------------------------------------------------------------------
+
+    @classmethod
+    def claim(cls, root: str, loop: asyncio.AbstractEventLoop, max_events: int,
+              max_slots: int = 256) -> SpillStore:
+        """Open the lowest-numbered slot no live process holds."""
+        os.makedirs(root, exist_ok=True)
+        for i in range(max_slots):
+            slot = os.path.join(root, f"slot-{i:02d}")
+            os.makedirs(slot, exist_ok=True)
+            fd = try_lock(os.path.join(slot, "lock"))
+            if fd is not None:
+                return cls(slot, fd, loop, max_events)
+        raise SpillUnavailable(f"all {max_slots} spill slots under {root} are held")
+
+    @staticmethod
+    def orphan_slots(root: str) -> Iterator[tuple[str, int]]:
+        """Slots with a db that no live process holds, locked for the caller."""
+        if not os.path.isdir(root):
+            return
+        for name in sorted(os.listdir(root)):
+            slot = os.path.join(root, name)
+            if not name.startswith("slot-") or not os.path.isdir(os.path.join(slot, "db")):
+                continue
+            fd = try_lock(os.path.join(slot, "lock"))
+            if fd is not None:
+                yield slot, fd
+
+    # -- writing -------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def write(self, key: bytes, event: bytes) -> asyncio.Future:
+        """Queue an event; the future resolves to its spill key once synced to disk."""
+        if self._closed:
+            raise SpillUnavailable("spill store is closed")
+        if len(self._live) + len(self._pending) >= self.max_events:
+            raise SpillFull(f"spill holds {len(self._live)} events (max {self.max_events})")
+        future = self._loop.create_future()
+        seq = self._next_seq.to_bytes(8, "big")
+        self._next_seq += 1
+        with self._cond:
+            self._pending.append((seq, _encode(key, event), future))
+            self._cond.notify()
+        return future
+
+    def _write_forever(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if not self._pending:
+                    return
+                batch, self._pending = self._pending, []
+            wb = rocksdict.WriteBatch(raw_mode=True)
+            for seq, value, _ in batch:
+                wb.put(seq, value)
+            error: Exception | None = None
+            try:
+                self._db.write(wb, self._sync)  # one fsync for the whole group
+            except Exception as exc:
+                error = exc
+                log.error("spill write failed", extra={"error": repr(exc)})
+            try:
+                self._loop.call_soon_threadsafe(self._resolve, batch, error)
+            except RuntimeError:
+                return
+
+    def _resolve(self, batch: list[tuple[bytes, bytes, asyncio.Future]],
+                 error: Exception | None) -> None:
+        for seq, _, future in batch:
+            if error is None:
+                self._live.add(seq)
+            if not future.done():
+                if error is None:
+                    future.set_result(seq)
+                else:
+                    future.set_exception(SpillUnavailable(str(error)))
+
+    # -- draining ------------------------------------------------------------------
+
+    def read(self, after: bytes, limit: int, skip: set[bytes]) -> list[tuple[bytes, bytes, bytes]]:
+        """Up to ``limit`` live entries with a key > ``after`` in order: (seq, key, event)."""
+        out: list[tuple[bytes, bytes, bytes]] = []
+        it = self._db.iter()
+        if after:
+            it.seek(after)
+            if it.valid() and it.key() == after:
+                it.next()
+        else:
+            it.seek_to_first()
+        while it.valid() and len(out) < limit:
+            seq = it.key()
+            if seq not in skip and seq in self._live:
+                key, event = _decode(it.value())
+                out.append((seq, key, event))
+            it.next()
+        return out
+
+    def delete(self, seq: bytes) -> None:
+        """Forget an event Kafka confirmed. Not synced: a lost delete only replays a
+        duplicate, which the processor drops."""
+        if seq in self._live and not self._closed:
+            self._live.discard(seq)
+            self._db.delete(seq)
+
+    def _last_seq(self) -> int:
+        it = self._db.iter()
+        it.seek_to_last()
+        return int.from_bytes(it.key(), "big") if it.valid() else 0
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._writer.join(timeout=5)
+        self._db.flush_wal(True)
+        self._db.close()
+        os.close(self._lock_fd)  # releases the slot
