@@ -1,0 +1,22 @@
+# Image for the gateway and the processor (the same image; the command picks the role):
+#   docker run IMAGE python -m gateway        docker run IMAGE python -m processor
+FROM python:3.11-slim-bookworm AS build
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libssl-dev \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml setup.py README.md ./
+COPY core core
+COPY gateway gateway
+COPY processor processor
+COPY bench bench
+RUN pip wheel --no-deps -w /wheels . && pip wheel -w /wheels /wheels/*.whl
+
+FROM python:3.11-slim-bookworm
+RUN apt-get update && apt-get install -y --no-install-recommends libssl3 \
+    && rm -rf /var/lib/apt/lists/* && useradd --system --uid 10001 vote
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+USER vote
+ENV VOTE_HTTP_HOST=0.0.0.0 VOTE_STACK_DIR=/var/lib/vote
+EXPOSE 8080 9100 9101
+CMD ["python", "-m", "gateway"]

@@ -1,0 +1,58 @@
+# The two commands of the README: `make run` and `make test`. Everything else is a step
+# of theirs. All set-up is idempotent, so running either twice costs seconds.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STACK := deploy/local/stack
+INSTALLED := $(VENV)/.installed
+
+.PHONY: run test deps venv stack services migrate keys unit integration lint down status clean
+
+run: venv stack
+	deploy/local/run
+
+test: venv stack
+	$(STACK) env > .stack/env.sh
+	source .stack/env.sh && $(PY) -m pytest tests -q -p no:cacheprovider
+
+unit: venv
+	$(PY) -m pytest tests/unit -q
+
+integration: venv stack
+	source <($(STACK) env) && $(PY) -m pytest tests/integration -q
+
+# System packages the build needs (the servers are installed by deploy/local/stack).
+deps:
+	@missing=""; for pkg in gcc libssl-dev pkg-config; do \
+	  dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+
+venv: deps $(INSTALLED)
+
+# Reinstall when the dependencies or the compiled hot path change.
+$(INSTALLED): pyproject.toml setup.py $(wildcard gateway/_fast/*.pyx gateway/_fast/*.pxd)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip==26.3 setuptools==84.2.1 wheel Cython==3.3.1
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	$(PY) -c "import gateway._fast as f; print('compiled hot path:', f.__file__)"
+	touch $@
+
+stack:
+	$(STACK) up
+
+status:
+	$(STACK) status
+
+down:
+	$(STACK) down
+
+lint: venv
+	$(PY) -m ruff check .
+
+clean: down
+	rm -rf .stack build *.egg-info gateway/_fast/*.so gateway/_fast/_core.c

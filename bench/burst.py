@@ -1,0 +1,160 @@
+"""The burst that ``make run`` drives through a running gateway, and its summary.
+
+    python -m bench.burst [--votes 10000] [--concurrency 64] [--gateway http://127.0.0.1:8080]
+
+Creates a fresh election, pre-signs one vote for each of N distinct voters, sends them
+over HTTP (closed loop, ``--concurrency`` connections), re-sends a sample with the same
+vote_id to show that retries are idempotent, waits for the processor to store them and
+prints what happened. Exits non-zero unless every acknowledged vote is stored exactly
+once. (For load testing proper use ``python -m bench gateway``: open loop, peers.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import time
+from collections import Counter
+
+import httpx
+import psycopg
+
+from core import settings as settings_mod
+from gateway import admin
+from gateway.config import GatewaySettings
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def _send_all(base: str, election: str, votes: list[dict[str, str]], concurrency: int
+                    ) -> tuple[dict[str, int], list[float], Counter, float]:
+    acked: dict[str, int] = {}
+    latencies: list[float] = []
+    codes: Counter = Counter()
+    queue: asyncio.Queue = asyncio.Queue()
+    for vote in votes:
+        queue.put_nowait(vote)
+    url = f"{base}/v1/elections/{election}/votes"
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while not queue.empty():
+            vote = queue.get_nowait()
+            headers = {"authorization": f"Bearer {vote['token']}",
+                       "content-type": "application/json"}
+            for attempt in range(5):
+                started = time.perf_counter()
+                try:
+                    resp = await client.post(url, content=vote["body"], headers=headers)
+                except httpx.HTTPError:
+                    codes["transport-error"] += 1
+                    await asyncio.sleep(0.05 * (attempt + 1))
+                    continue
+                latencies.append(time.perf_counter() - started)
+                codes[resp.status_code] += 1
+                if resp.status_code == 202:
+                    acked[vote["vote_id"]] = acked.get(vote["vote_id"], 0) + 1
+                    break
+                if resp.status_code not in (429, 503):
+                    break
+                await asyncio.sleep(float(resp.headers.get("retry-after", "1")))
+
+    async with httpx.AsyncClient(limits=limits, timeout=10.0) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return acked, latencies, codes, elapsed
+
+
+def _wait_stored(dsn: str, election: str, expected: int, timeout_s: float) -> tuple[int, int]:
+    """(distinct vote_ids stored, rows beyond one per vote_id) once caught up or timed out."""
+    deadline = time.monotonic() + timeout_s
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while True:
+            stored, rows = conn.execute(
+                "SELECT count(DISTINCT vote_id), count(*) FROM votes WHERE election_id = %s",
+                (election,)).fetchone()
+            if stored >= expected or time.monotonic() > deadline:
+                return stored, rows - stored
+            time.sleep(0.2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.burst", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--votes", type=int, default=10_000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--retries", type=int, default=200,
+                        help="how many acknowledged votes to send again with the same vote_id")
+    parser.add_argument("--gateway", default=None, help="default http://VOTE_HTTP_HOST:PORT")
+    parser.add_argument("--election", default=None)
+    parser.add_argument("--timeout", type=float, default=120.0,
+                        help="seconds to wait for the processor to store every vote")
+    args = parser.parse_args(argv)
+    settings = settings_mod.load(GatewaySettings)
+    base = args.gateway or f"http://{settings.http_host}:{settings.http_port}"
+    election = args.election or f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    candidates = ["alice", "bob", "carol"]
+
+    admin.create_election(settings.pg_dsn, election, candidates, title="make run demo")
+    issuer = os.path.join(admin.keys_dir(settings), "issuer.json")
+    t0 = time.perf_counter()
+    votes = list(admin.mint_votes(issuer, election, args.votes, candidates=candidates))
+    print(f"election {election}: {len(votes)} votes of distinct voters signed in "
+          f"{time.perf_counter() - t0:.1f}s", flush=True)
+
+    acked, latencies, codes, elapsed = asyncio.run(
+        _send_all(base, election, votes, args.concurrency))
+    # Retries of the same vote_id must get 202 again and must not add a vote.
+    resent = [v for v in votes if v["vote_id"] in acked][: args.retries]
+    re_acked, _, re_codes, _ = asyncio.run(_send_all(base, election, resent, 16))
+    stored, extra_rows = _wait_stored(settings.pg_dsn, election, len(acked), args.timeout)
+
+    tally = _results(base, election)
+    ok = stored == len(acked) == len(votes) and extra_rows == 0 and len(re_acked) == len(resent)
+    print()
+    print(f"requests/s:     {len(latencies) / elapsed:,.0f} "
+          f"({len(latencies)} requests in {elapsed:.2f}s, {args.concurrency} connections, "
+          "closed loop, httpx client on the same 2 cores)")
+    print(f"ack latency:    p50 {_percentile(latencies, 0.50) * 1000:.1f} ms   "
+          f"p99 {_percentile(latencies, 0.99) * 1000:.1f} ms   "
+          f"mean {statistics.fmean(latencies) * 1000:.1f} ms")
+    print(f"status codes:   {dict(codes)}")
+    print(f"retries:        {len(resent)} re-sent with the same vote_id -> "
+          f"{dict(re_codes)} (no new votes)")
+    print(f"acknowledged: {len(acked)}")
+    print(f"stored: {stored}")
+    print(f"duplicates:     {extra_rows}")
+    print(f"live tally:     {tally}")
+    print(f"results:        {base}/v1/elections/{election}/results")
+    print(f"results (SSE):  {base}/v1/elections/{election}/results/stream")
+    print(f"metrics:        http://{settings.http_host}:{settings.metrics_port}/metrics "
+          "(gateway), http://127.0.0.1:9101/metrics (processor)")
+    print(f"openapi:        {base}/openapi.json")
+    if not ok:
+        print("FAILED: acknowledged and stored votes differ", file=sys.stderr)
+    return 0 if ok else 1
+
+
+def _results(base: str, election: str) -> object:
+    try:
+        resp = httpx.get(f"{base}/v1/elections/{election}/results", timeout=5)
+        if resp.status_code == 200:
+            doc = resp.json()
+            return {"tallies": doc.get("tallies"), "total": doc.get("total"),
+                    "source": doc.get("source")}
+        return f"HTTP {resp.status_code}"
+    except httpx.HTTPError as exc:
+        return f"unavailable ({exc})"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

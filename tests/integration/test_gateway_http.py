@@ -1,0 +1,196 @@
+"""Votes over HTTP through a real gateway and processor into PostgreSQL (DESIGN §5, §9-A).
+
+Every acknowledged vote must be stored exactly once; refused requests must get their
+problem document and produce nothing to Kafka or the spill.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import httpx
+import jwt
+import psycopg
+import pytest
+
+from tests.integration.gateway_fixtures import GatewayStack
+
+pytestmark = pytest.mark.integration
+
+
+def _vote(
+    stack: GatewayStack,
+    voter: str,
+    choice: str = "alice",
+    vote_id: str | None = None,
+    token: str | None = None,
+    election: str | None = None,
+) -> httpx.Response:
+    election = election or stack.election
+    return httpx.post(
+        f"{stack.base_url}/v1/elections/{election}/votes",
+        content=json.dumps({"vote_id": vote_id or str(uuid.uuid4()), "choice": choice}),
+        headers={
+            "authorization": f"Bearer {token or stack.token(voter, election)}",
+            "content-type": "application/json",
+        },
+        timeout=10,
+    )
+
+
+def _stored(stack: GatewayStack, expected: int, timeout: float = 60.0) -> dict[str, int]:
+    """vote_id -> row count in `votes` for the election, once `expected` ids are there."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(stack.pg_dsn, autocommit=True) as conn:
+        while True:
+            rows = conn.execute(
+                "SELECT vote_id, count(*) FROM votes WHERE election_id = %s GROUP BY vote_id",
+                (stack.election,),
+            ).fetchall()
+            if len(rows) >= expected or time.monotonic() > deadline:
+                return dict(rows)
+            time.sleep(0.2)
+
+
+def test_every_acknowledged_vote_is_stored_exactly_once(gateway_stack: GatewayStack):
+    stack = gateway_stack
+    run = uuid.uuid4().hex[:6]
+    acked: dict[str, dict] = {}
+    with httpx.Client(timeout=10) as client:
+        for i in range(300):
+            vote_id = str(uuid.uuid4())
+            body = json.dumps({"vote_id": vote_id, "choice": stack.candidates[i % 3]})
+            headers = {
+                "authorization": f"Bearer {stack.token(f'v-{run}-{i}')}",
+                "content-type": "application/json",
+            }
+            url = f"{stack.base_url}/v1/elections/{stack.election}/votes"
+            resp = client.post(url, content=body, headers=headers)
+            assert resp.status_code == 202, resp.text
+            acked[vote_id] = resp.json()
+            if i % 5 == 0:  # a client retry after a lost answer: same vote_id, same content
+                again = client.post(url, content=body, headers=headers)
+                assert again.status_code == 202
+                assert again.json() == acked[vote_id], "a retry must get the same answer"
+    for answer in acked.values():
+        assert answer["status"] == "accepted"
+        assert answer["durability"] in ("kafka", "spill")
+        assert answer["receipt"].startswith("r1.")
+
+    stored = _stored(stack, len(acked))
+    assert set(stored) == set(acked), "stored votes differ from acknowledged votes"
+    assert set(stored.values()) == {1}, "a vote was stored more than once"
+
+
+def test_same_vote_id_with_other_content_is_409(gateway_stack: GatewayStack):
+    stack = gateway_stack
+    vote_id = str(uuid.uuid4())
+    token = stack.token(f"conflict-{vote_id}")
+    first = _vote(stack, "", "alice", vote_id, token)
+    assert first.status_code == 202
+    other = _vote(stack, "", "bob", vote_id, token)
+    assert other.status_code == 409
+    assert other.headers["content-type"] == "application/problem+json"
+    assert other.json()["status"] == 409
+
+
+def _problem(resp: httpx.Response, status: int) -> dict:
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"] == "application/problem+json"
+    doc = resp.json()
+    assert doc["status"] == status
+    assert doc["type"].startswith("https://") and doc["title"] and doc["detail"]
+    return doc
+
+
+def test_bad_requests_get_problems_and_produce_nothing(gateway_stack: GatewayStack):
+    stack = gateway_stack
+    url = f"{stack.base_url}/v1/elections/{stack.election}/votes"
+    before = stack.topic_end_offsets()
+    good_body = json.dumps({"vote_id": str(uuid.uuid4()), "choice": "alice"})
+    voter = f"bad-{uuid.uuid4().hex[:6]}"
+    token = stack.token(voter)
+
+    def post(
+        body: str | bytes, token: str = token, ctype: str = "application/json", target: str = url
+    ) -> httpx.Response:
+        return httpx.post(
+            target,
+            content=body,
+            timeout=10,
+            headers={"authorization": f"Bearer {token}", "content-type": ctype},
+        )
+
+    # 401: forged signature, garbage, expired, alg none, missing header.
+    header, claims, sig = token.split(".")
+    forged = f"{header}.{claims}.{sig[:-4]}AAAA"
+    assert _problem(post(good_body, forged), 401)["reason"] == "bad_signature"
+    assert _problem(post(good_body, "not-a-jwt"), 401)["reason"] == "malformed"
+    expired = stack.token(voter, ttl_s=-3600)
+    assert _problem(post(good_body, expired), 401)["reason"] == "expired"
+    none_token = jwt.encode(
+        {"sub": voter, "aud": stack.election, "exp": time.time() + 60, "jti": "x"},
+        None,
+        algorithm="none",
+        headers={"kid": "hs-1"},
+    )
+    assert _problem(post(good_body, none_token), 401)["reason"] == "unsupported_alg"
+    no_auth = httpx.post(url, content=good_body, headers={"content-type": "application/json"})
+    _problem(no_auth, 401)
+    # 403: a valid token, but for another election.
+    other = stack.token(voter, election="some-other-election")
+    assert _problem(post(good_body, other), 403)["reason"] == "wrong_audience"
+    # 400: malformed JSON, wrong shape, deeply nested.
+    _problem(post("{not json"), 400)
+    _problem(post(json.dumps({"vote_id": "x", "choice": "alice"})), 400)
+    _problem(post("[" * 2000 + "]" * 2000), 400)
+    # 404: unknown election (checked before the token).
+    _problem(post(good_body, target=f"{stack.base_url}/v1/elections/nope-{voter}/votes"), 404)
+    # 413, 415, 422.
+    _problem(post("x" * 100_000), 413)
+    _problem(post(good_body, ctype="text/plain"), 415)
+    _problem(post(json.dumps({"vote_id": str(uuid.uuid4()), "choice": "mallory"})), 422)
+    # 405 for the wrong method.
+    _problem(httpx.get(url), 405)
+
+    assert stack.topic_end_offsets() == before, "a refused request reached Kafka"
+    ready = httpx.get(stack.base_url + "/readyz").json()
+    assert ready["spilled"] == 0, "a refused request reached the spill"
+    # And the server keeps answering good requests.
+    assert _vote(stack, voter + "-ok").status_code == 202
+
+
+def test_closed_election_is_403(gateway_stack: GatewayStack):
+    from gateway import admin
+
+    stack = gateway_stack
+    closed = f"closed-{uuid.uuid4().hex[:6]}"
+    admin.create_election(stack.pg_dsn, closed, ["alice"], closes_at=time.time() - 60)
+    resp = _vote(stack, "late-voter", election=closed)
+    assert _problem(resp, 403)["type"].endswith("election-not-open")
+
+
+def test_health_and_openapi(gateway_stack: GatewayStack):
+    base = gateway_stack.base_url
+    assert httpx.get(base + "/livez").json() == {"status": "ok"}
+    ready = httpx.get(base + "/readyz").json()
+    assert ready["status"] == "ready" and all(ready["checks"].values())
+    spec = httpx.get(base + "/openapi.json").json()
+    assert "/v1/elections/{election_id}/votes" in spec["paths"]
+    _problem(httpx.get(base + "/no/such/route"), 404)
+
+
+def test_metrics_are_exposed(gateway_stack: GatewayStack):
+    port = gateway_stack.env["VOTE_METRICS_PORT"]
+    assert _vote(gateway_stack, f"metrics-{uuid.uuid4().hex[:6]}").status_code == 202
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    for name in (
+        "vote_requests_total",
+        "vote_ack_seconds_bucket",
+        "vote_spill_events",
+        "vote_token_rejections_total",
+    ):
+        assert name in text, f"{name} missing from /metrics"
+    assert 'vote_requests_total{code="202"}' in text

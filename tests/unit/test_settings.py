@@ -1,0 +1,46 @@
+"""Settings from VOTE_* environment variables."""
+
+import pytest
+
+from core.settings import ConfigError, describe, load
+from gateway.config import GatewaySettings
+
+
+def test_defaults_fit_the_local_stack():
+    s = load(GatewaySettings, {})
+    assert s.kafka_bootstrap == "127.0.0.1:19092"
+    assert s.http_port == 8080
+    assert s.jwks_file.endswith("keys/jwks.json")
+    assert s.spill_deadline_ms == 50.0
+
+
+def test_environment_overrides_and_converts():
+    s = load(
+        GatewaySettings,
+        {
+            "VOTE_HTTP_PORT": "9999",
+            "VOTE_WORKERS": "3",
+            "VOTE_SPILL_DEADLINE_MS": "12.5",
+            "VOTE_STACK_DIR": "/x",
+        },
+    )
+    assert (s.http_port, s.workers, s.spill_deadline_ms) == (9999, 3, 12.5)
+    assert s.spill_dir == "/x/spill"
+
+
+@pytest.mark.parametrize("env", [{"VOTE_HTTP_PORT": "eighty"}, {"VOTE_WORKERS": "1.5"}])
+def test_bad_values_fail_at_start(env):
+    with pytest.raises(ConfigError):
+        load(GatewaySettings, env)
+
+
+def test_invalid_combination_fails():
+    with pytest.raises(ValueError, match="VOTE_WORKERS"):
+        load(GatewaySettings, {"VOTE_WORKERS": "0"})
+
+
+def test_print_config_masks_credentials():
+    s = load(GatewaySettings, {"VOTE_PG_DSN": "postgresql://vote:secret@db:5432/vote"})
+    shown = describe(s)
+    assert shown["VOTE_PG_DSN"] == "postgresql://***@db:5432/vote"
+    assert "secret" not in repr(shown)

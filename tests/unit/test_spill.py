@@ -1,0 +1,149 @@
+"""The RocksDB spill (real RocksDB in a temp dir; no other service)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from gateway.spill import SpillFull, SpillStore, SpillUnavailable
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def _write_many(store: SpillStore, n: int) -> list[bytes]:
+    return list(
+        await asyncio.gather(
+            *(store.write(f"k{i}".encode(), f"event-{i}".encode()) for i in range(n))
+        )
+    )
+
+
+def test_writes_are_durable_and_ordered(tmp_path):
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        store = SpillStore.claim(str(tmp_path), loop, max_events=1000)
+        seqs = await _write_many(store, 50)
+        assert seqs == sorted(seqs) and len(set(seqs)) == 50
+        assert len(store) == 50
+        entries = store.read(b"", 100, set())
+        assert [(k, e) for _, k, e in entries] == [
+            (f"k{i}".encode(), f"event-{i}".encode()) for i in range(50)
+        ]
+        store.close()
+        # A successor claims the same (now free) slot and finds every event.
+        again = SpillStore.claim(str(tmp_path), loop, max_events=1000)
+        assert again.path == store.path
+        assert len(again) == 50
+        more = await _write_many(again, 1)
+        assert more[0] > seqs[-1], "sequence numbers continue after a restart"
+        again.close()
+
+    run(scenario())
+
+
+class _CountingDb:
+    """Wraps the real Rdict to count how many synced writes (fsyncs) were issued."""
+
+    def __init__(self, db):
+        self._db = db
+        self.batch_sizes: list[int] = []
+
+    def write(self, batch, options):
+        self.batch_sizes.append(batch.len())
+        return self._db.write(batch, options)
+
+    def __getattr__(self, name):
+        return getattr(self._db, name)
+
+
+def test_group_commit_batches_concurrent_writes(tmp_path):
+    async def scenario():
+        store = SpillStore.claim(str(tmp_path), asyncio.get_running_loop(), max_events=10_000)
+        counting = store._db = _CountingDb(store._db)
+        await _write_many(store, 500)
+        store.close()
+        return counting.batch_sizes
+
+    batch_sizes = run(scenario())
+    assert sum(batch_sizes) == 500
+    assert len(batch_sizes) < 500 / 5, f"expected group commits, got {len(batch_sizes)} fsyncs"
+
+
+def test_capacity_bound_refuses_instead_of_growing(tmp_path):
+    async def scenario():
+        store = SpillStore.claim(str(tmp_path), asyncio.get_running_loop(), max_events=10)
+        await _write_many(store, 10)
+        with pytest.raises(SpillFull):
+            store.write(b"k", b"one too many")
+        store.delete(store.read(b"", 1, set())[0][0])
+        await store.write(b"k", b"fits again")
+        store.close()
+        with pytest.raises(SpillUnavailable):
+            store.write(b"k", b"closed")
+
+    run(scenario())
+
+
+def test_delete_and_read_skip(tmp_path):
+    async def scenario():
+        store = SpillStore.claim(str(tmp_path), asyncio.get_running_loop(), max_events=100)
+        seqs = await _write_many(store, 5)
+        store.delete(seqs[1])
+        store.delete(seqs[1])  # idempotent
+        got = [s for s, _, _ in store.read(b"", 10, {seqs[3]})]
+        assert got == [seqs[0], seqs[2], seqs[4]]
+        assert [s for s, _, _ in store.read(seqs[2], 10, set())] == [seqs[3], seqs[4]]
+        assert len(store) == 4
+        store.close()
+
+    run(scenario())
+
+
+_CLAIM = """
+import asyncio, os, sys, time
+from gateway.spill import SpillStore
+
+async def main():
+    store = SpillStore.claim(sys.argv[1], asyncio.get_running_loop(), max_events=10)
+    print(os.path.basename(store.path), flush=True)
+    await asyncio.sleep(float(sys.argv[2]))
+    store.close()
+
+asyncio.run(main())
+"""
+
+
+def _holder(root, seconds: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", _CLAIM, str(root), seconds],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def test_each_process_claims_its_own_slot_and_orphans_are_found(tmp_path):
+    with _holder(tmp_path, "120") as a, _holder(tmp_path, "120") as b, \
+            _holder(tmp_path, "120") as c:
+        slots = {p.stdout.readline().strip() for p in (a, b, c)}  # all three hold one now
+        for p in (a, b, c):
+            p.terminate()
+    assert slots == {"slot-00", "slot-01", "slot-02"}
+
+    # kill -9 of an owner releases its slot: the kernel drops the flock with the process.
+    with _holder(tmp_path, "120") as victim:
+        held = victim.stdout.readline().strip()
+        assert held not in [os.path.basename(p) for p, _ in _orphans_closed(tmp_path)]
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(30)
+    assert held in [os.path.basename(p) for p, _ in _orphans_closed(tmp_path)]
+
+
+def _orphans_closed(root) -> list[tuple[str, int]]:
+    found = list(SpillStore.orphan_slots(str(root)))
+    for _, fd in found:
+        os.close(fd)
+    return found
