@@ -13,7 +13,8 @@ RUN pip wheel --no-deps -w /wheels . && pip wheel -w /wheels /wheels/*.whl
 
 FROM python:3.11-slim-bookworm
 RUN apt-get update && apt-get install -y --no-install-recommends libssl3 \
-    && rm -rf /var/lib/apt/lists/* && useradd --system --uid 10001 vote
+    && rm -rf /var/lib/apt/lists/* && useradd --system --uid 10001 vote \
+    && mkdir -p /var/lib/vote && chown vote /var/lib/vote
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 USER vote

@@ -1,0 +1,149 @@
+variable "namespace" {
+  description = "Kubernetes namespace of the release."
+  type        = string
+  default     = "vote"
+}
+
+variable "create_namespace" {
+  description = "Create the namespace if it does not exist."
+  type        = bool
+  default     = true
+}
+
+variable "release_name" {
+  description = "Helm release name."
+  type        = string
+  default     = "vote"
+}
+
+variable "image_repository" {
+  description = "Image built from the repository's Dockerfile."
+  type        = string
+}
+
+variable "image_tag" {
+  description = "Image tag; empty means the chart's appVersion."
+  type        = string
+  default     = ""
+}
+
+variable "kafka_bootstrap" {
+  description = "Bootstrap servers as the gateway and the processor reach them (VOTE_KAFKA_BOOTSTRAP)."
+  type        = string
+}
+
+variable "topic" {
+  description = "The votes topic (DESIGN §6)."
+  type        = string
+  default     = "votes.v1"
+}
+
+variable "dlq_topic" {
+  description = "Dead-letter topic of messages the processor cannot decode."
+  type        = string
+  default     = "votes.v1.dlq"
+}
+
+variable "partitions" {
+  description = "Partitions of the votes topic; the upper bound of processor replicas. Kafka can add partitions but never remove them, and adding them moves voters between partitions (key = voter id)."
+  type        = number
+  default     = 48
+
+  validation {
+    condition     = var.partitions >= 1
+    error_message = "partitions must be at least 1."
+  }
+}
+
+variable "replication_factor" {
+  description = "Replication factor of both topics."
+  type        = number
+  default     = 3
+}
+
+variable "min_insync_replicas" {
+  description = "min.insync.replicas: with acks=all, a write survives the loss of replication_factor - min_insync_replicas brokers."
+  type        = number
+  default     = 2
+
+  validation {
+    condition     = var.min_insync_replicas >= 1
+    error_message = "min_insync_replicas must be at least 1."
+  }
+}
+
+variable "retention_ms" {
+  description = "Retention of votes.v1 in ms (processor verify re-reads the topic from the start; keep it for the whole election and its audit)."
+  type        = number
+  default     = 2592000000 # 30 days
+}
+
+variable "processor_replicas" {
+  description = "Processor pods; at most partitions."
+  type        = number
+  default     = 12
+}
+
+variable "gateway_min_replicas" {
+  description = "Gateway HPA minimum."
+  type        = number
+  default     = 3
+}
+
+variable "gateway_max_replicas" {
+  description = "Gateway HPA maximum."
+  type        = number
+  default     = 60
+}
+
+variable "existing_env_secret" {
+  description = "Name of a Secret with VOTE_PG_DSN and VOTE_REDIS_URL; when empty, pg_dsn and redis_url are used."
+  type        = string
+  default     = ""
+}
+
+variable "existing_keys_secret" {
+  description = "Name of a Secret with jwks.json and receipt.key; when empty, jwks and receipt_key_base64 are used."
+  type        = string
+  default     = ""
+}
+
+variable "pg_dsn" {
+  description = "PostgreSQL DSN (VOTE_PG_DSN)."
+  type        = string
+  default     = ""
+  sensitive   = true
+}
+
+variable "redis_url" {
+  description = "Redis URL (VOTE_REDIS_URL)."
+  type        = string
+  default     = ""
+  sensitive   = true
+}
+
+variable "jwks" {
+  description = "JWKS JSON of the identity service's verification keys."
+  type        = string
+  default     = ""
+  sensitive   = true
+}
+
+variable "receipt_key_base64" {
+  description = "Base64 of the receipt-signing secret."
+  type        = string
+  default     = ""
+  sensitive   = true
+}
+
+variable "service_monitor" {
+  description = "Create ServiceMonitors (needs the Prometheus Operator CRDs)."
+  type        = bool
+  default     = false
+}
+
+variable "extra_values" {
+  description = "Further chart values as YAML documents, merged after the module's own."
+  type        = list(string)
+  default     = []
+}
