@@ -13,6 +13,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import math
 from collections import OrderedDict
 from typing import Any
 
@@ -34,6 +35,15 @@ TOKEN_REASONS = (
 
 _ALG_FOR_KTY = {"oct": "HS256", "OKP": "EdDSA"}
 
+# A compact token longer than this is refused as malformed before any work is done. Real
+# tokens are a few hundred bytes; the bound also keeps every JSON integer in a token far
+# below Python's int_max_str_digits (4300), so json.loads never refuses one for length.
+MAX_TOKEN_LENGTH = 4096
+# Objects/arrays nested deeper than this in a header or claims set are malformed. JSON from
+# an identity service is flat; the bound keeps both implementations away from recursion
+# limits (json.loads raises RecursionError near 1000, depending on the caller's stack).
+MAX_JSON_DEPTH = 32
+
 
 class TokenError(Exception):
     """A token was refused; ``reason`` is one of ``TOKEN_REASONS``."""
@@ -52,6 +62,10 @@ def b64url_decode(data: str | bytes) -> bytes:
             raise ValueError("non-ascii base64url") from None
     if len(data) % 4 == 1 or b"=" in data:
         raise ValueError("bad base64url length or padding")
+    # b64decode(altchars=b"-_") maps "-_" onto "+/" but leaves "+" and "/" valid: without
+    # this a token would have several spellings that all verify.
+    if b"+" in data or b"/" in data:
+        raise ValueError("'+' and '/' are not base64url")
     try:
         return base64.b64decode(
             data + b"=" * (-len(data) % 4), altchars=b"-_", validate=True
@@ -108,18 +122,45 @@ class KeyRing:
         return self._keys.get(kid)
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    if isinstance(value, dict):
+        children: Any = value.values()
+    elif isinstance(value, list):
+        children = value
+    else:
+        return False
+    return limit == 0 or any(_deeper_than(child, limit - 1) for child in children)
+
+
 def _json_object(segment: str) -> dict[str, Any]:
+    """RFC 8259 JSON text in UTF-8 (RFC 7515 §5.2) whose top level is an object.
+
+    Stricter than bare ``json.loads(bytes)``: no UTF-16/32 or BOM, no NaN/Infinity, no
+    nesting deeper than MAX_JSON_DEPTH. Duplicate names: the last one wins.
+    """
     try:
-        value = json.loads(b64url_decode(segment))
-    except (ValueError, UnicodeDecodeError):
+        value = json.loads(
+            b64url_decode(segment).decode("utf-8"), parse_constant=_reject_constant
+        )
+        if not isinstance(value, dict) or _deeper_than(value, MAX_JSON_DEPTH):
+            raise TokenError("malformed")
+    except (ValueError, RecursionError):
         raise TokenError("malformed") from None
-    if not isinstance(value, dict):
-        raise TokenError("malformed")
     return value
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A JSON number that is a finite float (1e400 and 10**400 are not)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def verify_token(
@@ -130,8 +171,9 @@ def verify_token(
     Checks in this order, so the cheap refusals come first and an attacker learns
     nothing from timing: shape, header (alg/kid/crit), signature (constant time),
     then claims (sub, jti, exp, aud, nbf with ``leeway`` seconds of clock skew).
+    Times are compared as floats (seconds since the epoch).
     """
-    if not isinstance(token, str) or token.count(".") != 2:
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH or token.count(".") != 2:
         raise TokenError("malformed")
     header_b64, claims_b64, sig_b64 = token.split(".")
     header = _json_object(header_b64)
@@ -176,13 +218,15 @@ def verify_token(
         raise TokenError("missing_claim")
     if not aud_ok:
         raise TokenError("wrong_audience")
-    if now > exp + leeway:
+    now = float(now)
+    leeway = float(leeway)
+    if now > float(exp) + leeway:
         raise TokenError("expired")
     nbf = claims.get("nbf")
     if nbf is not None:
         if not _is_number(nbf):
             raise TokenError("missing_claim")
-        if now < nbf - leeway:
+        if now < float(nbf) - leeway:
             raise TokenError("not_yet_valid")
     return sub, jti, int(exp)
 

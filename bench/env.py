@@ -1,0 +1,135 @@
+"""Where things are: the repository, the local stack's environment, the tools we build.
+
+The harness reads the same ``VOTE_*`` variables as the services. When they are not set
+it asks ``deploy/local/stack env`` for them, so ``python -m bench ...`` works without an
+``eval "$(deploy/local/stack env)"`` first.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+STACK_SCRIPT = REPO / "deploy" / "local" / "stack"
+GO_PEER_DIR = REPO / "bench" / "peers" / "go"
+
+VEGETA_MODULE = "github.com/tsenart/vegeta/v12"
+VEGETA_VERSION = "v12.13.0"
+
+_REQUIRED = ("VOTE_KAFKA_BOOTSTRAP", "VOTE_PG_DSN", "VOTE_STACK_DIR")
+
+
+class BenchError(RuntimeError):
+    """A precondition of a bench command is not met; the message says what to do."""
+
+
+def parse_env_lines(text: str) -> dict[str, str]:
+    """``export NAME=value`` / ``NAME=value`` lines (shell-quoted values) to a dict."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export ") :]
+        name, sep, value = line.partition("=")
+        if not sep or not name.isidentifier():
+            continue
+        parts = shlex.split(value) if value else [""]
+        out[name] = parts[0] if parts else ""
+    return out
+
+
+def stack_env() -> dict[str, str]:
+    """``os.environ`` completed with ``deploy/local/stack env`` where VOTE_* are missing."""
+    env = dict(os.environ)
+    if all(env.get(k) for k in _REQUIRED):
+        return env
+    if STACK_SCRIPT.exists():
+        try:
+            text = subprocess.run(
+                [str(STACK_SCRIPT), "env"], capture_output=True, text=True, check=True,
+                timeout=30, cwd=REPO,
+            ).stdout
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
+            raise BenchError(f"`deploy/local/stack env` failed: {exc}") from exc
+        for name, value in parse_env_lines(text).items():
+            env.setdefault(name, value)
+    env.setdefault("VOTE_STACK_DIR", str(REPO / ".stack"))
+    missing = [k for k in _REQUIRED if not env.get(k)]
+    if missing:
+        raise BenchError(f"{', '.join(missing)} not set: run `deploy/local/stack up` first")
+    return env
+
+
+def stack_dir(env: dict[str, str]) -> Path:
+    return Path(env.get("VOTE_STACK_DIR") or REPO / ".stack")
+
+
+def bench_dir(env: dict[str, str]) -> Path:
+    """Scratch space of the harness (targets files, results, nginx prefix, logs)."""
+    path = stack_dir(env) / "bench"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def go_binary() -> str:
+    found = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists()
+                                   else None)
+    if not found:
+        raise BenchError("the Go toolchain is needed (vegeta, go-peer): install Go >= 1.22")
+    return found
+
+
+def _go_env(env: dict[str, str], gobin: Path) -> dict[str, str]:
+    go_env = dict(env)
+    go_env["GOBIN"] = str(gobin)
+    go_env["PATH"] = os.pathsep.join([str(Path(go_binary()).parent), env.get("PATH", "")])
+    return go_env
+
+
+def ensure_vegeta(env: dict[str, str]) -> Path:
+    """The vegeta binary in ``$VOTE_STACK_DIR/bin``, ``go install``-ed on first use."""
+    gobin = stack_dir(env) / "bin"
+    exe = gobin / "vegeta"
+    if exe.exists():
+        return exe
+    gobin.mkdir(parents=True, exist_ok=True)
+    print(f"installing vegeta {VEGETA_VERSION} into {gobin} (first use) ...", flush=True)
+    subprocess.run([go_binary(), "install", f"{VEGETA_MODULE}@{VEGETA_VERSION}"],
+                   env=_go_env(env, gobin), check=True, cwd=REPO)
+    return exe
+
+
+def ensure_go_peer(env: dict[str, str]) -> Path:
+    """``go build`` the go-peer into ``$VOTE_STACK_DIR/bin`` when its sources are newer."""
+    gobin = stack_dir(env) / "bin"
+    exe = gobin / "go-peer"
+    sources = [p for p in GO_PEER_DIR.iterdir() if p.suffix in (".go", ".mod", ".sum")]
+    newest = max(p.stat().st_mtime for p in sources)
+    if exe.exists() and exe.stat().st_mtime >= newest:
+        return exe
+    gobin.mkdir(parents=True, exist_ok=True)
+    print(f"building go-peer into {exe} ...", flush=True)
+    subprocess.run([go_binary(), "build", "-trimpath", "-o", str(exe), "."],
+                   env=_go_env(env, gobin), check=True, cwd=GO_PEER_DIR)
+    return exe
+
+
+def tool_version(argv: list[str]) -> str:
+    """First line a tool prints about its version ('' when it cannot be run)."""
+    try:
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    text = (res.stdout or res.stderr).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def python_exe() -> str:
+    return sys.executable

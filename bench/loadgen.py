@@ -1,0 +1,236 @@
+"""Open-loop, constant-arrival-rate load with vegeta, and what one step of it measured.
+
+vegeta (``attack -rate R/1s``) paces requests on its own clock and starts another worker
+whenever all are busy, so a slow answer does not delay the next request. We read every
+result back (``vegeta encode --to csv``) rather than its summary, for three reasons:
+
+* p99.9 (vegeta's report stops at p99) and exact nearest-rank percentiles;
+* the response bodies, to collect each acknowledged ``vote_id`` for the exactly-once check;
+* coordinated omission on the generator's side. vegeta timestamps a request when a worker
+  starts it; on two shared cores the generator itself can fall behind its schedule, and
+  that wait would vanish from the latency. Request ``seq`` was due at
+  ``t0 + seq / rate``; we add how late it actually started (as wrk2 does), so the
+  percentiles are those of the intended open-loop arrival process.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import shlex
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+NS_PER_MS = 1_000_000
+
+
+class Row(NamedTuple):
+    """One vegeta result (the columns of ``vegeta encode --to csv`` that we use)."""
+
+    ts_ns: int  # when the request started (unix ns)
+    code: int  # HTTP status, 0 for a transport error
+    latency_ns: int
+    error: str
+    body: bytes
+    seq: int
+
+
+def parse_csv(text: Iterable[str]) -> list[Row]:
+    """Rows of ``vegeta encode --to csv``: ts, code, latency, out, in, error, body(b64), ..."""
+    rows = []
+    for rec in csv.reader(text):
+        if not rec:
+            continue
+        if len(rec) < 9:
+            raise ValueError(f"unexpected vegeta csv record with {len(rec)} fields")
+        try:
+            body = base64.b64decode(rec[6]) if rec[6] else b""
+        except binascii.Error:
+            body = b""
+        rows.append(Row(int(rec[0]), int(rec[1]), int(rec[2]), rec[5], body, int(rec[8])))
+    return rows
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (``q`` in 0..100) of already sorted values; NaN if empty."""
+    n = len(sorted_values)
+    if n == 0:
+        return math.nan
+    rank = math.ceil(q / 100.0 * n)
+    return float(sorted_values[min(max(rank, 1), n) - 1])
+
+
+def corrected_latencies_ns(rows: Sequence[Row], rate: int) -> tuple[list[int], list[int]]:
+    """(latency + how late the request started vs. the schedule, the lateness) per row.
+
+    The schedule is ``t0 + seq * 1e9 / rate``. ``t0`` is the earliest start consistent with
+    every observed request (no request starts before it is due), so an on-time attack gets
+    zero correction and a generator that stalls gets its stall charged to the requests
+    that waited, exactly as a real open-loop client population would see it.
+    """
+    if not rows or rate <= 0:
+        return [r.latency_ns for r in rows], [0] * len(rows)
+    t0 = min(r.ts_ns - r.seq * 1_000_000_000 // rate for r in rows)
+    lags = [max(0, r.ts_ns - (t0 + r.seq * 1_000_000_000 // rate)) for r in rows]
+    return [r.latency_ns + lag for r, lag in zip(rows, lags, strict=True)], lags
+
+
+def is_ok(row: Row) -> bool:
+    return 200 <= row.code < 300 and not row.error
+
+
+def acked_vote_id(row: Row) -> str | None:
+    """The ``vote_id`` of a 2xx answer's JSON body (None when there is no body)."""
+    if not is_ok(row) or not row.body:
+        return None
+    try:
+        doc = json.loads(row.body)
+    except ValueError:
+        return None
+    vote_id = doc.get("vote_id") if isinstance(doc, dict) else None
+    return vote_id if isinstance(vote_id, str) else None
+
+
+@dataclass
+class StepResult:
+    """What one constant-rate step measured; ``summary()`` is its JSON record."""
+
+    target: str
+    mode: str  # warmup | search | max | half-max | rate
+    rate: int  # offered requests/s
+    duration_s: float
+    requests: int
+    ok: int
+    errors: int
+    error_rate: float
+    rps: float  # 2xx answers per second, first request to last answer
+    send_rate: float  # requests/s vegeta actually started
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    p999_ms: float
+    max_ms: float
+    service_p99_ms: float  # p99 as vegeta timed it, without the schedule correction
+    send_lag_p99_ms: float  # how late the generator started requests (its own overload)
+    codes: dict[str, int]
+    error_samples: list[str]
+    command: str = ""
+    started_at: str = ""
+    acked_ids: list[str] = field(default_factory=list, repr=False)
+
+    @property
+    def acked(self) -> int:
+        return self.ok
+
+    def summary(self) -> dict[str, object]:
+        doc = asdict(self)
+        doc.pop("acked_ids")
+        doc["acked"] = self.ok
+        return doc
+
+
+def summarize(target: str, mode: str, rate: int, duration_s: float, rows: Sequence[Row],
+              command: str = "", started_at: str = "") -> StepResult:
+    """Reduce the per-request rows of one step to a ``StepResult`` (pure)."""
+    n = len(rows)
+    ok_rows = [r for r in rows if is_ok(r)]
+    corrected, lags = corrected_latencies_ns(rows, rate)
+    lat = sorted(corrected)
+    service = sorted(r.latency_ns for r in rows)
+    if n:
+        first = min(r.ts_ns for r in rows)
+        last_start = max(r.ts_ns for r in rows)
+        last_end = max(r.ts_ns + r.latency_ns for r in rows)
+        span = max(last_end - first, 1) / 1e9
+        rps = len(ok_rows) / span
+        send_rate = (n - 1) / ((last_start - first) / 1e9) if last_start > first else 0.0
+    else:
+        rps = send_rate = 0.0
+    codes = Counter(str(r.code) for r in rows)
+    samples = Counter(
+        f"{r.code} {r.error or r.body[:160].decode('utf-8', 'replace')}".strip()
+        for r in rows if not is_ok(r))
+    errors = n - len(ok_rows)
+
+    def ms(v: float) -> float:
+        return round(v / NS_PER_MS, 3) if not math.isnan(v) else v
+
+    return StepResult(
+        target=target, mode=mode, rate=rate, duration_s=duration_s, requests=n,
+        ok=len(ok_rows), errors=errors, error_rate=round(errors / n, 6) if n else 1.0,
+        rps=round(rps, 1), send_rate=round(send_rate, 1),
+        p50_ms=ms(percentile(lat, 50)), p90_ms=ms(percentile(lat, 90)),
+        p99_ms=ms(percentile(lat, 99)), p999_ms=ms(percentile(lat, 99.9)),
+        max_ms=ms(float(lat[-1])) if lat else math.nan,
+        service_p99_ms=ms(percentile(service, 99)),
+        send_lag_p99_ms=ms(percentile(sorted(lags), 99)),
+        codes=dict(codes), error_samples=[f"{c}x {s}" for s, c in samples.most_common(3)],
+        command=command, started_at=started_at,
+        acked_ids=[v for v in (acked_vote_id(r) for r in ok_rows) if v is not None],
+    )
+
+
+class Vegeta:
+    """Runs ``vegeta attack`` for one step at a time and reads its results back."""
+
+    def __init__(self, exe: Path, workdir: Path, *, cpus: str | None = None,
+                 max_workers: int = 4096, timeout_s: float = 5.0) -> None:
+        self.exe = exe
+        self.workdir = workdir
+        self.cpus = cpus
+        self.max_workers = max_workers
+        self.timeout_s = timeout_s
+        self._n = 0
+
+    def attack_argv(self, targets_file: Path, out_file: Path, rate: int, duration_s: float,
+                    name: str) -> list[str]:
+        argv = [str(self.exe), "attack", "-format=json", f"-targets={targets_file}",
+                f"-rate={rate}/1s", f"-duration={duration_s:g}s",
+                f"-timeout={self.timeout_s:g}s", f"-max-workers={self.max_workers}",
+                "-max-body=4096", f"-name={name}", f"-output={out_file}"]
+        if self.cpus:
+            argv = ["taskset", "-c", self.cpus, *argv]
+        return argv
+
+    def step(self, target: str, mode: str, lines: list[str], rate: int,
+             duration_s: float) -> StepResult:
+        """Send ``lines`` (vegeta JSON targets, at least rate*duration) at ``rate``/s."""
+        self._n += 1
+        stem = self.workdir / f"{self._n:04d}-{target}-{mode}-{rate}"
+        targets_file = stem.with_suffix(".targets")
+        out_file = stem.with_suffix(".bin")
+        with open(targets_file, "w") as fh:
+            fh.write("\n".join(lines))
+            fh.write("\n")
+        argv = self.attack_argv(targets_file, out_file, rate, duration_s, target)
+        started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        try:
+            res = subprocess.run(argv, capture_output=True, text=True)
+            if res.returncode != 0:
+                raise RuntimeError(f"vegeta attack failed ({res.returncode}): "
+                                   f"{res.stderr.strip()[-500:]}")
+            enc = subprocess.run([str(self.exe), "encode", "--to", "csv", str(out_file)],
+                                 capture_output=True, text=True, check=True)
+            rows = parse_csv(io.StringIO(enc.stdout))
+        finally:
+            for path in (targets_file, out_file):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+        return summarize(target, mode, rate, duration_s, rows,
+                         command=shlex.join(argv), started_at=started_at)
+
+
+def targets_needed(rate: int, duration_s: float) -> int:
+    """Targets to hand vegeta for one step: it sends about rate*duration, plus slack."""
+    return math.ceil(rate * duration_s * 1.01) + 16

@@ -1,0 +1,470 @@
+"""``python -m bench gateway``: the same open-loop load on several targets, interleaved.
+
+    python -m bench gateway [--quick] [--max | --rate R] [--targets gateway,nginx-204,...]
+                            [--json FILE] [--repeat N] [--workers N] [--p99-bound-ms MS]
+
+One session: create one election per target (so each target's votes can be told apart
+in PostgreSQL), start every target (and a processor when the stack has none), warm each
+one up, then run the steps of all targets in turn — round robin, the order rotated each
+round — so that whatever else happens on the machine is spread over all of them alike.
+
+``--max`` (the default) finds each target's highest rate with < 0.1 % errors and p99
+within the bound (``bench.search``), then measures each target at that rate and at half
+of it (``half-max``), ``--repeat`` times, reporting medians. ``--rate R`` measures every
+target at R. Afterwards every acknowledged ``vote_id`` of the gateway is looked up in
+PostgreSQL (``bench.verify``). Everything the session started is stopped on the way out,
+on errors, Ctrl-C and SIGTERM included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import resource
+import secrets
+import shlex
+import signal
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import FrameType
+
+from bench import report
+from bench.corpus import DEFAULT_CANDIDATES, VotePool, votes_path
+from bench.env import (
+    REPO,
+    BenchError,
+    bench_dir,
+    ensure_go_peer,
+    ensure_vegeta,
+    go_binary,
+    stack_env,
+)
+from bench.loadgen import StepResult, Vegeta, targets_needed
+from bench.search import Criteria, MaxSearch, round_rate
+from bench.targets import (
+    TARGETS,
+    Service,
+    Target,
+    TargetConfig,
+    make_target,
+    migrate,
+    processor_running,
+    processor_service,
+)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Durations and search parameters of one session (``--quick`` or the full method)."""
+
+    mode: str  # max | rate
+    rate: int | None
+    warmup_s: float
+    warmup_rate: int
+    step_s: float  # one step of the --max search
+    run_s: float  # one measured run (--rate, max confirmation, half-max)
+    repeat: int
+    start_rate: int
+    factor: float
+    precision: float
+    max_steps: int
+    timeout_s: float
+    settle_s: float  # pause after a failed step: let the target drain its backlog
+    half_max: bool
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    quick = args.quick
+    mode = "rate" if args.rate else "max"
+    return Plan(
+        mode=mode,
+        rate=args.rate,
+        warmup_s=args.warmup if args.warmup is not None else (2.0 if quick else 10.0),
+        warmup_rate=args.warmup_rate,
+        step_s=args.step_duration or (2.0 if quick else 10.0),
+        run_s=args.duration or (3.0 if quick else 20.0),
+        repeat=args.repeat or (1 if quick else 3),
+        start_rate=args.start_rate,
+        factor=2.0,
+        precision=0.25 if quick else 0.05,
+        max_steps=8 if quick else 14,
+        timeout_s=2.0 if quick else 5.0,
+        settle_s=0.5 if quick else 3.0,
+        half_max=not args.no_half_max,
+    )
+
+
+def _rotate(items: list[str], k: int) -> list[str]:
+    if not items:
+        return items
+    k %= len(items)
+    return items[k:] + items[:k]
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _raise_nofile() -> None:
+    # Overload steps open thousands of connections; let vegeta and nginx have them.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class Session:
+    def __init__(self, args: argparse.Namespace, argv: list[str]) -> None:
+        self.args = args
+        self.plan = make_plan(args)
+        self.command = shlex.join([os.path.basename(sys.executable), "-m", "bench", *argv])
+        self.criteria = Criteria(max_error_rate=args.max_error_rate,
+                                 p99_bound_ms=args.p99_bound_ms)
+        self.targets: dict[str, Target] = {}
+        self.pools: dict[str, VotePool] = {}
+        self.steps: list[StepResult] = []
+        self.acked: dict[str, set[str]] = defaultdict(set)
+        self.run_steps: dict[tuple[str, str], list[StepResult]] = defaultdict(list)
+        self.dead: dict[str, str] = {}
+        self.started = time.monotonic()
+
+    # -- progress ---------------------------------------------------------------------
+
+    def log(self, msg: str) -> None:
+        print(f"[{time.monotonic() - self.started:6.1f}s] {msg}", flush=True)
+
+    # -- one step ---------------------------------------------------------------------
+
+    def step(self, vegeta: Vegeta, name: str, mode: str, rate: int, duration_s: float
+             ) -> StepResult | None:
+        target = self.targets[name]
+        if name in self.dead:
+            return None
+        if not target.service.alive():
+            self.dead[name] = f"exited:\n{target.service.log_tail()}"
+            self.log(f"{name} is not running any more; dropping it\n{target.service.log_tail()}")
+            return None
+        lines = self.pools[name].take(targets_needed(rate, duration_s))
+        print(f"[{time.monotonic() - self.started:6.1f}s] {name:<12} {mode:<8} "
+              f"{rate:>7}/s x {duration_s:g}s ... ", end="", flush=True)
+        res = vegeta.step(name, mode, lines, rate, duration_s)
+        why = self.criteria.failures(res)
+        print(f"{res.rps:>8.0f}/s  p50 {res.p50_ms:7.2f}  p99 {res.p99_ms:8.2f}  "
+              f"p99.9 {res.p999_ms:8.2f} ms  err {res.error_rate:.2%}"
+              + (f"  [{'; '.join(why)}]" if why else "  [ok]"), flush=True)
+        if why and res.error_samples:
+            print(f"{'':>10}errors: {' | '.join(res.error_samples)}", flush=True)
+        self.steps.append(res)
+        self.acked[name].update(res.acked_ids)
+        if why:
+            time.sleep(self.plan.settle_s)
+        return res
+
+    # -- the session ------------------------------------------------------------------
+
+    def run(self) -> int:
+        args, plan = self.args, self.plan
+        env = stack_env()
+        _raise_nofile()
+        from core import settings as settings_mod
+        from gateway import admin
+        from gateway.config import GatewaySettings
+
+        settings = settings_mod.load(GatewaySettings, env)
+        names = [t.strip() for t in args.targets.split(",") if t.strip()]
+        unknown = [n for n in names if n not in TARGETS]
+        if unknown:
+            raise BenchError(f"unknown target(s) {', '.join(unknown)}; known: "
+                             f"{', '.join(TARGETS)}")
+        vegeta_exe = ensure_vegeta(env)
+        if "go-peer" in names:
+            ensure_go_peer(env)
+        keys = admin.init_keys(settings)
+        run_id = time.strftime("bench-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+        run_dir = bench_dir(env) / run_id
+        run_dir.mkdir(parents=True)
+        json_path = Path(args.json) if args.json else REPO / "bench" / "out" / f"{run_id}.json"
+        machine = report.machine(env, vegeta_exe, go_binary())
+        self.log(f"{self.command}\n         run {run_id}: {plan}\n         logs in {run_dir}")
+
+        cfg = TargetConfig(env=env, run_dir=run_dir, workers=args.workers,
+                           cpus=args.target_cpus, topic=settings.topic,
+                           linger_ms=settings.kafka_linger_ms, jwks_file=keys["jwks"],
+                           receipt_key_file=keys["receipt"])
+        candidates = list(DEFAULT_CANDIDATES)
+        verify_results: dict[str, dict] = {}
+        verify_counts: dict[str, dict[str, int]] = {}
+        with contextlib.ExitStack() as stack:
+            for name in names:
+                target = make_target(name, f"{run_id}-{name}", cfg)
+                self.targets[name] = target
+                if target.produces:
+                    admin.create_election(settings.pg_dsn, target.election, candidates,
+                                          title=f"bench {run_id} {name}")
+            if any(t.produces for t in self.targets.values()):
+                self._ensure_processor(env, run_dir, stack)
+            for target in self.targets.values():
+                target.service.start()
+                stack.callback(self._stop, target.service)
+            for target in self.targets.values():
+                target.service.wait_ready(60.0)
+                self.log(f"{target.name} ready at {target.base_url} "
+                         f"(election {target.election})")
+                votes = admin.mint_votes(keys["issuer"], target.election, 10**9, args.alg,
+                                         None, candidates)
+                self.pools[target.name] = VotePool(
+                    votes, target.base_url + votes_path(target.election),
+                    fresh=target.fresh_votes, cap=args.pool)
+
+            vegeta = Vegeta(vegeta_exe, run_dir, cpus=args.loadgen_cpus,
+                            timeout_s=plan.timeout_s)
+            searches = self._measure(vegeta, names)
+
+            # Peers first: the gateway keeps running while we wait, so that anything it
+            # had to spill is drained to Kafka before we look for it in PostgreSQL.
+            for name in names:
+                if name != "gateway":
+                    self._stop(self.targets[name].service)
+            to_verify = [n for n in names if self.targets[n].produces
+                         and (n == "gateway" or args.verify_peers) and not args.no_verify]
+            for name in to_verify:
+                verify_results[name], verify_counts[name] = self._verify(env, name)
+            # ExitStack stops the rest (gateway, our processor) here.
+
+        doc = self._document(machine, searches, verify_results, verify_counts, json_path)
+        report.write_json(json_path, doc)
+        png = json_path.with_suffix(".png")
+        report.plot(png, doc["steps"], doc["runs"], self.criteria.p99_bound_ms,
+                    title=f"{self.command}  ({doc['date']}, {machine['cpu']}, "
+                          f"{machine['cpus']} CPUs)")
+        print()
+        print(report.markdown(doc))
+        print(f"\nwrote {json_path} and {png} in {time.monotonic() - self.started:.0f}s")
+        return self._exit_code(doc)
+
+    def _measure(self, vegeta: Vegeta, names: list[str]) -> dict[str, MaxSearch]:
+        plan = self.plan
+        self.log(f"warm-up: {plan.warmup_rate}/s for {plan.warmup_s:g}s per target")
+        for name in names:
+            if plan.warmup_s > 0:
+                self.step(vegeta, name, "warmup", plan.warmup_rate, plan.warmup_s)
+        searches: dict[str, MaxSearch] = {}
+        if plan.mode == "rate":
+            assert plan.rate is not None
+            for i in range(plan.repeat):
+                self.log(f"rate {plan.rate}/s, repeat {i + 1}/{plan.repeat}")
+                for name in _rotate(names, i):
+                    self._run(vegeta, name, "rate", plan.rate, plan.run_s)
+            return searches
+
+        self.log(f"max search: start {plan.start_rate}/s, x{plan.factor:g} then bisect to "
+                 f"{plan.precision:.0%}, {plan.step_s:g}s steps; pass = errors < "
+                 f"{self.criteria.max_error_rate:.1%}, p99 <= {self.criteria.p99_bound_ms:g} ms")
+        for name in names:
+            searches[name] = MaxSearch(start=plan.start_rate, factor=plan.factor,
+                                       precision=plan.precision, max_steps=plan.max_steps)
+        best_step: dict[str, StepResult] = {}
+        for k in self._rounds():
+            pending = [n for n in _rotate(names, k)
+                       if n not in self.dead and searches[n].next_rate() is not None]
+            if not pending:
+                break
+            for name in pending:
+                rate = searches[name].next_rate()
+                assert rate is not None
+                res = self.step(vegeta, name, "search", rate, plan.step_s)
+                if res is None:
+                    continue
+                passed = self.criteria.passes(res)
+                searches[name].record(rate, passed)
+                if passed and (name not in best_step or rate > best_step[name].rate):
+                    best_step[name] = res
+        for name in names:
+            self.log(f"{name}: max {searches[name].best}/s "
+                     f"(steps {searches[name].history})")
+
+        if plan.repeat == 1:
+            # --quick: the search's best step is the max run (same duration, same rate).
+            for name, res in best_step.items():
+                self.run_steps[(name, "max")].append(res)
+        else:
+            for i in range(plan.repeat):
+                self.log(f"max runs, repeat {i + 1}/{plan.repeat}")
+                for name in _rotate(names, i):
+                    if searches[name].best:
+                        self._run(vegeta, name, "max", searches[name].best, plan.run_s)
+        if plan.half_max:
+            for i in range(plan.repeat):
+                self.log(f"half-max runs, repeat {i + 1}/{plan.repeat}")
+                for name in _rotate(names, i):
+                    best = searches[name].best
+                    if best:
+                        self._run(vegeta, name, "half-max", round_rate(best / 2), plan.run_s)
+        return searches
+
+    def _rounds(self) -> Iterator[int]:
+        k = 0
+        while True:
+            yield k
+            k += 1
+
+    def _run(self, vegeta: Vegeta, name: str, mode: str, rate: int, duration_s: float) -> None:
+        res = self.step(vegeta, name, mode, rate, duration_s)
+        if res is not None:
+            self.run_steps[(name, mode)].append(res)
+
+    # -- services ---------------------------------------------------------------------
+
+    def _stop(self, service: Service) -> None:
+        if service.proc is not None and service.proc.returncode is None:
+            self.log(f"stopping {service.name}")
+        service.stop()
+
+    def _ensure_processor(self, env: dict[str, str], run_dir: Path,
+                          stack: contextlib.ExitStack) -> None:
+        pid = processor_running(env)
+        if pid:
+            self.log(f"using the stack's processor (pid {pid})")
+            return
+        self.log("no processor running: migrating and starting one for this session")
+        migrate(env)
+        svc = processor_service(env, run_dir)
+        svc.start()
+        stack.callback(self._stop, svc)
+        svc.wait_ready(5.0)
+
+    def _verify(self, env: dict[str, str], name: str) -> tuple[dict, dict[str, int]]:
+        from bench.verify import check_election
+
+        target = self.targets[name]
+        acked = self.acked[name]
+        self.log(f"{name}: waiting for the processor to store {len(acked)} acknowledged "
+                 "votes ...")
+        try:
+            result, counts = check_election(
+                env["VOTE_PG_DSN"], target.election, acked,
+                timeout_s=self.args.verify_timeout, stall_s=min(30.0, self.args.verify_timeout),
+                progress=lambda n: None)
+        except Exception as exc:  # report, do not lose the measurements
+            self.log(f"{name}: verification failed: {exc!r}")
+            return {"election": target.election, "error": repr(exc)}, {}
+        self.log(f"{name}: acked {result['acked']} stored {result['stored']} missing "
+                 f"{result['missing']} duplicates {result['duplicates']} "
+                 f"(stored but not acked {result['unacked_stored']}, {result['wait_s']}s)")
+        return result, counts
+
+    # -- output -----------------------------------------------------------------------
+
+    def _document(self, machine: dict[str, object], searches: dict[str, MaxSearch],
+                  verify_results: dict[str, dict], verify_counts: dict[str, dict[str, int]],
+                  json_path: Path) -> dict[str, object]:
+        from bench.verify import compare
+
+        runs = []
+        order = {"max": 0, "half-max": 1, "rate": 2}
+        for (name, mode), steps in sorted(self.run_steps.items(),
+                                          key=lambda kv: (order.get(kv[0][1], 9),
+                                                          list(self.targets).index(kv[0][0]))):
+            run = report.median_run(name, mode, steps[0].rate, steps)
+            run["passed"] = [self.criteria.passes(s) for s in steps]
+            if name in verify_counts:
+                ids = {v for s in steps for v in s.acked_ids}
+                run.update({k: v for k, v in compare(ids, verify_counts[name]).items()
+                            if k in ("stored", "missing", "duplicates")})
+            runs.append(run)
+        for name, search in searches.items():
+            if search.best is None:
+                runs.append({**report.median_run(name, "max", 0, []),
+                             "note": self.dead.get(name, "no step passed")})
+        return {
+            "date": report.now_iso(),
+            "command": self.command,
+            "machine": {**machine, "loadavg_at_end": Path("/proc/loadavg").read_text().split()[:3]},
+            "settings": {**asdict(self.plan), **asdict(self.criteria),
+                         "workers": self.args.workers, "loadgen_cpus": self.args.loadgen_cpus,
+                         "target_cpus": self.args.target_cpus, "alg": self.args.alg,
+                         "elections": {n: t.election for n, t in self.targets.items()}},
+            "runs": runs,
+            "ratios": report.ratios(runs),
+            "search": {n: s.history for n, s in searches.items()},
+            "verify": verify_results,
+            "dead": self.dead,
+            "steps": [s.summary() for s in self.steps],
+            "png": str(json_path.with_suffix(".png")),
+            "seconds": round(time.monotonic() - self.started, 1),
+        }
+
+    def _exit_code(self, doc: dict[str, object]) -> int:
+        ok = not self.dead
+        runs: list[dict] = doc["runs"]  # type: ignore[assignment]
+        if self.plan.mode == "max":
+            for name in self.targets:
+                run = report.find_run(runs, name, "max")
+                ok = ok and bool(run and run.get("rate"))
+        verify: dict[str, dict] = doc["verify"]  # type: ignore[assignment]
+        for name, v in verify.items():
+            if "error" in v or v.get("missing") or v.get("duplicates"):
+                self.log(f"FAILED exactly-once check for {name}: {v}")
+                ok = False
+        return 0 if ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench gateway", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--targets", default=",".join(TARGETS),
+                   help=f"comma-separated, of {', '.join(TARGETS)} (default: all)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--max", action="store_true",
+                      help="find each target's highest passing rate (default)")
+    mode.add_argument("--rate", type=int, default=None, help="offered requests/s, open loop")
+    p.add_argument("--quick", action="store_true",
+                   help="short steps and one repeat: about 1.5 minutes with the stack up")
+    p.add_argument("--json", default=None, help="write results here (PNG plot beside it)")
+    p.add_argument("--repeat", type=int, default=None, help="runs per measurement (3; quick 1)")
+    p.add_argument("--duration", type=float, default=None,
+                   help="seconds of each measured run (20; quick 3)")
+    p.add_argument("--step-duration", type=float, default=None,
+                   help="seconds of each --max search step (10; quick 2)")
+    p.add_argument("--warmup", type=float, default=None, help="warm-up seconds (10; quick 2)")
+    p.add_argument("--warmup-rate", type=int, default=300)
+    p.add_argument("--start-rate", type=int, default=1000, help="first rate of the search")
+    p.add_argument("--p99-bound-ms", type=float, default=100.0)
+    p.add_argument("--max-error-rate", type=float, default=0.001)
+    p.add_argument("--no-half-max", action="store_true", help="skip the half-max runs")
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes of gateway, fastapi-peer and nginx (default 1)")
+    p.add_argument("--loadgen-cpus", default=None, help="taskset -c list for vegeta")
+    p.add_argument("--target-cpus", default=None, help="taskset -c list for the targets")
+    p.add_argument("--alg", default="HS256", choices=("HS256", "EdDSA"))
+    p.add_argument("--pool", type=int, default=60_000,
+                   help="distinct votes per peer before they are reused (gateway: never)")
+    p.add_argument("--no-verify", action="store_true", help="skip the PostgreSQL check")
+    p.add_argument("--verify-peers", action="store_true",
+                   help="also check the peers' votes in PostgreSQL")
+    p.add_argument("--verify-timeout", type=float, default=180.0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[2:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if args.rate is not None and args.rate < 1:
+        build_parser().error("--rate must be >= 1")
+    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return Session(args, ["gateway", *argv]).run()
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nbench: interrupted; everything it started has been stopped", file=sys.stderr)
+        return 130
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

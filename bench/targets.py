@@ -1,0 +1,232 @@
+"""The systems under load, started and stopped by the harness itself.
+
+Each target is one process group (``start_new_session``): stopping it sends SIGTERM to
+the whole group (granian/uvicorn/nginx workers included), then SIGKILL after a grace
+period, so no worker outlives a bench command. Targets listen on free loopback ports, so
+they never clash with a gateway someone runs on :8080.
+
+* ``gateway``      — ``python -m gateway``: this project, full semantics.
+* ``nginx-204``    — nginx answering 204 to the same requests: this machine's ceiling.
+* ``fastapi-peer`` — FastAPI + uvicorn + aiokafka with the gateway's semantics.
+* ``go-peer``      — net/http + franz-go with the gateway's semantics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from string import Template
+
+import httpx
+
+from bench.env import REPO, ensure_go_peer, python_exe, stack_dir
+
+TARGETS = ("gateway", "nginx-204", "fastapi-peer", "go-peer")
+PEERS_DIR = Path(__file__).resolve().parent / "peers"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Service:
+    """A child process group with a log file and an HTTP readiness probe."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    ready_url: str | None = None
+    cwd: Path = REPO
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, stdout=log,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited ({self.proc and self.proc.returncode})"
+                                   f" before it was ready:\n{self.log_tail()}")
+            if self.ready_url is None:
+                return
+            try:
+                resp = httpx.get(self.ready_url, timeout=2.0)
+                if 200 <= resp.status_code < 300:
+                    return
+                last = f"HTTP {resp.status_code} {resp.text[:200]}"
+            except httpx.HTTPError as exc:
+                last = repr(exc)
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} not ready after {timeout_s:g}s ({last}):\n"
+                           f"{self.log_tail()}")
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        """SIGTERM the process group, SIGKILL it after ``grace_s``; reap the leader."""
+        if self.proc is None:
+            return
+        pgid = self.proc.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+        try:
+            self.proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+            self.proc.wait(10)
+        # Workers may outlive their leader for a moment; leave none behind.
+        deadline = time.monotonic() + grace_s
+        while _group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class Target:
+    """One system under load: its service, its base URL and its election."""
+
+    name: str
+    base_url: str
+    election: str
+    service: Service
+    produces: bool  # sends votes to Kafka (then the processor stores them)
+    fresh_votes: bool  # needs a never-sent vote per request (deduplicates by vote_id)
+
+
+@dataclass
+class TargetConfig:
+    """What every target shares: stack environment, Kafka settings, worker count."""
+
+    env: dict[str, str]
+    run_dir: Path
+    workers: int = 1
+    cpus: str | None = None  # taskset -c list for the targets (None: not pinned)
+    topic: str = "votes.v1"
+    linger_ms: float = 2.0
+    jwks_file: str = ""
+    receipt_key_file: str = ""
+
+
+def _pinned(argv: list[str], cpus: str | None) -> list[str]:
+    return ["taskset", "-c", cpus, *argv] if cpus else argv
+
+
+def make_target(name: str, election: str, cfg: TargetConfig) -> Target:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = cfg.run_dir / f"{name}.log"
+    env = dict(cfg.env)
+    if name == "gateway":
+        env.update({
+            "VOTE_HTTP_HOST": "127.0.0.1",
+            "VOTE_HTTP_PORT": str(port),
+            "VOTE_METRICS_PORT": str(free_port()),
+            "VOTE_WORKERS": str(cfg.workers),
+            "VOTE_TOPIC": cfg.topic,
+            "VOTE_KAFKA_LINGER_MS": f"{cfg.linger_ms:g}",
+            # One load generator on one address stands in for millions of voters: the
+            # per-address limit would measure the limiter, not the gateway.
+            "VOTE_RATE_IP_PER_S": "1000000000",
+            "VOTE_RATE_IP_BURST": "1000000000",
+            "VOTE_SPILL_DIR": str(stack_dir(cfg.env) / "bench" / "spill"),
+            "VOTE_GATEWAY_ID": "bench-gateway",
+            "VOTE_LOG_LEVEL": "WARNING",
+        })
+        if cfg.jwks_file:
+            env["VOTE_JWKS_FILE"] = cfg.jwks_file
+        svc = Service(name, _pinned([python_exe(), "-m", "gateway"], cfg.cpus), env, log,
+                      ready_url=f"{base}/readyz")
+        return Target(name, base, election, svc, produces=True, fresh_votes=True)
+    if name == "nginx-204":
+        prefix = cfg.run_dir / "nginx"
+        (prefix / "tmp").mkdir(parents=True, exist_ok=True)
+        conf = prefix / "nginx.conf"
+        text = Template((PEERS_DIR / "nginx-204.conf").read_text()).substitute(
+            workers=cfg.workers, port=port, prefix=prefix)
+        conf.write_text(text)
+        argv = ["/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else "nginx",
+                "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
+        svc = Service(name, _pinned(argv, cfg.cpus), env, log, ready_url=f"{base}/readyz")
+        return Target(name, base, election, svc, produces=False, fresh_votes=False)
+    peer_env = {
+        "PEER_KAFKA_BOOTSTRAP": cfg.env["VOTE_KAFKA_BOOTSTRAP"],
+        "PEER_TOPIC": cfg.topic,
+        "PEER_JWKS_FILE": cfg.jwks_file,
+        "PEER_RECEIPT_KEY_FILE": cfg.receipt_key_file,
+        "PEER_LINGER_MS": f"{cfg.linger_ms:g}",
+        "PEER_GATEWAY_ID": f"bench-{name}",
+    }
+    env.update(peer_env)
+    if name == "fastapi-peer":
+        argv = [python_exe(), "-m", "uvicorn", "bench.peers.fastapi_peer:app",
+                "--host", "127.0.0.1", "--port", str(port), "--workers", str(cfg.workers),
+                "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+                "--log-level", "warning"]
+        svc = Service(name, _pinned(argv, cfg.cpus), env, log, ready_url=f"{base}/readyz")
+        return Target(name, base, election, svc, produces=True, fresh_votes=False)
+    if name == "go-peer":
+        exe = ensure_go_peer(cfg.env)
+        argv = [str(exe), "-addr", f"127.0.0.1:{port}"]
+        svc = Service(name, _pinned(argv, cfg.cpus), env, log, ready_url=f"{base}/readyz")
+        return Target(name, base, election, svc, produces=True, fresh_votes=False)
+    raise ValueError(f"unknown target {name!r} (known: {', '.join(TARGETS)})")
+
+
+def processor_running(env: dict[str, str]) -> int | None:
+    """The pid of the stack's processor when one is alive (``.stack/run/processor.pid``)."""
+    pid_file = stack_dir(env) / "run" / "processor.pid"
+    try:
+        pid = int(pid_file.read_text().split()[0])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if b"processor" in cmdline else None
+
+
+def processor_service(env: dict[str, str], run_dir: Path) -> Service:
+    """A processor of our own (the consumer group's other members share the work)."""
+    penv = dict(env)
+    penv["VOTE_PROCESSOR_METRICS_PORT"] = "0"  # never clash with the stack's :9101
+    penv.setdefault("VOTE_PROCESSOR_LOG_LEVEL", "WARNING")
+    return Service("processor", [python_exe(), "-m", "processor"], penv,
+                   run_dir / "processor.log")
+
+
+def migrate(env: dict[str, str]) -> None:
+    subprocess.run([python_exe(), "-m", "processor", "migrate"], env=env, cwd=REPO,
+                   check=True, capture_output=True, timeout=120)

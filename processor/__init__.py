@@ -1,0 +1,6 @@
+"""Kafka → PostgreSQL vote processor (DESIGN §7).
+
+``python -m processor`` consumes ``votes.v1`` in batches and applies each batch in one
+PostgreSQL transaction together with the partition offsets; ``migrate``, ``verify`` and
+``rebuild-cache`` are the operator commands (see ``processor/README.md``).
+"""

@@ -1,0 +1,432 @@
+"""The consume → transaction → cache loop (``python -m processor``).
+
+Offsets live in PostgreSQL (``consumer_offsets``), written in each batch's
+transaction; Kafka's own committed offsets are never used. On assignment the consumer
+is positioned at the stored offsets (or the beginning); on revoke/lost nothing needs
+to be undone because an uncommitted batch simply never happened, and the fence in
+``Store.apply_batch`` stops a batch that a zombie still holds. The loop runs batches
+one at a time: the rebalance callbacks are served inside ``consume()``, i.e. never
+while a batch transaction is open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import psycopg
+import redis
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka import Message as KafkaMessage
+
+from processor import metrics
+from processor.cache import TallyCache
+from processor.policy import Election, Message, Plan, decode_all
+from processor.settings import ProcessorSettings
+from processor.store import (
+    BatchResult,
+    Fenced,
+    ShardTally,
+    Store,
+    VoteIdRace,
+    group_by_election,
+)
+
+log = logging.getLogger("processor")
+
+T = TypeVar("T")
+
+_ELECTIONS_TTL_S = 5.0
+_LATENCY_SAMPLES = 1000
+
+
+class Processor:
+    """One member of the ``vote-processor`` consumer group."""
+
+    def __init__(self, settings: ProcessorSettings) -> None:
+        self.s = settings
+        self.topic = settings.processor_topic
+        self._stop = False
+        self._assigned: set[int] = set()
+        self._next: dict[int, int] = {}  # committed next offset per assigned partition
+        self._gap_ok: dict[int, int] = {}
+        self._rebalances = 0
+        self._target = settings.processor_batch_max_messages
+        self._elections: dict[str, Election] = {}
+        self._elections_at = 0.0
+        self._dirty: set[str] = set()  # elections whose Redis tallies need a full write
+        self._attempts = 0
+        self._last_lag = 0.0
+        self._dlq: Producer | None = None
+        self.store = Store(settings.pg_dsn, settings.processor_group, self.topic)
+        self.cache = TallyCache(settings.redis_url)
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "group.id": settings.processor_group,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "client.id": f"vote-processor-{os.getpid()}",
+                # Short enough that a killed member's partitions move on quickly.
+                "session.timeout.ms": 6000,
+                "heartbeat.interval.ms": 1000,
+                "max.poll.interval.ms": 300000,
+                "fetch.max.bytes": 64 * 1024 * 1024,
+                "max.partition.fetch.bytes": 8 * 1024 * 1024,
+                "queued.min.messages": 200000,
+            }
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def request_stop(self, *_: object) -> None:
+        """Finish the current batch, then leave the group and exit."""
+        self._stop = True
+
+    def run(self) -> None:
+        self.consumer.subscribe(
+            [self.topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        log.info("processor started", extra={"topic": self.topic, "group": self.s.processor_group})
+        try:
+            while not self._stop:
+                messages = self._collect()
+                if messages:
+                    self._process(messages)
+                else:
+                    self._idle()
+        finally:
+            # close() leaves the group at once, so the partitions move without waiting
+            # for the session timeout.
+            self.consumer.close()
+            if self._dlq is not None:
+                self._dlq.flush(5)
+            self.store.close()
+            self.cache.close()
+            log.info("processor stopped")
+
+    # -- rebalance callbacks -------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        ids = [tp.partition for tp in partitions]
+        stored = self._retry_db(lambda: self.store.stored_offsets(ids))
+        for tp in partitions:
+            tp.offset = stored.get(tp.partition, OFFSET_BEGINNING)
+            if tp.partition in stored:
+                self._next[tp.partition] = stored[tp.partition]
+        consumer.assign(partitions)
+        self._assigned = set(ids)
+        self._rebalances += 1
+        self._gap_ok.clear()
+        log.info("partitions assigned", extra={"partitions": ids, "offsets": stored})
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._drop([tp.partition for tp in partitions])
+        consumer.unassign()
+        log.info("partitions revoked", extra={"partitions": [tp.partition for tp in partitions]})
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Another member may already own them; the offset fence makes sure that a batch
+        # we still hold for them can't be applied twice.
+        self._drop([tp.partition for tp in partitions])
+        consumer.unassign()
+        log.warning("partitions lost", extra={"partitions": [tp.partition for tp in partitions]})
+
+    def _drop(self, ids: list[int]) -> None:
+        self._assigned.difference_update(ids)
+        self._rebalances += 1
+        self._gap_ok.clear()
+        for p in ids:
+            self._next.pop(p, None)
+            with contextlib.suppress(KeyError):
+                metrics.LAG.remove(str(p))
+
+    # -- batching ----------------------------------------------------------------------
+
+    def _collect(self) -> list[KafkaMessage]:
+        """Messages up to the adaptive count, the byte bound or the time bound."""
+        got = self.consumer.consume(num_messages=self._target, timeout=0.5)
+        if not got:
+            return []
+        gen = self._rebalances
+        msgs = self._usable(got)
+        nbytes = sum(len(m.value() or b"") for m in msgs)
+        deadline = time.monotonic() + self.s.processor_batch_max_ms / 1000
+        while len(msgs) < self._target and nbytes < self.s.processor_batch_max_bytes:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._stop:
+                break
+            more = self._usable(
+                self.consumer.consume(num_messages=self._target - len(msgs), timeout=remaining)
+            )
+            msgs += more
+            nbytes += sum(len(m.value() or b"") for m in more)
+        if self._rebalances != gen:
+            # Assignment changed while collecting: keep only partitions still ours, and
+            # drop the copies re-fetched from the stored offsets.
+            seen: set[tuple[int, int]] = set()
+            kept = []
+            for m in msgs:
+                key = (m.partition(), m.offset())
+                if key[0] in self._assigned and key not in seen:
+                    seen.add(key)
+                    kept.append(m)
+            msgs = kept
+        msgs.sort(key=lambda m: (m.partition(), m.offset()))
+        return msgs
+
+    def _usable(self, got: list[KafkaMessage]) -> list[KafkaMessage]:
+        out = []
+        for m in got:
+            err = m.error()
+            if err is None:
+                out.append(m)
+            elif err.code() != KafkaError._PARTITION_EOF:
+                if err.fatal():
+                    raise KafkaException(err)
+                log.warning("consumer error", extra={"error": str(err)})
+        return out
+
+    # -- one batch ---------------------------------------------------------------------
+
+    def _process(self, kmsgs: list[KafkaMessage]) -> None:
+        first: dict[int, int] = {}
+        nxt: dict[int, int] = {}
+        messages: list[Message] = []
+        for m in kmsgs:
+            p, o = m.partition(), m.offset()
+            first.setdefault(p, o)
+            nxt[p] = o + 1
+            messages.append(Message(p, o, m.value(), m.key()))
+        decoded = decode_all(messages)
+        self._refresh_elections(
+            force={d.event.election_id for d in decoded if d.event is not None}
+            - self._elections.keys()
+        )
+        self._attempts += 1
+        started = time.monotonic()
+        result: BatchResult | None = None
+        backoff = 0.2
+        while result is None:
+            try:
+                result = self.store.apply_batch(
+                    decoded,
+                    self._elections,
+                    first,
+                    nxt,
+                    dict(self._gap_ok),
+                    after_copy=self._crash_hook("after_copy"),
+                    before_commit=self._send_dead_letters,
+                )
+            except Fenced as f:
+                metrics.COMMITS.labels("fenced").inc()
+                log.warning("batch fenced", extra={"stored": f.stored, "first": first})
+                self._reseek(first, f.stored)
+                return
+            except VoteIdRace as exc:
+                metrics.COMMITS.labels("race").inc()
+                log.info("vote_id race, retrying batch", extra={"detail": str(exc)})
+            except (psycopg.Error, KafkaException, DeadLetterError) as exc:
+                metrics.COMMITS.labels("error").inc()
+                log.error("batch failed, retrying", extra={"error": repr(exc)})
+                if self._stop:
+                    return  # nothing was committed; the next owner starts at `first`
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                if isinstance(exc, psycopg.OperationalError) or self.store.conn.closed:
+                    self._retry_db(self.store.reconnect)
+        db_seconds = time.monotonic() - started
+        self._crash_hook("after_commit")()
+        metrics.COMMITS.labels("ok").inc()
+        metrics.BATCHES.inc()
+        metrics.BATCH_SECONDS.observe(db_seconds)
+        metrics.BATCH_SIZE.observe(len(kmsgs))
+        plan = result.plan
+        for outcome, n in plan.outcomes.items():
+            metrics.ROWS.labels(outcome).inc(n)
+        self._next.update(nxt)
+        self._publish(result)
+        self._observe_latency(plan)
+        self._adapt(len(kmsgs), db_seconds)
+        self._update_lag(force=True)
+        log.debug("batch committed", extra={"messages": len(kmsgs), "seconds": db_seconds})
+
+    def _reseek(self, first: dict[int, int], stored: dict[int, int]) -> None:
+        """After a fenced (rolled-back) batch: continue from what PostgreSQL holds."""
+        for p, f in first.items():
+            target = stored.get(p, f)
+            if p not in self._assigned:
+                continue
+            try:
+                self.consumer.seek(TopicPartition(self.topic, p, target))
+            except KafkaException as exc:
+                log.warning("seek failed", extra={"partition": p, "error": str(exc)})
+                self._gap_ok.pop(p, None)
+                continue
+            # If the broker still delivers from beyond `target` after this seek, the
+            # offsets in between don't exist (e.g. transaction markers): accept the gap.
+            if p in stored and f > stored[p]:
+                self._gap_ok[p] = stored[p]
+
+    def _send_dead_letters(self, plan: Plan) -> None:
+        if not plan.dead_letters:
+            return
+        if self._dlq is None:
+            self._dlq = Producer(
+                {
+                    "bootstrap.servers": self.s.kafka_bootstrap,
+                    "enable.idempotence": True,
+                    "acks": "all",
+                    "linger.ms": 5,
+                }
+            )
+        errors: list[str] = []
+
+        def delivered(err: KafkaError | None, _msg: KafkaMessage) -> None:
+            if err is not None:
+                errors.append(str(err))
+
+        for d in plan.dead_letters:
+            self._dlq.produce(
+                self.s.processor_dlq_topic,
+                value=d.msg.value,
+                key=d.msg.key,
+                headers=[
+                    ("reason", d.reason.encode()),
+                    ("detail", d.detail.encode()),
+                    ("source", f"{self.topic}:{d.msg.partition}:{d.msg.offset}".encode()),
+                ],
+                on_delivery=delivered,
+            )
+        left = self._dlq.flush(10)
+        if left or errors:
+            raise DeadLetterError(f"dead letters not confirmed: {left} pending, {errors[:3]}")
+        metrics.DEAD_LETTERS.inc(len(plan.dead_letters))
+
+    # -- after commit ------------------------------------------------------------------
+
+    def _publish(self, result: BatchResult) -> None:
+        for eid, shards in group_by_election(result.tallies).items():
+            self._write_cache(eid, shards)
+        for eid in list(self._dirty):
+            self._write_cache(eid, None)
+
+    def _write_cache(self, eid: str, shards: list[ShardTally] | None) -> None:
+        try:
+            if (
+                shards is None
+                or eid in self._dirty
+                or self.cache.write(eid, shards, full=False) < 0
+            ):
+                self.cache.write(eid, self.store.shard_tallies(eid), full=True)
+            self._dirty.discard(eid)
+        except (redis.RedisError, OSError) as exc:
+            metrics.CACHE_ERRORS.inc()
+            if eid not in self._dirty:
+                log.warning("redis tally write failed", extra={"election": eid, "error": repr(exc)})
+            self._dirty.add(eid)
+
+    def _observe_latency(self, plan: Plan) -> None:
+        stamps = plan.counted_received_at_us
+        if not stamps:
+            return
+        now_us = time.time() * 1e6
+        step = max(1, len(stamps) // _LATENCY_SAMPLES)
+        for t in stamps[::step]:
+            metrics.ACK_TO_COUNT.observe(max(0.0, (now_us - t) / 1e6))
+
+    def _adapt(self, n: int, seconds: float) -> None:
+        target_s = self.s.processor_batch_target_ms / 1000
+        lo, hi = self.s.processor_batch_min_messages, self.s.processor_batch_max_messages
+        if seconds > target_s:
+            self._target = max(lo, int(self._target * 0.7))
+        elif n >= self._target and seconds < target_s / 2:
+            self._target = min(hi, int(self._target * 1.5) + 1)
+
+    def _update_lag(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_lag < 1.0:
+            return
+        self._last_lag = now
+        for p in list(self._assigned):
+            try:
+                lo, hi = self.consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, p), cached=True
+                )
+            except KafkaException:
+                continue
+            if hi < 0:
+                continue
+            metrics.LAG.labels(str(p)).set(max(0, hi - self._next.get(p, max(lo, 0))))
+
+    def _idle(self) -> None:
+        self._update_lag()
+        self._refresh_elections()
+        for eid in list(self._dirty):
+            self._write_cache(eid, None)
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _refresh_elections(self, force: set[str] | None = None) -> None:
+        """Reload the election cache every few seconds; look up unknown ids at once."""
+        now = time.monotonic()
+        if now - self._elections_at >= _ELECTIONS_TTL_S:
+            self._elections = self._retry_db(self.store.load_elections)
+            self._elections_at = now
+        elif force:
+            # An election created after the last reload must not be rejected as unknown.
+            ids = sorted(force)
+            self._elections.update(self._retry_db(lambda: self.store.load_elections(ids)))
+
+    def _retry_db(self, fn: Callable[[], T]) -> T:
+        delay = 0.2
+        while True:
+            try:
+                return fn()
+            except psycopg.OperationalError as exc:
+                log.error("database unavailable", extra={"error": repr(exc)})
+                if self._stop:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                with contextlib.suppress(psycopg.OperationalError):
+                    self.store.reconnect()
+
+    def _crash_hook(self, point: str) -> Callable[[], None]:
+        def hook() -> None:
+            if self.s.processor_crash_at == point and (
+                self._attempts == self.s.processor_crash_after_batches
+            ):
+                log.warning("crash hook: SIGKILL", extra={"point": point})
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        return hook
+
+
+class DeadLetterError(RuntimeError):
+    """The dead-letter topic did not confirm; the batch is retried."""
+
+
+def run(settings: ProcessorSettings) -> int:
+    proc = Processor(settings)
+    signal.signal(signal.SIGTERM, proc.request_stop)
+    signal.signal(signal.SIGINT, proc.request_stop)
+    metrics.serve(settings.processor_metrics_port)
+    proc.run()
+    return 0

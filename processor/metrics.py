@@ -1,0 +1,40 @@
+"""Prometheus metrics of the processor (DESIGN §8)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+BATCHES = Counter("vote_batches_total", "Batches committed to PostgreSQL")
+BATCH_SECONDS = Histogram(
+    "vote_batch_seconds",
+    "Wall time of one batch transaction (fence, lookups, writes, commit)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+BATCH_SIZE = Histogram(
+    "vote_batch_messages",
+    "Messages per batch",
+    buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000, 20000, 50000),
+)
+ROWS = Counter(
+    "vote_rows_total",
+    "Messages by outcome: counted, superseded, duplicate or the rejection reason",
+    ["outcome"],
+)
+LAG = Gauge("vote_consumer_lag", "High watermark minus next offset to process", ["partition"])
+COMMITS = Counter(
+    "vote_db_commits_total",
+    "Batch transactions by result: ok, fenced, race (vote_id taken concurrently), error",
+    ["result"],
+)
+ACK_TO_COUNT = Histogram(
+    "vote_ack_to_count_seconds",
+    "From the gateway's received_at to the tally being visible in Redis (sampled)",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
+CACHE_ERRORS = Counter("vote_cache_errors_total", "Failed Redis tally writes")
+DEAD_LETTERS = Counter("vote_dead_letters_total", "Messages sent to the dead-letter topic")
+
+
+def serve(port: int) -> None:
+    if port:
+        start_http_server(port)

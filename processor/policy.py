@@ -1,0 +1,379 @@
+"""The decision for every message of a batch, as a pure function (no I/O).
+
+``plan_batch`` takes the batch's messages in Kafka order plus what PostgreSQL already
+holds about the votes and voters they mention, and returns the rows to write. Keeping
+this pure makes the policies testable without services and keeps the transaction
+code (``processor.store``) free of rules.
+
+Rules, in the order they are checked for a decoded event (E, vote_id X, voter A,
+choice c):
+
+1. (X, A, c) already rejected → ``duplicate`` (a Kafka replay; nothing is written).
+2. X already stored in ``votes`` with the same (A, c) → ``duplicate``; with other
+   content → rejection ``duplicate_vote_id`` (the first content stored owns X).
+3. Schema version unknown, a field empty or oversized → ``malformed``; election unknown
+   → ``unknown_election`` (these three also go to the dead-letter topic).
+4. ``received_at`` outside [opens_at, closes_at) → ``election_closed``; choice not a
+   candidate → ``unknown_candidate``.
+5. The election's policy:
+   * ``first_wins`` / ``max_votes:N``: the first 1 / N votes of a voter in processing
+     (Kafka) order count, later ones are rejected ``voter_already_voted``. Kafka is
+     keyed by voter, so processing order is the order the gateways produced them, and a
+     vote shown to the voter as counted never turns into a rejection later.
+   * ``last_wins``: the vote with the greatest (received_at, vote_id) counts, whatever
+     order Kafka delivers them in; the others stay in ``votes`` with ``superseded_by``
+     naming the vote that replaced them, and the tally moves from the old choice to
+     the new one.
+
+Every decision is folded back into the lookup state before the next message, so
+duplicates and re-votes inside one batch follow the same rules as across batches.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import msgspec
+
+from core.event import SCHEMA_VERSION, VoteEvent, decode
+
+MAX_FIELD_LEN = 256
+
+# Rejection reasons a voter can see (vote_rejections.reason).
+DUPLICATE_VOTE_ID = "duplicate_vote_id"
+VOTER_ALREADY_VOTED = "voter_already_voted"
+ELECTION_CLOSED = "election_closed"
+UNKNOWN_CANDIDATE = "unknown_candidate"
+UNKNOWN_ELECTION = "unknown_election"
+MALFORMED = "malformed"
+REASONS = (
+    DUPLICATE_VOTE_ID,
+    VOTER_ALREADY_VOTED,
+    ELECTION_CLOSED,
+    UNKNOWN_CANDIDATE,
+    UNKNOWN_ELECTION,
+    MALFORMED,
+)
+# Outcomes that are not rejections (metrics label vote_rows_total{outcome}).
+COUNTED = "counted"
+SUPERSEDED = "superseded"
+DUPLICATE = "duplicate"
+
+VoteKey = tuple[str, str]  # (election_id, vote_id)
+VoterKey = tuple[str, str]  # (election_id, voter_id)
+FullKey = tuple[str, str, str, str]  # (election_id, vote_id, voter_id, choice)
+
+
+class PolicyError(ValueError):
+    """An election's policy text is not first_wins, last_wins or max_votes:N."""
+
+
+@dataclass(frozen=True, slots=True)
+class Election:
+    election_id: str
+    policy: str
+    candidates: frozenset[str]
+    # Microseconds since the epoch; None for an open end (-infinity / infinity).
+    opens_at_us: int | None = None
+    closes_at_us: int | None = None
+
+    @property
+    def last_wins(self) -> bool:
+        return self.policy == "last_wins"
+
+    @property
+    def max_votes(self) -> int:
+        """Votes that may count per voter under first_wins / max_votes:N."""
+        if self.policy in ("first_wins", "last_wins"):
+            return 1
+        if self.policy.startswith("max_votes:"):
+            try:
+                n = int(self.policy.split(":", 1)[1])
+            except ValueError:
+                n = 0
+            if n >= 1:
+                return n
+        raise PolicyError(f"election {self.election_id}: unknown policy {self.policy!r}")
+
+    def is_open_at(self, received_at_us: int) -> bool:
+        if self.opens_at_us is not None and received_at_us < self.opens_at_us:
+            return False
+        return self.closes_at_us is None or received_at_us < self.closes_at_us
+
+
+@dataclass(slots=True)
+class VoterState:
+    """One row of ``voters``: how many of the voter's votes count and which is current."""
+
+    counted: int
+    vote_id: str
+    choice: str
+    received_at_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One Kafka message of the batch, before decoding."""
+
+    partition: int
+    offset: int
+    value: bytes | None
+    key: bytes | None = None
+
+
+@dataclass(slots=True)
+class Decoded:
+    msg: Message
+    event: VoteEvent | None
+    error: str | None  # why decoding failed
+
+
+@dataclass(slots=True)
+class VoteRow:
+    election_id: str
+    vote_id: str
+    voter_id: str
+    choice: str
+    received_at_us: int
+    gateway_id: str
+    partition: int
+    offset: int
+    superseded_by: str | None = None
+
+
+@dataclass(slots=True)
+class RejectionRow:
+    election_id: str
+    vote_id: str
+    voter_id: str
+    choice: str
+    reason: str
+    detail: str | None
+    received_at_us: int | None
+    partition: int
+    offset: int
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    msg: Message
+    reason: str
+    detail: str
+
+
+@dataclass(slots=True)
+class Plan:
+    votes: list[VoteRow] = field(default_factory=list)
+    rejections: list[RejectionRow] = field(default_factory=list)
+    # Votes already in PostgreSQL that a vote of this batch replaced:
+    # (election_id, vote_id, superseded_by).
+    supersede: list[tuple[str, str, str]] = field(default_factory=list)
+    # New absolute state of every voter this batch changed.
+    voters: dict[VoterKey, VoterState] = field(default_factory=dict)
+    # (election_id, candidate_id, kafka partition) -> delta.
+    tally: Counter[tuple[str, str, int]] = field(default_factory=Counter)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    # received_at of each vote counted by this batch (for vote_ack_to_count_seconds).
+    counted_received_at_us: list[int] = field(default_factory=list)
+
+
+def decode_all(messages: list[Message]) -> list[Decoded]:
+    out: list[Decoded] = []
+    for m in messages:
+        if m.value is None:
+            out.append(Decoded(m, None, "empty message"))
+            continue
+        try:
+            out.append(Decoded(m, decode(m.value), None))
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            out.append(Decoded(m, None, str(exc)[:200]))
+    return out
+
+
+@dataclass(slots=True)
+class Lookups:
+    """What PostgreSQL holds about the keys a batch mentions (read inside its transaction)."""
+
+    votes: dict[VoteKey, tuple[str, str]] = field(default_factory=dict)  # -> (voter, choice)
+    rejected: set[FullKey] = field(default_factory=set)
+    voters: dict[VoterKey, VoterState] = field(default_factory=dict)
+
+
+def keys_of(decoded: list[Decoded]) -> tuple[set[VoteKey], set[FullKey], set[VoterKey]]:
+    """The keys ``plan_batch`` needs looked up for these messages."""
+    vote_keys: set[VoteKey] = set()
+    full_keys: set[FullKey] = set()
+    voter_keys: set[VoterKey] = set()
+    for d in decoded:
+        e = d.event
+        if e is None:
+            continue
+        vote_keys.add((e.election_id, e.vote_id))
+        full_keys.add((e.election_id, e.vote_id, e.voter_id, e.choice))
+        voter_keys.add((e.election_id, e.voter_id))
+    return vote_keys, full_keys, voter_keys
+
+
+def plan_batch(
+    decoded: list[Decoded],
+    elections: dict[str, Election],
+    lookups: Lookups,
+    topic: str,
+) -> Plan:
+    """Decide every message; ``lookups`` is updated in place as decisions are made."""
+    plan = Plan()
+    votes = lookups.votes
+    rejected = lookups.rejected
+    voters = lookups.voters
+    # Votes inserted by this batch, so a later re-vote in the batch can supersede them
+    # before they are written.
+    pending: dict[VoteKey, VoteRow] = {}
+
+    def reject(e: VoteEvent, m: Message, reason: str, detail: str | None = None) -> None:
+        plan.rejections.append(
+            RejectionRow(
+                e.election_id,
+                e.vote_id,
+                e.voter_id,
+                e.choice,
+                reason,
+                detail,
+                e.received_at_us,
+                m.partition,
+                m.offset,
+            )
+        )
+        rejected.add((e.election_id, e.vote_id, e.voter_id, e.choice))
+        plan.outcomes[reason] += 1
+
+    def insert(e: VoteEvent, m: Message, superseded_by: str | None) -> VoteRow:
+        row = VoteRow(
+            e.election_id,
+            e.vote_id,
+            e.voter_id,
+            e.choice,
+            e.received_at_us,
+            e.gateway_id,
+            m.partition,
+            m.offset,
+            superseded_by,
+        )
+        plan.votes.append(row)
+        votes[(e.election_id, e.vote_id)] = (e.voter_id, e.choice)
+        pending[(e.election_id, e.vote_id)] = row
+        return row
+
+    for d in decoded:
+        m = d.msg
+        e = d.event
+        if e is None:
+            detail = d.error or "undecodable"
+            plan.rejections.append(
+                RejectionRow(
+                    "",
+                    f"kafka:{topic}:{m.partition}:{m.offset}",
+                    "",
+                    "",
+                    MALFORMED,
+                    detail,
+                    None,
+                    m.partition,
+                    m.offset,
+                )
+            )
+            plan.outcomes[MALFORMED] += 1
+            plan.dead_letters.append(DeadLetter(m, MALFORMED, detail))
+            continue
+
+        eid = e.election_id
+        if (eid, e.vote_id, e.voter_id, e.choice) in rejected:
+            plan.outcomes[DUPLICATE] += 1
+            continue
+        owner = votes.get((eid, e.vote_id))
+        if owner is not None:
+            if owner == (e.voter_id, e.choice):
+                plan.outcomes[DUPLICATE] += 1
+            else:
+                reject(e, m, DUPLICATE_VOTE_ID, "vote_id already used for another vote")
+            continue
+
+        problem = _malformed(e)
+        if problem is not None:
+            reject(e, m, MALFORMED, problem)
+            plan.dead_letters.append(DeadLetter(m, MALFORMED, problem))
+            continue
+        election = elections.get(eid)
+        if election is None:
+            reject(e, m, UNKNOWN_ELECTION, None)
+            plan.dead_letters.append(DeadLetter(m, UNKNOWN_ELECTION, eid))
+            continue
+        if not election.is_open_at(e.received_at_us):
+            reject(e, m, ELECTION_CLOSED, None)
+            continue
+        if e.choice not in election.candidates:
+            reject(e, m, UNKNOWN_CANDIDATE, None)
+            continue
+
+        vkey = (eid, e.voter_id)
+        state = voters.get(vkey)
+        if election.last_wins:
+            if state is None:
+                insert(e, m, None)
+                voters[vkey] = plan.voters[vkey] = VoterState(
+                    1, e.vote_id, e.choice, e.received_at_us
+                )
+                plan.tally[(eid, e.choice, m.partition)] += 1
+                plan.outcomes[COUNTED] += 1
+                plan.counted_received_at_us.append(e.received_at_us)
+            elif (e.received_at_us, e.vote_id) > (state.received_at_us, state.vote_id):
+                insert(e, m, None)
+                old = pending.get((eid, state.vote_id))
+                if old is not None:
+                    old.superseded_by = e.vote_id
+                else:
+                    plan.supersede.append((eid, state.vote_id, e.vote_id))
+                plan.tally[(eid, state.choice, m.partition)] -= 1
+                plan.tally[(eid, e.choice, m.partition)] += 1
+                voters[vkey] = plan.voters[vkey] = VoterState(
+                    1, e.vote_id, e.choice, e.received_at_us
+                )
+                plan.outcomes[COUNTED] += 1
+                plan.counted_received_at_us.append(e.received_at_us)
+            else:
+                # An older re-vote delivered late: kept for the audit, never counted.
+                insert(e, m, state.vote_id)
+                plan.outcomes[SUPERSEDED] += 1
+        else:
+            counted = state.counted if state is not None else 0
+            if counted >= election.max_votes:
+                reject(e, m, VOTER_ALREADY_VOTED, None)
+                continue
+            insert(e, m, None)
+            voters[vkey] = plan.voters[vkey] = VoterState(
+                counted + 1, e.vote_id, e.choice, e.received_at_us
+            )
+            plan.tally[(eid, e.choice, m.partition)] += 1
+            plan.outcomes[COUNTED] += 1
+            plan.counted_received_at_us.append(e.received_at_us)
+
+    # A move A→B→A inside one batch nets to zero; don't write zero deltas.
+    for k in [k for k, v in plan.tally.items() if v == 0]:
+        del plan.tally[k]
+    return plan
+
+
+def _malformed(e: VoteEvent) -> str | None:
+    if e.v != SCHEMA_VERSION:
+        return f"unknown schema version {e.v}"
+    for name in ("vote_id", "election_id", "voter_id", "choice", "gateway_id"):
+        value: str = getattr(e, name)
+        if not value or len(value) > MAX_FIELD_LEN:
+            return f"{name} empty or longer than {MAX_FIELD_LEN}"
+        if "\x00" in value:
+            # PostgreSQL text cannot hold NUL; storing it would fail the whole batch.
+            return f"{name} contains NUL"
+    if e.received_at_us <= 0:
+        return "received_at_us not positive"
+    return None

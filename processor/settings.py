@@ -1,0 +1,43 @@
+"""The processor's configuration: one typed object read from ``VOTE_*`` variables."""
+
+from __future__ import annotations
+
+import msgspec
+
+from core.event import DLQ_TOPIC, TOPIC
+
+
+class ProcessorSettings(msgspec.Struct, frozen=True, kw_only=True):
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    pg_dsn: str = "postgresql://vote:vote@127.0.0.1:15432/vote"
+    redis_url: str = "redis://127.0.0.1:16379/0"
+    # Set by `deploy/local/stack env`; the pid file lets `stack down` stop us.
+    stack_dir: str = ""
+    processor_topic: str = TOPIC
+    processor_dlq_topic: str = DLQ_TOPIC
+    processor_group: str = "vote-processor"
+    # A batch closes at whichever bound is hit first. The count bound adapts between
+    # processor_batch_min_messages and processor_batch_max_messages so that one batch
+    # takes about processor_batch_target_ms in the database.
+    processor_batch_max_messages: int = 20_000
+    processor_batch_min_messages: int = 500
+    processor_batch_max_bytes: int = 8 * 1024 * 1024
+    processor_batch_max_ms: int = 100
+    processor_batch_target_ms: int = 400
+    # Written at start and removed at exit when set (the launcher may manage it instead).
+    processor_pid_file: str = ""
+    # 0 disables the metrics endpoint (several processors in one test).
+    processor_metrics_port: int = 9101
+    processor_log_level: str = "INFO"
+    # Test-only fault injection: after_copy | after_commit | "" (off). The process
+    # SIGKILLs itself at that point of batch number processor_crash_after_batches.
+    processor_crash_at: str = ""
+    processor_crash_after_batches: int = 1
+
+    def __post_init__(self) -> None:
+        if self.processor_crash_at not in ("", "after_copy", "after_commit"):
+            raise ValueError("processor_crash_at must be '', 'after_copy' or 'after_commit'")
+        if not 1 <= self.processor_batch_min_messages <= self.processor_batch_max_messages:
+            raise ValueError(
+                "need 1 <= processor_batch_min_messages <= processor_batch_max_messages"
+            )

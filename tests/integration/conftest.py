@@ -1,0 +1,304 @@
+"""Fixtures for integration tests against the local stack (real Kafka, PostgreSQL, Redis).
+
+The stack is started by ``deploy/local/stack up`` (the Makefile does it before
+``make test``). If it is not running the tests fail — they are not skipped — with a
+message saying so.
+
+Isolation from other users of the same stack: each test session gets its own
+PostgreSQL database (migrated, dropped at the end); tests use unique election ids,
+unique topics (``unique_topic``) and unique consumer groups.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from core.event import VoteEvent, encode
+
+REPO = Path(__file__).resolve().parents[2]
+STACK = REPO / "deploy" / "local" / "stack"
+_HINT = "start the local stack first: `deploy/local/stack up` (make test does this)"
+
+
+def _fail(msg: str) -> None:
+    pytest.fail(f"{msg} — {_HINT}", pytrace=False)
+
+
+def parse_env(text: str) -> dict[str, str]:
+    """``KEY=value`` / ``export KEY=value`` lines (shell-quoted) as a dict."""
+    env: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export ") :]
+        key, sep, value = line.partition("=")
+        if sep:
+            parts = shlex.split(value)
+            env[key.strip()] = parts[0] if parts else ""
+    return env
+
+
+@pytest.fixture(scope="session")
+def stack_env() -> dict[str, str]:
+    """The variables printed by ``deploy/local/stack env``, after checking each service."""
+    if not STACK.exists():
+        _fail(f"{STACK} not found")
+    out = subprocess.run([str(STACK), "env"], capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        _fail(f"`deploy/local/stack env` failed: {out.stderr.strip()}")
+    env = parse_env(out.stdout)
+    for key in ("VOTE_KAFKA_BOOTSTRAP", "VOTE_PG_DSN", "VOTE_REDIS_URL"):
+        if not env.get(key):
+            _fail(f"`deploy/local/stack env` does not set {key}")
+    try:
+        with psycopg.connect(env["VOTE_PG_DSN"], connect_timeout=5):
+            pass
+    except psycopg.OperationalError as exc:
+        _fail(f"PostgreSQL not reachable at {env['VOTE_PG_DSN']}: {exc}")
+    try:
+        client = redis.Redis.from_url(env["VOTE_REDIS_URL"], socket_connect_timeout=5)
+        client.ping()
+        client.close()
+    except redis.RedisError as exc:
+        _fail(f"Redis not reachable at {env['VOTE_REDIS_URL']}: {exc}")
+    admin = AdminClient({"bootstrap.servers": env["VOTE_KAFKA_BOOTSTRAP"]})
+    try:
+        admin.list_topics(timeout=30)  # generous: CI machines can be loaded
+    except Exception as exc:  # KafkaException, or a timeout surfaced as one
+        _fail(f"Kafka not reachable at {env['VOTE_KAFKA_BOOTSTRAP']}: {exc}")
+    return env
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(stack_env: dict[str, str]) -> str:
+    return stack_env["VOTE_KAFKA_BOOTSTRAP"]
+
+
+@pytest.fixture(scope="session")
+def redis_url(stack_env: dict[str, str]) -> str:
+    return stack_env["VOTE_REDIS_URL"]
+
+
+@pytest.fixture(scope="session")
+def pg_dsn(stack_env: dict[str, str]) -> Iterator[str]:
+    """A fresh database for this test session, migrated with ``processor.migrate``."""
+    from processor.migrate import migrate
+
+    admin_dsn = stack_env["VOTE_PG_DSN"]
+    name = f"vote_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    dsn = psycopg.conninfo.make_conninfo(admin_dsn, dbname=name)
+    try:
+        migrate(dsn)
+        yield dsn
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def unique_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def unique_topic(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
+    """Factory: ``unique_topic(partitions=6, prefix="t")`` creates a topic, deleted after."""
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    created: list[str] = []
+
+    def make(partitions: int = 6, prefix: str = "test") -> str:
+        name = unique_id(prefix)
+        futures = admin.create_topics(
+            [NewTopic(name, num_partitions=partitions, replication_factor=-1)]
+        )
+        futures[name].result(timeout=30)
+        created.append(name)
+        # Wait until every partition has a leader, or the first produce may stall.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            md = admin.list_topics(name, timeout=10).topics.get(name)
+            if (
+                md is not None
+                and md.error is None
+                and len(md.partitions) == partitions
+                and all(p.leader >= 0 for p in md.partitions.values())
+            ):
+                return name
+            time.sleep(0.2)
+        raise TimeoutError(f"topic {name} has no leaders")
+
+    yield make
+    if created:
+        for f in admin.delete_topics(created, operation_timeout=30).values():
+            # Deletion is best effort: the name is unique, a leftover harms nobody.
+            with contextlib.suppress(Exception):
+                f.result(timeout=30)
+
+
+@dataclass
+class EventProducer:
+    """Produces ``VoteEvent``s (keyed by voter, as the gateway does) or raw bytes."""
+
+    bootstrap: str
+    _producer: Producer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._producer = Producer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                "compression.type": "lz4",
+            }
+        )
+
+    def send(
+        self, topic: str, events: Iterable[VoteEvent | bytes], partition: int | None = None
+    ) -> int:
+        n = 0
+        for e in events:
+            if isinstance(e, bytes):
+                value, key = e, b"poison"
+            else:
+                value, key = encode(e), e.voter_id.encode()
+            kwargs = {} if partition is None else {"partition": partition}
+            while True:
+                try:
+                    self._producer.produce(topic, value=value, key=key, **kwargs)
+                    break
+                except BufferError:
+                    self._producer.poll(0.1)
+            n += 1
+            if n % 10000 == 0:
+                self._producer.poll(0)
+        left = self._producer.flush(60)
+        assert left == 0, f"{left} events not delivered"
+        return n
+
+
+@pytest.fixture
+def producer(kafka_bootstrap: str) -> EventProducer:
+    return EventProducer(kafka_bootstrap)
+
+
+def make_event(
+    election_id: str,
+    voter_id: str,
+    choice: str,
+    vote_id: str | None = None,
+    received_at_us: int | None = None,
+    gateway_id: str = "test-gw",
+) -> VoteEvent:
+    return VoteEvent(
+        1,
+        vote_id or uuid.uuid4().hex,
+        election_id,
+        voter_id,
+        choice,
+        received_at_us if received_at_us is not None else int(time.time() * 1e6),
+        gateway_id,
+    )
+
+
+@pytest.fixture
+def create_election(pg_dsn: str) -> Callable[..., str]:
+    """Factory: ``create_election(candidates=("a","b"), policy="first_wins")`` → id."""
+
+    def make(
+        candidates: Iterable[str] = ("alice", "bob", "carol"),
+        policy: str = "first_wins",
+        opens_at: str = "-infinity",
+        closes_at: str = "infinity",
+        prefix: str = "el",
+    ) -> str:
+        eid = unique_id(prefix)
+        with psycopg.connect(pg_dsn, autocommit=True) as conn, conn.transaction():
+            conn.execute(
+                "INSERT INTO elections (election_id, title, policy, opens_at, closes_at)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                (eid, f"test {eid}", policy, opens_at, closes_at),
+            )
+            for c in candidates:
+                conn.execute(
+                    "INSERT INTO candidates (election_id, candidate_id, name) VALUES (%s, %s, %s)",
+                    (eid, c, c.title()),
+                )
+        return eid
+
+    return make
+
+
+@dataclass
+class Service:
+    """A ``python -m <module>`` subprocess with its stderr kept in a file."""
+
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def start_service(stack_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Service]]:
+    """Factory: ``start_service("processor", env={...}, args=[...])``; stopped after."""
+    started: list[Service] = []
+
+    def start(module: str, env: dict[str, str] | None = None, args: list[str] = ()) -> Service:
+        full_env = {**os.environ, **stack_env, **(env or {})}
+        full_env["PYTHONPATH"] = str(REPO)
+        log_path = tmp_path / f"{module}-{len(started)}.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", module, *args],
+                cwd=REPO,
+                env=full_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        svc = Service(proc, log_path)
+        started.append(svc)
+        return svc
+
+    yield start
+    for svc in started:
+        svc.stop()
+
+
+# The gateway's HTTP fixtures (a real gateway + processor per test module).
+from tests.integration.gateway_fixtures import gateway_stack  # noqa: E402, F401

@@ -1,0 +1,294 @@
+"""gateway._fast dedup cache, rate limiter, event encoding and receipts, on both implementations.
+
+``_TestStructures`` holds the cases; its subclasses bind them to the compiled core and to
+the pure-Python reference (the uvloop pattern). The hypothesis tests below run the same
+random operation sequences on both and require the same answers at every step.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from types import ModuleType
+from typing import Any, ClassVar
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import gateway._fast as fast
+from core import event
+from gateway._fast import reference
+
+PROPERTY = settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+RECEIPT_KEY = b"gateway-receipt-key-0123456789ab"
+
+
+def expected_receipt(key: bytes, vote_id: str, election_id: str, voter_id: str, choice: str,
+                     received_at_us: int) -> str:
+    """The receipt format written out independently of both implementations."""
+    message = f"{election_id}\x1f{vote_id}\x1f{voter_id}\x1f{choice}\x1f{received_at_us}"
+    mac = hmac.new(key, message.encode(), hashlib.sha256).digest()
+    return "r1." + base64.urlsafe_b64encode(mac).decode().rstrip("=")
+
+
+class _TestStructures:
+    m: ClassVar[ModuleType]
+
+    # -- IdempotencyCache ------------------------------------------------------------------
+
+    def test_cache_returns_the_first_answer(self) -> None:
+        cache = self.m.IdempotencyCache(4)
+        assert cache.get("v1") is None and len(cache) == 0
+        cache.put("v1", b"d1", {"status": "accepted"})
+        cache.put("v1", b"d2", "ignored")  # the first answer stays
+        assert cache.get("v1") == (b"d1", {"status": "accepted"})
+        assert len(cache) == 1 and cache.capacity == 4
+
+    def test_cache_evicts_least_recently_used(self) -> None:
+        cache = self.m.IdempotencyCache(3)
+        for vote_id in "abc":
+            cache.put(vote_id, b"d", vote_id)
+        assert cache.get("a") == (b"d", "a")  # a is now the most recent
+        cache.put("d", b"d", "d")
+        assert cache.get("b") is None
+        assert [cache.get(v) is not None for v in "acd"] == [True, True, True]
+        cache.put("e", b"d", "e")  # a was used least recently since the last get order
+        assert cache.get("a") is None and len(cache) == 3
+
+    def test_put_of_a_known_id_does_not_refresh_it(self) -> None:
+        cache = self.m.IdempotencyCache(2)
+        cache.put("a", b"d", 1)
+        cache.put("b", b"d", 2)
+        cache.put("a", b"x", 3)
+        cache.put("c", b"d", 4)
+        assert cache.get("a") is None and cache.get("b") == (b"d", 2)
+
+    def test_cache_discard(self) -> None:
+        cache = self.m.IdempotencyCache(2)
+        cache.put("a", b"d", 1)
+        cache.put("b", b"d", 2)
+        cache.discard("a")
+        cache.discard("missing")
+        assert len(cache) == 1 and cache.get("a") is None
+        cache.put("c", b"d", 3)
+        cache.put("a", b"d", 5)
+        assert cache.get("b") is None and cache.get("a") == (b"d", 5)
+        for vote_id in ("a", "c"):
+            cache.discard(vote_id)
+        assert len(cache) == 0
+        cache.put("z", b"d", 0)
+        assert cache.get("z") == (b"d", 0)
+
+    def test_cache_of_one(self) -> None:
+        cache = self.m.IdempotencyCache(1)
+        cache.put("a", b"d", 1)
+        cache.put("b", b"d", 2)
+        assert cache.get("a") is None and cache.get("b") == (b"d", 2) and len(cache) == 1
+
+    @pytest.mark.parametrize("capacity", [0, -1])
+    def test_cache_refuses_a_useless_capacity(self, capacity: int) -> None:
+        with pytest.raises(ValueError):
+            self.m.IdempotencyCache(capacity)
+
+    def test_cache_is_bounded(self) -> None:
+        cache = self.m.IdempotencyCache(100)
+        for i in range(10_000):
+            cache.put(f"vote-{i}", b"d", i)
+        assert len(cache) == 100 and cache.get("vote-9999") == (b"d", 9999)
+        assert cache.get("vote-9899") is None
+
+    # -- RateLimiter -----------------------------------------------------------------------
+
+    def test_burst_then_retry_after(self) -> None:
+        limiter = self.m.RateLimiter(rate=2.0, burst=3, capacity=10)
+        assert [limiter.acquire("ip", 100.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+        assert limiter.acquire("ip", 100.0) == pytest.approx(0.5)
+        assert limiter.acquire("ip", 100.25) == pytest.approx(0.25)
+        assert limiter.acquire("ip", 100.5) == 0.0
+        assert limiter.acquire("other", 100.5) == 0.0
+        assert (limiter.rate, limiter.burst, limiter.capacity) == (2.0, 3.0, 10)
+
+    def test_refill_is_capped_at_burst(self) -> None:
+        limiter = self.m.RateLimiter(rate=1.0, burst=2, capacity=10)
+        limiter.acquire("k", 0.0)
+        assert [limiter.acquire("k", 1000.0) for _ in range(3)] == [0.0, 0.0, 1.0]
+
+    def test_clock_going_backwards_does_not_refill(self) -> None:
+        limiter = self.m.RateLimiter(rate=1.0, burst=1, capacity=10)
+        assert limiter.acquire("k", 50.0) == 0.0
+        assert limiter.acquire("k", 10.0) == 1.0
+        assert limiter.acquire("k", 50.5) == pytest.approx(0.5)
+
+    def test_dropped_key_starts_with_a_full_bucket(self) -> None:
+        limiter = self.m.RateLimiter(rate=0.001, burst=1, capacity=2)
+        assert limiter.acquire("a", 0.0) == 0.0
+        assert limiter.acquire("a", 0.0) > 0
+        limiter.acquire("b", 0.0)
+        limiter.acquire("a", 0.0)  # a is the most recent again
+        limiter.acquire("c", 0.0)  # drops b
+        assert len(limiter) == 2
+        assert limiter.acquire("a", 0.0) > 0
+        assert limiter.acquire("b", 0.0) == 0.0  # new bucket; drops a
+        assert limiter.acquire("a", 0.0) == 0.0
+
+    @pytest.mark.parametrize(("rate", "burst", "capacity"), [(0, 1, 1), (-1, 1, 1), (1, 0.5, 1),
+                                                             (1, 1, 0)])
+    def test_limiter_refuses_bad_parameters(self, rate: float, burst: float,
+                                            capacity: int) -> None:
+        with pytest.raises(ValueError):
+            self.m.RateLimiter(rate, burst, capacity)
+
+    # -- encode_event ----------------------------------------------------------------------
+
+    @pytest.mark.parametrize(
+        "received_at_us",
+        [0, 1, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 1_732_490_000_123_456,
+         2**63, 2**64 - 1],
+    )
+    def test_event_matches_core_event_encode(self, received_at_us: int) -> None:
+        fields = ("01J9Z8", "election-1", "voter-7", "alice", received_at_us, "gw-a")
+        payload = self.m.encode_event(*fields)
+        assert payload == event.encode(event.VoteEvent(1, *fields))
+        assert event.decode(payload) == event.VoteEvent(1, *fields)
+        assert msgpack.unpackb(payload)["received_at_us"] == received_at_us
+
+    @pytest.mark.parametrize("length", [0, 31, 32, 255, 256, 65535, 65536])
+    def test_event_string_length_boundaries(self, length: int) -> None:
+        text = "x" * (length - 1) + "\u00e9"[: min(length, 1)] if length else ""
+        fields = (text, "e\u00e9", "v" * length, "\U0001f600", 5, text)
+        assert self.m.encode_event(*fields) == event.encode(event.VoteEvent(1, *fields))
+
+    def test_event_refuses_what_msgpack_cannot_carry(self) -> None:
+        with pytest.raises(ValueError):
+            self.m.encode_event("v", "e", "voter", "c", -1, "gw")
+        with pytest.raises(OverflowError):
+            self.m.encode_event("v", "e", "voter", "c", 2**64, "gw")
+        with pytest.raises(UnicodeEncodeError):
+            self.m.encode_event("v\ud800", "e", "voter", "c", 1, "gw")
+
+    # -- sign_receipt ----------------------------------------------------------------------
+
+    def test_receipt_is_hmac_sha256_over_the_vote_identity(self) -> None:
+        args = ("01J9Z8", "election-1", "voter-7", "alice", 1_732_490_000_123_456)
+        receipt = self.m.sign_receipt(RECEIPT_KEY, *args)
+        assert receipt == expected_receipt(RECEIPT_KEY, *args)
+        assert receipt.startswith("r1.") and len(receipt) == 46
+
+    def test_receipt_changes_with_every_field_and_key(self) -> None:
+        base = ["v", "e", "voter", "alice", 1]
+        seen = {self.m.sign_receipt(RECEIPT_KEY, *base)}
+        for i, other in enumerate(["w", "f", "voter2", "bob", 2]):
+            changed = list(base)
+            changed[i] = other
+            seen.add(self.m.sign_receipt(RECEIPT_KEY, *changed))
+        seen.add(self.m.sign_receipt(b"another key", *base))
+        seen.add(self.m.sign_receipt(RECEIPT_KEY, "v", "e", "vote", "ralice", 1))
+        assert len(seen) == 8
+
+    def test_receipt_keys_alternate_and_are_any_length(self) -> None:
+        for key in (RECEIPT_KEY, b"", b"k" * 200, RECEIPT_KEY, bytearray(b"k" * 200)):
+            args = ("v\u00e9", "e", "voter", "c" * 600, -3)
+            assert self.m.sign_receipt(key, *args) == expected_receipt(bytes(key), *args)
+
+
+class TestCompiledStructures(_TestStructures):
+    m = fast
+
+
+class TestReferenceStructures(_TestStructures):
+    m = reference
+
+
+# -- the two implementations agree -------------------------------------------------------------
+
+KEYS = st.sampled_from(["a", "b", "c", "d", "e", "f"])
+CACHE_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("get"), KEYS),
+        st.tuples(st.just("put"), KEYS, st.binary(max_size=2), st.integers(0, 9)),
+        st.tuples(st.just("discard"), KEYS),
+    ),
+    max_size=60,
+)
+
+
+@PROPERTY
+@given(capacity=st.integers(1, 5), ops=CACHE_OPS)
+def test_cache_models_agree(capacity: int, ops: list[tuple[Any, ...]]) -> None:
+    caches = [fast.IdempotencyCache(capacity), reference.IdempotencyCache(capacity)]
+    for op, *args in ops:
+        results = [getattr(cache, op)(*args) for cache in caches]
+        assert results[0] == results[1], (op, args)
+        assert len(caches[0]) == len(caches[1]) <= capacity
+    for key in "abcdef":  # same survivors in the same order of recency
+        assert caches[0].get(key) == caches[1].get(key)
+
+
+@PROPERTY
+@given(
+    rate=st.floats(0.01, 100.0) | st.sampled_from([0.1, 1.0, 3.0]),
+    burst=st.floats(1.0, 10.0) | st.integers(1, 5),
+    capacity=st.integers(1, 5),
+    ops=st.lists(st.tuples(KEYS, st.floats(-2.0, 5.0) | st.sampled_from([0.0, 0.1, 1.0])),
+                 max_size=80),
+)
+def test_rate_limiter_models_agree(rate: float, burst: float, capacity: int,
+                                   ops: list[tuple[str, float]]) -> None:
+    limiters = [fast.RateLimiter(rate, burst, capacity),
+                reference.RateLimiter(rate, burst, capacity)]
+    now = 1_700_000_000.0
+    for key, step in ops:
+        now += step
+        compiled, oracle = (limiter.acquire(key, now) for limiter in limiters)
+        assert abs(compiled - oracle) <= 1e-9, (key, now, compiled, oracle)
+        assert len(limiters[0]) == len(limiters[1]) <= capacity
+
+
+FIELD = st.text(max_size=40) | st.text(min_size=250, max_size=300)
+VALID_FIELD = FIELD.filter(lambda s: not any(0xD800 <= ord(c) <= 0xDFFF for c in s))
+MICROS = st.integers(0, 2**64 - 1) | st.sampled_from([0, 127, 128, 255, 256, 2**16, 2**32])
+
+
+@PROPERTY
+@given(vote_id=VALID_FIELD, election_id=VALID_FIELD, voter_id=VALID_FIELD, choice=VALID_FIELD,
+       received_at_us=MICROS, gateway_id=VALID_FIELD)
+def test_encode_event_agrees_with_reference_and_msgspec(
+    vote_id: str, election_id: str, voter_id: str, choice: str, received_at_us: int,
+    gateway_id: str,
+) -> None:
+    fields = (vote_id, election_id, voter_id, choice, received_at_us, gateway_id)
+    payload = fast.encode_event(*fields)
+    assert payload == reference.encode_event(*fields)
+    assert payload == event.encode(event.VoteEvent(1, *fields))
+
+
+@PROPERTY
+@given(fields=st.tuples(FIELD, FIELD, FIELD, FIELD), received_at_us=st.integers(-(2**70), 2**70))
+def test_invalid_events_fail_alike(fields: tuple[str, str, str, str], received_at_us: int) -> None:
+    errors = []
+    for module in (fast, reference):
+        try:
+            module.encode_event(*fields, received_at_us, "gw")
+            errors.append(None)
+        except (ValueError, OverflowError) as exc:  # UnicodeEncodeError is a ValueError
+            errors.append(type(exc))
+    assert errors[0] == errors[1]
+
+
+@PROPERTY
+@given(key=st.binary(max_size=70), fields=st.tuples(VALID_FIELD, VALID_FIELD, VALID_FIELD,
+                                                    VALID_FIELD),
+       received_at_us=st.integers(-(2**70), 2**70))
+def test_sign_receipt_agrees(key: bytes, fields: tuple[str, str, str, str],
+                             received_at_us: int) -> None:
+    receipt = fast.sign_receipt(key, *fields, received_at_us)
+    assert receipt == reference.sign_receipt(key, *fields, received_at_us)
+    assert receipt == expected_receipt(key, *fields, received_at_us)
