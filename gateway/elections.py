@@ -124,5 +124,5 @@ class ElectionCache:
         async with await psycopg.AsyncConnection.connect(
             self._dsn, autocommit=True, connect_timeout=3
         ) as conn:
-            cur = await conn.execute(_QUERY.format(where=where), params)
+            cur = await conn.execute(_QUERY.replace("{where}", where), params)
             return [_row_to_election(r) for r in await cur.fetchall()]
