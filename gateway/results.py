@@ -73,7 +73,12 @@ class _Hub:
             if self._pubsub is None:
                 self._pubsub = self._client.pubsub()
             if len(listeners) == 1:
-                await self._pubsub.subscribe(_channel(election_id))
+                try:
+                    await self._pubsub.subscribe(_channel(election_id))
+                except BaseException:
+                    # Leave no listener behind, so the next stream subscribes again.
+                    del self._queues[election_id]
+                    raise
             if self._task is None or self._task.done():
                 self._task = asyncio.create_task(self._pump())
         return q
@@ -146,7 +151,11 @@ class ResultsReader:
 
     def __init__(self, redis_url: str, pg_dsn: str, heartbeat_s: float = 15.0) -> None:
         self._redis = aioredis.Redis.from_url(
-            redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
+            # Short enough to fall back to PostgreSQL quickly, long enough for a
+            # loaded host.
+            redis_url,
+            socket_timeout=3.0,
+            socket_connect_timeout=3.0,
         )
         self._pool = AsyncConnectionPool(
             pg_dsn,
@@ -278,8 +287,20 @@ class ResultsReader:
     # -- stream ------------------------------------------------------------------------------
 
     async def stream(self, election_id: str) -> AsyncIterator[bytes]:
-        """SSE frames: the current results, then one per change, ``: ping`` when idle."""
-        q = await self._hub.add(election_id)
+        """SSE frames: the current results, then one per change, ``: ping`` when idle.
+
+        Without Redis there is nothing to follow: the stream sends the current results
+        (from PostgreSQL) and a ``retry`` hint, and ends; EventSource clients reconnect.
+        """
+        try:
+            q = await self._hub.add(election_id)
+        except (RedisError, OSError) as exc:
+            log.warning("results stream without pub/sub", extra={"error": repr(exc)})
+            current = await self.results(election_id)
+            if current is not None:
+                yield sse_frame(current)
+                yield b"retry: 5000\n\n"
+            return
         try:
             current = await self.results(election_id)
             if current is None:

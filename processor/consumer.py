@@ -161,10 +161,10 @@ class Processor:
 
     def _collect(self) -> list[KafkaMessage]:
         """Messages up to the adaptive count, the byte bound or the time bound."""
+        gen = self._rebalances
         got = self.consumer.consume(num_messages=self._target, timeout=0.5)
         if not got:
             return []
-        gen = self._rebalances
         msgs = self._usable(got)
         nbytes = sum(len(m.value() or b"") for m in msgs)
         deadline = time.monotonic() + self.s.processor_batch_max_ms / 1000

@@ -201,21 +201,6 @@ class Lookups:
     voters: dict[VoterKey, VoterState] = field(default_factory=dict)
 
 
-def keys_of(decoded: list[Decoded]) -> tuple[set[VoteKey], set[FullKey], set[VoterKey]]:
-    """The keys ``plan_batch`` needs looked up for these messages."""
-    vote_keys: set[VoteKey] = set()
-    full_keys: set[FullKey] = set()
-    voter_keys: set[VoterKey] = set()
-    for d in decoded:
-        e = d.event
-        if e is None:
-            continue
-        vote_keys.add((e.election_id, e.vote_id))
-        full_keys.add((e.election_id, e.vote_id, e.voter_id, e.choice))
-        voter_keys.add((e.election_id, e.voter_id))
-    return vote_keys, full_keys, voter_keys
-
-
 def plan_batch(
     decoded: list[Decoded],
     elections: dict[str, Election],

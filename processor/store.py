@@ -64,6 +64,8 @@ class BatchResult:
 
 _SESSION_SETUP = [
     # Staging tables live per connection; ON COMMIT DELETE ROWS empties them cheaply.
+    """CREATE TEMP TABLE IF NOT EXISTS stage_keys (
+           election_id text, vote_id text, voter_id text, choice text) ON COMMIT DELETE ROWS""",
     """CREATE TEMP TABLE IF NOT EXISTS stage_votes (
            election_id text, vote_id text, voter_id text, choice text,
            received_at_us bigint, gateway_id text, kafka_partition integer,
@@ -77,6 +79,7 @@ _SESSION_SETUP = [
            current_choice text, current_received_at_us bigint) ON COMMIT DELETE ROWS""",
 ]
 
+_KEY_TYPES = ["text", "text", "text", "text"]
 _VOTE_TYPES = ["text", "text", "text", "text", "int8", "text", "int4", "int8", "text"]
 _REJ_TYPES = ["text", "text", "text", "text", "text", "text", "int8", "int4", "int8"]
 _VOTER_TYPES = ["text", "text", "int4", "text", "text", "int8"]
@@ -208,35 +211,42 @@ class Store:
             raise Fenced(bad)
 
     def _lookups(self, cur: psycopg.Cursor, decoded: list[Decoded]) -> Lookups:
-        vote_keys, full_keys, voter_keys = policy.keys_of(decoded)
         lk = Lookups()
-        if not vote_keys:
+        # The batch's keys go in by binary COPY (psycopg's array parameters are dumped
+        # in Python and cost more than the queries); duplicates are harmless here.
+        n = 0
+        with cur.copy("COPY stage_keys FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(_KEY_TYPES)
+            write = copy.write_row
+            for d in decoded:
+                e = d.event
+                if e is not None:
+                    write((e.election_id, e.vote_id, e.voter_id, e.choice))
+                    n += 1
+        if not n:
             return lk
-        ve, vx = _columns(vote_keys, 2)
+        # Index probes, one partition each (run-time pruning), whatever the table
+        # statistics say: a hash join would scan all of `votes` for every batch.
+        cur.execute("SET LOCAL enable_hashjoin = off")
+        cur.execute("SET LOCAL enable_mergejoin = off")
         cur.execute(
-            "SELECT v.election_id, v.vote_id, v.voter_id, v.choice"
-            " FROM unnest(%s::text[], %s::text[]) AS k(e, x)"
-            " JOIN votes v ON v.election_id = k.e AND v.vote_id = k.x",
-            (ve, vx),
+            "SELECT v.election_id, v.vote_id, v.voter_id, v.choice FROM votes v"
+            " WHERE (v.election_id, v.vote_id) IN"
+            "  (SELECT election_id, vote_id FROM stage_keys)"
         )
         lk.votes = {(e, x): (a, c) for e, x, a, c in cur.fetchall()}
-        fe, fx, fa, fc = _columns(full_keys, 4)
         cur.execute(
-            "SELECT r.election_id, r.vote_id, r.voter_id, r.choice"
-            " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS k(e, x, a, c)"
-            " JOIN vote_rejections r ON r.election_id = k.e AND r.vote_id = k.x"
-            "  AND r.voter_id = k.a AND r.choice = k.c",
-            (fe, fx, fa, fc),
+            "SELECT r.election_id, r.vote_id, r.voter_id, r.choice FROM vote_rejections r"
+            " WHERE (r.election_id, r.vote_id, r.voter_id, r.choice) IN"
+            "  (SELECT election_id, vote_id, voter_id, choice FROM stage_keys)"
         )
-        lk.rejected = {tuple(r) for r in cur.fetchall()}  # type: ignore[misc]
-        oe, oa = _columns(voter_keys, 2)
+        lk.rejected = {(e, x, a, c) for e, x, a, c in cur.fetchall()}
         cur.execute(
             "SELECT v.election_id, v.voter_id, v.counted, v.current_vote_id,"
             "  v.current_choice,"
             "  (extract(epoch FROM v.current_received_at) * 1000000)::bigint"
-            " FROM unnest(%s::text[], %s::text[]) AS k(e, a)"
-            " JOIN voters v ON v.election_id = k.e AND v.voter_id = k.a",
-            (oe, oa),
+            " FROM voters v WHERE (v.election_id, v.voter_id) IN"
+            "  (SELECT election_id, voter_id FROM stage_keys)"
         )
         lk.voters = {(e, a): VoterState(n, x, c, t) for e, a, n, x, c, t in cur.fetchall()}
         return lk
@@ -378,14 +388,6 @@ def shard_tallies(conn: psycopg.Connection, election_id: str) -> list[ShardTally
         (election_id,),
     ).fetchall()
     return [ShardTally(*r) for r in rows]
-
-
-def _columns(keys: set, width: int) -> list[list[str]]:  # type: ignore[type-arg]
-    cols: list[list[str]] = [[] for _ in range(width)]
-    for k in keys:
-        for i in range(width):
-            cols[i].append(k[i])
-    return cols
 
 
 def group_by_election(tallies: list[ShardTally]) -> dict[str, list[ShardTally]]:

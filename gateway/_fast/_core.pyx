@@ -649,16 +649,23 @@ cdef object _str_value(JParser *p, const JValue *v):
     return PyUnicode_DecodeUTF8(<const char *>p.scratch, m, b"surrogatepass")
 
 
+cdef inline int64_t _small_int(const unsigned char *s, Py_ssize_t n) noexcept nogil:
+    """The value of an integer literal of at most 18 characters (it fits int64)."""
+    cdef int64_t acc = 0
+    cdef Py_ssize_t i
+    for i in range(1 if s[0] == 45 else 0, n):
+        acc = acc * 10 + (s[i] - 48)
+    return -acc if s[0] == 45 else acc
+
+
 cdef bint _number_value(JParser *p, const JValue *v, double *out) except -1:
     """float(the number v) in out; False unless v is a number and that is finite."""
-    cdef Py_ssize_t i, n = v.end - v.start
+    cdef Py_ssize_t n = v.end - v.start
     cdef const unsigned char *s = p.s + v.start
-    cdef int64_t acc = 0
     cdef double x
-    if v.kind == J_INT and n <= 18:  # fits int64 whatever the sign; exact conversion
-        for i in range(1 if s[0] == 45 else 0, n):
-            acc = acc * 10 + (s[i] - 48)
-        out[0] = <double>(-acc if s[0] == 45 else acc)
+    if v.kind == J_INT and n <= 18:
+        # int64 -> double rounds to nearest even, exactly as float(int) does
+        out[0] = <double>_small_int(s, n)
         return True
     if v.kind != J_INT and v.kind != J_FLOAT:
         return False
@@ -676,7 +683,7 @@ cdef object _exp_value(JParser *p, const JValue *v, double value):
     if v.kind == J_FLOAT:
         return PyLong_FromDouble(value)
     if n <= 18:
-        return PyLong_FromLongLong(<long long>value)  # exact: |value| < 1e18 < 2**63
+        return PyLong_FromLongLong(_small_int(p.s + v.start, n))
     memcpy(p.scratch, p.s + v.start, n)
     p.scratch[n] = 0
     return PyLong_FromString(<const char *>p.scratch, NULL, 10)

@@ -210,7 +210,7 @@ vote_events = st.lists(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     raw=vote_events,
     policy_text=st.sampled_from(["first_wins", "last_wins", "max_votes:2"]),
