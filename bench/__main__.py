@@ -3,6 +3,7 @@
     corpus    pre-sign N votes into a vegeta targets file        (bench/corpus.py)
     gateway   open-loop load on the gateway and its peers        (bench/run.py)
     fastpath  micro-benchmarks of gateway._fast                  (bench/fastpath.py)
+    processor drain N preloaded events vs a plain binary COPY     (bench/processor.py)
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ COMMANDS = {
     "corpus": "bench.corpus",
     "gateway": "bench.run",
     "fastpath": "bench.fastpath",
+    "processor": "bench.processor",
 }
 
 

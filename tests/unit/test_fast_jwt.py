@@ -30,7 +30,7 @@ import gateway._fast as fast
 from gateway._fast import reference
 
 PROPERTY = settings(
-    max_examples=300,
+    max_examples=200,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -697,15 +697,11 @@ VALID_HS_HEADER = b'{"alg":"HS256","kid":"hs-1"}'
 @PROPERTY
 @given(data=st.data())
 def test_signed_random_claims_agree(data: st.DataObject) -> None:
+    """Validly signed claims: well-formed JSON of every shape, and byte-level mutations."""
     body = data.draw(json_text(data.draw(members("claims", presence=9))))
+    if data.draw(st.booleans()):
+        body = data.draw(mutated(body))
     agree(raw_token(VALID_HS_HEADER, body))
-
-
-@PROPERTY
-@given(data=st.data())
-def test_signed_mutated_claims_json_agree(data: st.DataObject) -> None:
-    body = data.draw(json_text(data.draw(members("claims", presence=9))))
-    agree(raw_token(VALID_HS_HEADER, data.draw(mutated(body))))
 
 
 HEADER_TEST_BODIES = st.sampled_from([json.dumps(claims()).encode(), b"[]"])

@@ -23,7 +23,7 @@ from core import event
 from gateway._fast import reference
 
 PROPERTY = settings(
-    max_examples=300,
+    max_examples=200,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -135,8 +135,9 @@ class _TestStructures:
         limiter.acquire("a", 0.0)  # a is the most recent again
         limiter.acquire("c", 0.0)  # drops b
         assert len(limiter) == 2
-        assert limiter.acquire("a", 0.0) > 0
-        assert limiter.acquire("b", 0.0) == 0.0  # new bucket; drops a
+        assert limiter.acquire("a", 0.0) > 0  # a is the most recent again
+        assert limiter.acquire("b", 0.0) == 0.0  # b was dropped: a full bucket; drops c
+        limiter.acquire("d", 0.0)  # drops a
         assert limiter.acquire("a", 0.0) == 0.0
 
     @pytest.mark.parametrize(("rate", "burst", "capacity"), [(0, 1, 1), (-1, 1, 1), (1, 0.5, 1),
@@ -252,41 +253,38 @@ def test_rate_limiter_models_agree(rate: float, burst: float, capacity: int,
         assert len(limiters[0]) == len(limiters[1]) <= capacity
 
 
-FIELD = st.text(max_size=40) | st.text(min_size=250, max_size=300)
-VALID_FIELD = FIELD.filter(lambda s: not any(0xD800 <= ord(c) <= 0xDFFF for c in s))
-MICROS = st.integers(0, 2**64 - 1) | st.sampled_from([0, 127, 128, 255, 256, 2**16, 2**32])
+# Small alphabet (1- to 4-byte UTF-8) plus runs around the fixstr/str8/str16 boundaries:
+# cheap to generate (str32 is covered by test_event_string_length_boundaries).
+CHARS = st.sampled_from("ab-_\x00\x1f\u00e9\u0800\U0001f600")
+VALID_FIELD = st.text(CHARS, max_size=12) | st.builds(
+    lambda char, n: char * n, st.sampled_from(["x", "\u00e9"]),
+    st.sampled_from([15, 16, 31, 32, 127, 128, 255, 256]) | st.integers(0, 300),
+)
+FIELD = VALID_FIELD | st.sampled_from(["\ud800", "x\udfff"])  # lone surrogates: no UTF-8
+MICROS = st.integers(0, 2**64 - 1) | st.sampled_from(
+    [0, 127, 128, 255, 256, 2**16 - 1, 2**16, 2**32 - 1, 2**32, 2**64 - 1])
+ANY_INT = MICROS | st.integers(-(2**70), 2**70) | st.sampled_from([-1, 2**64])
 
 
 @PROPERTY
-@given(vote_id=VALID_FIELD, election_id=VALID_FIELD, voter_id=VALID_FIELD, choice=VALID_FIELD,
-       received_at_us=MICROS, gateway_id=VALID_FIELD)
+@given(fields=st.tuples(FIELD, FIELD, FIELD, FIELD), received_at_us=ANY_INT, gateway_id=FIELD)
 def test_encode_event_agrees_with_reference_and_msgspec(
-    vote_id: str, election_id: str, voter_id: str, choice: str, received_at_us: int,
-    gateway_id: str,
+    fields: tuple[str, str, str, str], received_at_us: int, gateway_id: str
 ) -> None:
-    fields = (vote_id, election_id, voter_id, choice, received_at_us, gateway_id)
-    payload = fast.encode_event(*fields)
-    assert payload == reference.encode_event(*fields)
-    assert payload == event.encode(event.VoteEvent(1, *fields))
-
-
-@PROPERTY
-@given(fields=st.tuples(FIELD, FIELD, FIELD, FIELD), received_at_us=st.integers(-(2**70), 2**70))
-def test_invalid_events_fail_alike(fields: tuple[str, str, str, str], received_at_us: int) -> None:
-    errors = []
-    for module in (fast, reference):
-        try:
-            module.encode_event(*fields, received_at_us, "gw")
-            errors.append(None)
-        except (ValueError, OverflowError) as exc:  # UnicodeEncodeError is a ValueError
-            errors.append(type(exc))
-    assert errors[0] == errors[1]
+    try:
+        expected = reference.encode_event(*fields, received_at_us, gateway_id)
+    except (ValueError, OverflowError) as exc:  # UnicodeEncodeError is a ValueError
+        with pytest.raises(type(exc)):
+            fast.encode_event(*fields, received_at_us, gateway_id)
+        return
+    assert fast.encode_event(*fields, received_at_us, gateway_id) == expected
+    assert expected == event.encode(event.VoteEvent(1, *fields, received_at_us, gateway_id))
 
 
 @PROPERTY
 @given(key=st.binary(max_size=70), fields=st.tuples(VALID_FIELD, VALID_FIELD, VALID_FIELD,
                                                     VALID_FIELD),
-       received_at_us=st.integers(-(2**70), 2**70))
+       received_at_us=ANY_INT)
 def test_sign_receipt_agrees(key: bytes, fields: tuple[str, str, str, str],
                              received_at_us: int) -> None:
     receipt = fast.sign_receipt(key, *fields, received_at_us)
