@@ -67,6 +67,28 @@ def stack_env() -> dict[str, str]:
     return env
 
 
+def preflight(env: dict[str, str], *, kafka: bool = True, postgres: bool = True) -> None:
+    """Fail early, with what to do, when the stack's Kafka or PostgreSQL do not answer."""
+    import socket
+
+    if kafka:
+        for hostport in env["VOTE_KAFKA_BOOTSTRAP"].split(","):
+            host, _, port = hostport.strip().rpartition(":")
+            try:
+                socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+            except OSError as exc:
+                raise BenchError(f"Kafka at {hostport} does not answer ({exc}): "
+                                 "is the stack up? (deploy/local/stack status)") from exc
+    if postgres:
+        import psycopg
+
+        try:
+            psycopg.connect(env["VOTE_PG_DSN"], connect_timeout=10).close()
+        except psycopg.Error as exc:
+            raise BenchError(f"PostgreSQL does not answer ({exc}): is the stack up? "
+                             "(deploy/local/stack status)") from exc
+
+
 def stack_dir(env: dict[str, str]) -> Path:
     return Path(env.get("VOTE_STACK_DIR") or REPO / ".stack")
 

@@ -127,6 +127,10 @@ class StepResult:
     error_samples: list[str]
     command: str = ""
     started_at: str = ""
+    # Share of the last 10 s in which some runnable task waited for a CPU (Linux PSI),
+    # read right after the step: near 0 on a quiet machine; high means the figures
+    # include other tenants' work.
+    cpu_pressure: float | None = None
     acked_ids: list[str] = field(default_factory=list, repr=False)
 
     @property
@@ -227,8 +231,24 @@ class Vegeta:
             for path in (targets_file, out_file):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
-        return summarize(target, mode, rate, duration_s, rows,
-                         command=shlex.join(argv), started_at=started_at)
+        res = summarize(target, mode, rate, duration_s, rows,
+                        command=shlex.join(argv), started_at=started_at)
+        res.cpu_pressure = cpu_pressure()
+        return res
+
+
+def cpu_pressure() -> float | None:
+    """``some avg10`` of /proc/pressure/cpu in percent (None where PSI is unavailable)."""
+    try:
+        with open("/proc/pressure/cpu") as fh:
+            first = fh.readline().split()
+    except OSError:
+        return None
+    for item in first[1:]:
+        key, _, value = item.partition("=")
+        if key == "avg10":
+            return float(value)
+    return None
 
 
 def targets_needed(rate: int, duration_s: float) -> int:

@@ -32,7 +32,7 @@ from bench.env import VEGETA_VERSION
 from bench.loadgen import StepResult
 
 MEDIAN_FIELDS = ("rps", "send_rate", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms",
-                 "service_p99_ms", "send_lag_p99_ms")
+                 "service_p99_ms", "send_lag_p99_ms", "cpu_pressure")
 
 
 def median_run(target: str, mode: str, rate: int, steps: Sequence[StepResult]
@@ -45,7 +45,8 @@ def median_run(target: str, mode: str, rate: int, steps: Sequence[StepResult]
         run.update({"errors": None, "acked": None, "requests": 0, "error_rate": None})
         return run
     for name in MEDIAN_FIELDS:
-        values = [getattr(s, name) for s in steps if not math.isnan(getattr(s, name))]
+        values = [v for s in steps
+                  if (v := getattr(s, name)) is not None and not math.isnan(v)]
         run[name] = round(statistics.median(values), 3) if values else None
     requests = sum(s.requests for s in steps)
     errors = sum(s.errors for s in steps)
@@ -255,6 +256,7 @@ def machine(env: dict[str, str], vegeta: Path | None = None, go: str | None = No
         "kernel": platform.release(),
         "os": os_name.group(1) if os_name else platform.platform(),
         "loadavg_at_start": _read("/proc/loadavg").split()[:3],
+        "cpu_pressure_at_start": _read("/proc/pressure/cpu").splitlines()[:1],
         "versions": versions,
     }
 

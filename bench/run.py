@@ -25,6 +25,7 @@ import resource
 import secrets
 import shlex
 import signal
+import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -42,9 +43,10 @@ from bench.env import (
     ensure_go_peer,
     ensure_vegeta,
     go_binary,
+    preflight,
     stack_env,
 )
-from bench.loadgen import StepResult, Vegeta, targets_needed
+from bench.loadgen import StepResult, Vegeta, cpu_pressure, targets_needed
 from bench.search import Criteria, MaxSearch, round_rate
 from bench.targets import (
     TARGETS,
@@ -56,6 +58,10 @@ from bench.targets import (
     processor_running,
     processor_service,
 )
+
+# CPU pressure (PSI some avg10, %) from which a step is flagged as disturbed: the load
+# generator and the target alone keep it well below this on an otherwise idle machine.
+NOISY_PSI = 40.0
 
 
 @dataclass(frozen=True)
@@ -154,9 +160,11 @@ class Session:
               f"{rate:>7}/s x {duration_s:g}s ... ", end="", flush=True)
         res = vegeta.step(name, mode, lines, rate, duration_s)
         why = self.criteria.failures(res)
+        noisy = res.cpu_pressure is not None and res.cpu_pressure >= NOISY_PSI
         print(f"{res.rps:>8.0f}/s  p50 {res.p50_ms:7.2f}  p99 {res.p99_ms:8.2f}  "
               f"p99.9 {res.p999_ms:8.2f} ms  err {res.error_rate:.2%}"
-              + (f"  [{'; '.join(why)}]" if why else "  [ok]"), flush=True)
+              + (f"  [{'; '.join(why)}]" if why else "  [ok]")
+              + (f"  (cpu pressure {res.cpu_pressure:.0f}%)" if noisy else ""), flush=True)
         if why and res.error_samples:
             print(f"{'':>10}errors: {' | '.join(res.error_samples)}", flush=True)
         self.steps.append(res)
@@ -170,13 +178,15 @@ class Session:
     def run(self) -> int:
         args, plan = self.args, self.plan
         env = stack_env()
+        names = [t.strip() for t in args.targets.split(",") if t.strip()]
+        needs_stack = any(n != "nginx-204" for n in names)
+        preflight(env, kafka=needs_stack, postgres=needs_stack)
         _raise_nofile()
         from core import settings as settings_mod
         from gateway import admin
         from gateway.config import GatewaySettings
 
         settings = settings_mod.load(GatewaySettings, env)
-        names = [t.strip() for t in args.targets.split(",") if t.strip()]
         unknown = [n for n in names if n not in TARGETS]
         if unknown:
             raise BenchError(f"unknown target(s) {', '.join(unknown)}; known: "
@@ -190,6 +200,11 @@ class Session:
         run_dir.mkdir(parents=True)
         json_path = Path(args.json) if args.json else REPO / "bench" / "out" / f"{run_id}.json"
         machine = report.machine(env, vegeta_exe, go_binary())
+        psi = cpu_pressure()
+        if psi is not None and psi >= NOISY_PSI:
+            self.log(f"WARNING: the machine is busy (CPU pressure {psi:.0f}% over the last "
+                     "10 s): other processes compete with the targets; figures will be low "
+                     "and noisy")
         self.log(f"{self.command}\n         run {run_id}: {plan}\n         logs in {run_dir}")
 
         cfg = TargetConfig(env=env, run_dir=run_dir, workers=args.workers,
@@ -462,6 +477,10 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
+    except (RuntimeError, subprocess.CalledProcessError) as exc:
+        # A target or tool failed; everything started has been stopped by now.
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\nbench: interrupted; everything it started has been stopped", file=sys.stderr)
         return 130

@@ -81,8 +81,8 @@ class Processor:
                 "auto.offset.reset": "earliest",
                 "client.id": f"vote-processor-{os.getpid()}",
                 # Short enough that a killed member's partitions move on quickly.
-                "session.timeout.ms": 6000,
-                "heartbeat.interval.ms": 1000,
+                "session.timeout.ms": 10000,
+                "heartbeat.interval.ms": 2000,
                 "max.poll.interval.ms": 300000,
                 "fetch.max.bytes": 64 * 1024 * 1024,
                 "max.partition.fetch.bytes": 8 * 1024 * 1024,

@@ -212,8 +212,7 @@ cdef inline Py_ssize_t _b64url_encoded_len(Py_ssize_t n) noexcept nogil:
 def b64url_decode(data):
     """Strict unpadded base64url (RFC 7515 §2); raises ValueError on anything else."""
     cdef const unsigned char *s
-    cdef Py_ssize_t n, m
-    cdef bytes out
+    cdef Py_ssize_t n
     cdef Py_buffer view
     if PyUnicode_Check(data):
         PyUnicode_READY(data)
@@ -820,18 +819,6 @@ cdef class KeyRing:
 # ---------------------------------------------------------------------------------------
 # verify_token
 
-cdef inline const unsigned char *_wtf8(str text, Py_ssize_t *n, list keep) except NULL:
-    """WTF-8 of text (UTF-8 letting lone surrogates through); ``keep`` owns any copy."""
-    cdef bytes encoded
-    if PyUnicode_IS_ASCII(text):
-        n[0] = PyUnicode_GET_LENGTH(text)
-        return <const unsigned char *>PyUnicode_DATA(text)
-    encoded = text.encode("utf-8", "surrogatepass")
-    keep.append(encoded)
-    n[0] = PyBytes_GET_SIZE(encoded)
-    return <const unsigned char *>PyBytes_AS_STRING(encoded)
-
-
 def verify_token(token, KeyRing keys not None, str audience not None, double now,
                  double leeway):
     """Verify a compact JWS and its claims; return ``(sub, jti, exp)``.
@@ -859,7 +846,7 @@ def verify_token(token, KeyRing keys not None, str audience not None, double now
     cdef Alg alg
     cdef int ok
     cdef double exp, nbf
-    cdef list keep = []
+    cdef bytes audience_wtf8
 
     if not PyUnicode_Check(token):
         raise TokenError("malformed")
@@ -945,7 +932,14 @@ def verify_token(token, KeyRing keys not None, str audience not None, double now
     p.s = cbuf
     p.n = cn
     p.i = 0
-    p.aud = _wtf8(audience, &p.aud_len, keep)
+    PyUnicode_READY(audience)
+    if PyUnicode_IS_ASCII(audience):
+        p.aud = <const unsigned char *>PyUnicode_DATA(audience)
+        p.aud_len = PyUnicode_GET_LENGTH(audience)
+    else:  # WTF-8, as the parser decodes strings (lone surrogates pass through)
+        audience_wtf8 = audience.encode("utf-8", "surrogatepass")
+        p.aud = <const unsigned char *>PyBytes_AS_STRING(audience_wtf8)
+        p.aud_len = PyBytes_GET_SIZE(audience_wtf8)
     if _document(&p, _CLAIM_NAMES, 5, claims, C_AUD) < 0:
         raise TokenError("malformed")
     if (claims[C_SUB].kind != J_STRING or claims[C_SUB].end == claims[C_SUB].start
@@ -1349,7 +1343,9 @@ cdef Py_ssize_t _format_int(long long v, char *out) noexcept nogil:
     """str(v) into out (room for 21); its length."""
     cdef char digits[24]
     cdef Py_ssize_t n = 0, i
-    cdef unsigned long long u = <unsigned long long>(-(v + 1)) + 1 if v < 0 else <unsigned long long>v
+    # |v| without overflowing on LLONG_MIN
+    cdef unsigned long long u = (<unsigned long long>(-(v + 1)) + 1 if v < 0
+                                 else <unsigned long long>v)
     while True:
         digits[n] = <char>(48 + u % 10)
         n += 1

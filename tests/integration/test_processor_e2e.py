@@ -101,7 +101,7 @@ def wait_drained(
     topic: str,
     group: str,
     services: Iterable[Service] = (),
-    timeout: float = 120.0,
+    timeout: float = 300.0,
 ) -> None:
     """Until the stored offset of every non-empty partition is its end (invariant C)."""
     ends = end_offsets(bootstrap, topic)
@@ -388,7 +388,7 @@ def test_kill_9_and_restart(
         "processor",
         env={**env, "VOTE_PROCESSOR_CRASH_AT": crash_at, "VOTE_PROCESSOR_CRASH_AFTER_BATCHES": "3"},
     )
-    assert crashing.proc.wait(120) == -9, crashing.log()
+    assert crashing.proc.wait(300) == -9, crashing.log()
     before = stored_offsets(pg_dsn, topic, group)
     with psycopg.connect(pg_dsn) as conn:
         stored_votes = conn.execute(

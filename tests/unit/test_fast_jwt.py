@@ -16,6 +16,7 @@ import hmac
 import json
 import subprocess
 import sys
+from pathlib import Path
 from types import ModuleType
 from typing import Any, ClassVar
 
@@ -476,8 +477,9 @@ def test_import_without_the_extension_fails_loudly() -> None:
         "else:\n"
         "    print('imported')\n"
     )
+    repo = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=sys.path[0] or None).stdout
+                         check=True, cwd=repo).stdout
     assert "pip install -e ." in out, out
 
 
