@@ -104,7 +104,7 @@ class KafkaSink:
         if ok:
             self.last_success = self._loop.time()
 
-    def check_metadata(self, timeout: float = 2.0) -> bool:
+    def check_metadata(self, timeout: float = 5.0) -> bool:
         """Blocking metadata probe for /readyz (run it in a thread)."""
         try:
             md = self._producer.list_topics(self.topic, timeout=timeout)

@@ -126,6 +126,10 @@ class Processor:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         ids = [tp.partition for tp in partitions]
         stored = self._retry_db(lambda: self.store.stored_offsets(ids))
+        # The previous owner may have died between its commit and its Redis write, and
+        # those partitions may see no new vote for a long time: rewrite their elections'
+        # tallies from PostgreSQL once (absolute, versioned values; see processor/cache.py).
+        self._dirty |= self._retry_db(lambda: self.store.elections_in_partitions(ids))
         for tp in partitions:
             tp.offset = stored.get(tp.partition, OFFSET_BEGINNING)
             if tp.partition in stored:
@@ -322,7 +326,15 @@ class Processor:
     # -- after commit ------------------------------------------------------------------
 
     def _publish(self, result: BatchResult) -> None:
-        for eid, shards in group_by_election(result.tallies).items():
+        by_election = group_by_election(result.tallies)
+        # A batch whose votes all lost (a first_wins repeat, say) changes no tally, but it
+        # still writes (an empty, cheap increment) for every known election it touched, so
+        # a flushed Redis heals at that election's next batch, not at its next counted vote.
+        plan = result.plan
+        touched = {r.election_id for r in plan.votes} | {r.election_id for r in plan.rejections}
+        for eid in touched & self._elections.keys():
+            by_election.setdefault(eid, [])
+        for eid, shards in by_election.items():
             self._write_cache(eid, shards)
         for eid in list(self._dirty):
             self._write_cache(eid, None)

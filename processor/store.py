@@ -124,6 +124,15 @@ class Store:
         ).fetchall()
         return {p: o for p, o in rows}
 
+    def elections_in_partitions(self, partitions: list[int]) -> set[str]:
+        """Elections with tallies from these partitions of our topic."""
+        rows = self.conn.execute(
+            "SELECT DISTINCT election_id FROM tallies"
+            " WHERE topic = %s AND kafka_partition = ANY(%s)",
+            (self.topic, partitions),
+        ).fetchall()
+        return {r[0] for r in rows}
+
     def load_elections(self, ids: list[str] | None = None) -> dict[str, Election]:
         return load_elections(self.conn, ids)
 

@@ -107,19 +107,36 @@ class GatewayStack:
         self.services[name] = service
         return service
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
+    def metric(self, name: str) -> float:
+        """Sum of a gateway metric over its label sets, read from the Prometheus endpoint."""
+        text = httpx.get(f"http://127.0.0.1:{self.env['VOTE_METRICS_PORT']}/metrics",
+                         timeout=10).text
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name) and line[len(name)] in " {":
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def wait_ready(self, timeout: float = 180.0) -> None:
+        # Generous: on a starved CI machine a fresh broker can take a minute to answer
+        # metadata for a new topic ("Coordinator load in progress").
         deadline = time.monotonic() + timeout
         gateway = self.services["gateway"]
+        last = "(no answer)"
         while time.monotonic() < deadline:
             if gateway.proc.poll() is not None:
                 raise RuntimeError(f"gateway exited:\n{gateway.log_tail()}")
             try:
-                if httpx.get(self.base_url + "/readyz", timeout=2).status_code == 200:
+                resp = httpx.get(self.base_url + "/readyz", timeout=10)
+                if resp.status_code == 200:
                     return
-            except httpx.HTTPError:
-                pass
+                last = resp.text
+            except httpx.HTTPError as exc:
+                last = repr(exc)
             time.sleep(0.2)
-        raise RuntimeError(f"gateway not ready in {timeout}s:\n{gateway.log_tail()}")
+        raise RuntimeError(
+            f"gateway not ready in {timeout}s; last /readyz: {last}\n{gateway.log_tail()}"
+        )
 
 
 def create_topic(bootstrap: str, name: str, partitions: int = 3) -> None:

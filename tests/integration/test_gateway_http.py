@@ -109,6 +109,7 @@ def test_bad_requests_get_problems_and_produce_nothing(gateway_stack: GatewaySta
     stack = gateway_stack
     url = f"{stack.base_url}/v1/elections/{stack.election}/votes"
     before = stack.topic_end_offsets()
+    spill_writes_before = stack.metric("vote_spill_writes_total")
     good_body = json.dumps({"vote_id": str(uuid.uuid4()), "choice": "alice"})
     voter = f"bad-{uuid.uuid4().hex[:6]}"
     token = stack.token(voter)
@@ -156,8 +157,11 @@ def test_bad_requests_get_problems_and_produce_nothing(gateway_stack: GatewaySta
     _problem(httpx.get(url), 405)
 
     assert stack.topic_end_offsets() == before, "a refused request reached Kafka"
-    ready = httpx.get(stack.base_url + "/readyz").json()
-    assert ready["spilled"] == 0, "a refused request reached the spill"
+    # Earlier votes may have been spilled (Kafka slower than the 50 ms deadline); what
+    # matters is that no refused request wrote to the spill.
+    assert stack.metric("vote_spill_writes_total") == spill_writes_before, (
+        "a refused request reached the spill"
+    )
     # And the server keeps answering good requests.
     assert _vote(stack, voter + "-ok").status_code == 202
 

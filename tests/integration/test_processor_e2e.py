@@ -119,6 +119,15 @@ def wait_drained(
         time.sleep(0.2)
 
 
+def wait_for_log(service: Service, text: str, count: int, timeout: float = 180.0) -> None:
+    """Until ``text`` appears ``count`` times in the service's log."""
+    deadline = time.monotonic() + timeout
+    while service.log().count(text) < count:
+        assert service.proc.poll() is None, f"{service.log_path.name}: exited:\n{service.log()}"
+        assert time.monotonic() < deadline, f"no {text!r} in {timeout}s:\n{service.log()}"
+        time.sleep(0.2)
+
+
 def run_cli(env: dict[str, str], stack_env: dict[str, str], *args: str) -> tuple[int, str]:
     out = subprocess.run(
         [sys.executable, "-m", "processor", *args],
@@ -434,15 +443,19 @@ def test_rebalance_two_processors_mid_load(
 
     feeder = threading.Thread(target=feed)
     feeder.start()
-    p1 = start_service("processor", env=env)
-    time.sleep(2.0)
-    p2 = start_service("processor", env=env)  # joins: partitions are split
-    time.sleep(3.0)
-    assert p1.stop() == 0  # leaves mid-load: p2 takes everything
-    p3 = start_service("processor", env=env)
-    time.sleep(2.0)
-    p2.kill()  # and one dies without leaving the group
-    feeder.join()
+    try:
+        # Each step waits for the group to settle rather than for a fixed time: on a
+        # starved machine a processor can take many seconds just to start.
+        p1 = start_service("processor", env=env)
+        wait_for_log(p1, "partitions assigned", 1)
+        p2 = start_service("processor", env=env)  # joins: partitions are split
+        wait_for_log(p2, "partitions assigned", 1)
+        assert p1.stop() == 0  # leaves mid-load: p2 takes everything
+        p3 = start_service("processor", env=env)
+        wait_for_log(p3, "partitions assigned", 1)
+        p2.kill()  # and one dies without leaving the group
+    finally:
+        feeder.join()
     wait_drained(pg_dsn, kafka_bootstrap, topic, group, [p3], timeout=180)
     time.sleep(0.3)
     assert_invariants(pg_dsn, redis_url, el, events)
