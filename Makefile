@@ -9,12 +9,12 @@ PY := $(VENV)/bin/python
 STACK := deploy/local/stack
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test deps venv stack services migrate keys unit integration lint down status clean
+.PHONY: run test prepare deps venv stack services migrate keys unit integration lint down status clean
 
-run: venv stack
+run: prepare
 	deploy/local/run
 
-test: venv stack
+test: prepare
 	$(STACK) env > .stack/env.sh
 	source .stack/env.sh && $(PY) -m pytest tests -q -p no:cacheprovider
 
@@ -23,6 +23,12 @@ unit: venv
 
 integration: venv stack
 	source <($(STACK) env) && $(PY) -m pytest tests/integration -q
+
+# The venv (pip, Cython) and the stack (Maven, servers) wait on different things, so they
+# are built side by side. All apt work happens first: two apt-gets would fight over its lock.
+prepare: deps
+	$(STACK) prerequisites
+	$(MAKE) --no-print-directory -j2 venv stack
 
 # System packages the build needs (the servers are installed by deploy/local/stack).
 deps:
