@@ -143,6 +143,31 @@ def ensure_go_peer(env: dict[str, str]) -> Path:
     return exe
 
 
+def ensure_nginx() -> str:
+    """The nginx binary, apt-installed on first use (without starting the system service)."""
+    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists()
+                                      else None)
+    if found:
+        return found
+    print("installing nginx with apt (first use) ...", flush=True)
+    # policy-rc.d exit 101 keeps the package from starting nginx on port 80.
+    policy = Path("/usr/sbin/policy-rc.d")
+    placed = not policy.exists()
+    if placed:
+        policy.write_text("#!/bin/sh\nexit 101\n")
+        policy.chmod(0o755)
+    try:
+        apt_env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "nginx"]
+        if subprocess.run(install, env=apt_env).returncode != 0:
+            subprocess.run(["apt-get", "update", "-q"], env=apt_env, check=True)
+            subprocess.run(install, env=apt_env, check=True)
+    finally:
+        if placed:
+            policy.unlink()
+    return shutil.which("nginx") or "/usr/sbin/nginx"
+
+
 def tool_version(argv: list[str]) -> str:
     """First line a tool prints about its version ('' when it cannot be run)."""
     try:

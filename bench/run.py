@@ -41,6 +41,7 @@ from bench.env import (
     BenchError,
     bench_dir,
     ensure_go_peer,
+    ensure_nginx,
     ensure_vegeta,
     go_binary,
     preflight,
@@ -194,6 +195,8 @@ class Session:
         vegeta_exe = ensure_vegeta(env)
         if "go-peer" in names:
             ensure_go_peer(env)
+        if "nginx-204" in names:
+            ensure_nginx()
         keys = admin.init_keys(settings)
         run_id = time.strftime("bench-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
         run_dir = bench_dir(env) / run_id

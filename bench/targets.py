@@ -25,7 +25,7 @@ from string import Template
 
 import httpx
 
-from bench.env import REPO, ensure_go_peer, python_exe, stack_dir
+from bench.env import REPO, ensure_go_peer, ensure_nginx, python_exe, stack_dir
 
 TARGETS = ("gateway", "nginx-204", "fastapi-peer", "go-peer")
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
@@ -179,8 +179,7 @@ def make_target(name: str, election: str, cfg: TargetConfig) -> Target:
         text = Template((PEERS_DIR / "nginx-204.conf").read_text()).substitute(
             workers=cfg.workers, port=port, prefix=prefix)
         conf.write_text(text)
-        argv = ["/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else "nginx",
-                "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
+        argv = [ensure_nginx(), "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
         svc = Service(name, _pinned(argv, cfg.cpus), env, log, ready_url=f"{base}/readyz")
         return Target(name, base, election, svc, produces=False, fresh_votes=False)
     peer_env = {

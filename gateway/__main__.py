@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -26,12 +27,39 @@ def _prepare_metrics_dir(settings: GatewaySettings) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = settings.metrics_dir
 
 
+def _forget_dead_workers(metrics_dir: str) -> None:
+    """Drop the live-mode gauge files of workers that died (granian respawns them).
+
+    prometheus_client sums ``livesum`` gauges over every file until told the process is
+    dead; a worker killed with SIGKILL never says so, and its last value would stay in
+    ``vote_spill_events`` for good.
+    """
+    from prometheus_client import multiprocess
+
+    pids = set()
+    for path in glob.glob(os.path.join(metrics_dir, "gauge_live*_*.db")):
+        with contextlib.suppress(ValueError):
+            pids.add(int(path.rsplit("_", 1)[1].removesuffix(".db")))
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(pid, metrics_dir)
+        except PermissionError:
+            pass
+
+
 def _serve_metrics(settings: GatewaySettings) -> None:
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.multiprocess import MultiProcessCollector
 
+    class LiveWorkersCollector(MultiProcessCollector):
+        def collect(self):  # type: ignore[no-untyped-def]
+            _forget_dead_workers(settings.metrics_dir)
+            return super().collect()
+
     registry = CollectorRegistry()
-    MultiProcessCollector(registry)
+    LiveWorkersCollector(registry)
     start_http_server(settings.metrics_port, settings.http_host, registry)
 
 

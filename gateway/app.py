@@ -27,7 +27,13 @@ from core import jsonlog
 from gateway import _fast, metrics
 from gateway import problems as p
 from gateway.config import GatewaySettings, load
-from gateway.durability import Drainer, DurabilityPipeline, NotDurable, adopt_orphans
+from gateway.durability import (
+    Drainer,
+    DurabilityPipeline,
+    NotDurable,
+    adopt_orphans,
+    report_spill_size,
+)
 from gateway.elections import Election, ElectionCache
 from gateway.models import json_encoder, vote_request_decoder
 from gateway.openapi import OPENAPI
@@ -93,7 +99,7 @@ class VoteGateway:
         self.results = _results_reader(s)
         if self.results is not None:
             await self.results.start()
-        metrics.spill_events.set(len(self.spill))
+        report_spill_size()
         self._tasks = [
             loop.create_task(Drainer(self.spill, self.sink).run()),
             loop.create_task(self._watch_kafka()),

@@ -21,6 +21,11 @@ from gateway.spill import SpillFull, SpillStore, SpillUnavailable
 log = logging.getLogger("gateway.durability")
 
 
+def report_spill_size() -> None:
+    """The vote_spill_events gauge: own slot plus any orphan slot being drained."""
+    metrics.spill_events.set(SpillStore.events_in_process())
+
+
 class NotDurable(Exception):
     """Kafka did not confirm and the spill could not take the event."""
 
@@ -59,7 +64,7 @@ class DurabilityPipeline:
         except (SpillFull, SpillUnavailable) as exc:
             raise NotDurable(str(exc)) from exc
         metrics.spill_writes_total.inc()
-        metrics.spill_events.set(len(self.spill))
+        report_spill_size()
         if delivery is not None:
             # Kafka was only slow: when its report arrives after all, the spilled copy
             # is redundant. (If the drainer re-produced it meanwhile, the processor
@@ -67,7 +72,7 @@ class DurabilityPipeline:
             def forget_if_delivered(f: asyncio.Future) -> None:
                 if f.result() is None:
                     self.spill.delete(seq)
-                    metrics.spill_events.set(len(self.spill))
+                    report_spill_size()
 
             if delivery.done():
                 forget_if_delivered(delivery)
@@ -133,7 +138,7 @@ class Drainer:
             self._healthy = False
             if seq < self._cursor or not self._cursor:
                 self._cursor = b""
-        metrics.spill_events.set(len(self.spill))
+        report_spill_size()
 
 
 async def adopt_orphans(root: str, sink: KafkaSink, loop: asyncio.AbstractEventLoop,
@@ -150,4 +155,5 @@ async def adopt_orphans(root: str, sink: KafkaSink, loop: asyncio.AbstractEventL
                 drained += n
         finally:
             store.close()
+            report_spill_size()
     return drained

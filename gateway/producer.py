@@ -66,10 +66,12 @@ class KafkaSink:
     def produce(self, key: bytes, value: bytes) -> asyncio.Future:
         """Queue one event; the returned future resolves to ``None`` or the ``KafkaError``."""
         future = self._loop.create_future()
-        reports = self._reports
 
         def on_delivery(err: KafkaError | None, _msg: object) -> None:
-            reports.append((future, err))
+            # Look the list up now, not at produce time: the poll thread hands the list
+            # to the loop and starts a new one, and a report for an older message (one
+            # that waited out a Kafka stall) must land in the list that is still open.
+            self._reports.append((future, err))
 
         try:
             self._producer.produce(self.topic, value, key, on_delivery=on_delivery)

@@ -22,6 +22,7 @@ import fcntl
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Iterator
 
 import rocksdict
@@ -62,6 +63,14 @@ def try_lock(lock_path: str) -> int | None:
 class SpillStore:
     """One slot's RocksDB, opened by the process holding the slot's lock."""
 
+    # Every store open in this process: its own slot and any orphan being drained.
+    _open: weakref.WeakSet[SpillStore] = weakref.WeakSet()
+
+    @classmethod
+    def events_in_process(cls) -> int:
+        """Events waiting in every spill store this process holds open."""
+        return sum(len(store) for store in list(cls._open) if not store._closed)
+
     def __init__(self, path: str, lock_fd: int, loop: asyncio.AbstractEventLoop,
                  max_events: int) -> None:
         self.path = path
@@ -83,6 +92,7 @@ class SpillStore:
         self._writer = threading.Thread(target=self._write_forever, name="spill-writer",
                                         daemon=True)
         self._writer.start()
+        SpillStore._open.add(self)
 
     # -- claiming ------------------------------------------------------------------
 

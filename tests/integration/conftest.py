@@ -56,6 +56,11 @@ def parse_env(text: str) -> dict[str, str]:
     return env
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that stop or freeze Kafka go last, so no other test runs on a recovering broker."""
+    items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)
+
+
 @pytest.fixture(scope="session")
 def stack_env() -> dict[str, str]:
     """The variables printed by ``deploy/local/stack env``, after checking each service."""

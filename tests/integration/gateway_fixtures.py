@@ -161,12 +161,14 @@ def delete_topic(bootstrap: str, name: str) -> None:
             future.result(timeout=30)
 
 
-@pytest.fixture(scope="module")
-def gateway_stack(
-    tmp_path_factory: pytest.TempPathFactory, pg_dsn: str, kafka_bootstrap: str, redis_url: str
+@contextlib.contextmanager
+def running_gateway(
+    home: Path, pg_dsn: str, kafka_bootstrap: str, redis_url: str, **overrides: str
 ) -> Iterator[GatewayStack]:
-    """A gateway and a processor on a fresh topic; both stopped at the end of the module."""
-    home = tmp_path_factory.mktemp("gateway")
+    """A gateway and a processor on a fresh topic under ``home``; stopped on exit.
+
+    ``overrides`` are extra ``VOTE_*`` variables (``VOTE_WORKERS="2"``, say).
+    """
     topic = f"votes.test.{uuid.uuid4().hex[:10]}"
     port = free_port()
     env = {
@@ -185,6 +187,7 @@ def gateway_stack(
         # One client address sends everything here; the per-address limit has its own test.
         "VOTE_RATE_IP_PER_S": "100000",
         "VOTE_RATE_IP_BURST": "100000",
+        **overrides,
     }
     create_topic(kafka_bootstrap, topic)
     settings = load(GatewaySettings, env)
@@ -212,3 +215,13 @@ def gateway_stack(
         for service in stack.services.values():
             service.stop()
         delete_topic(kafka_bootstrap, topic)
+
+
+@pytest.fixture(scope="module")
+def gateway_stack(
+    tmp_path_factory: pytest.TempPathFactory, pg_dsn: str, kafka_bootstrap: str, redis_url: str
+) -> Iterator[GatewayStack]:
+    """A gateway and a processor on a fresh topic; both stopped at the end of the module."""
+    home = tmp_path_factory.mktemp("gateway")
+    with running_gateway(home, pg_dsn, kafka_bootstrap, redis_url) as stack:
+        yield stack
