@@ -126,6 +126,7 @@ class Processor:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         ids = [tp.partition for tp in partitions]
         stored = self._retry_db(lambda: self.store.stored_offsets(ids))
+        stored = self._rewind_past_log_end(consumer, stored)
         # The previous owner may have died between its commit and its Redis write, and
         # those partitions may see no new vote for a long time: rewrite their elections'
         # tallies from PostgreSQL once (absolute, versioned values; see processor/cache.py).
@@ -139,6 +140,34 @@ class Processor:
         self._rebalances += 1
         self._gap_ok.clear()
         log.info("partitions assigned", extra={"partitions": ids, "offsets": stored})
+
+    def _rewind_past_log_end(self, consumer: Consumer, stored: dict[int, int]) -> dict[int, int]:
+        """Stored offsets beyond a partition's log end belong to an older incarnation of
+        the topic (deleted and recreated, or a broker whose data was wiped). Skipping to
+        them would silently drop the first messages of the new log, so start that
+        partition again from its first message instead: ``votes`` dedups by vote_id,
+        so re-reading is exactly-once."""
+        rewind: dict[int, int] = {}
+        for p, offset in stored.items():
+            try:
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, p), timeout=30
+                )
+            except KafkaException as exc:
+                log.warning("no watermarks", extra={"partition": p, "error": str(exc)})
+                continue
+            if 0 <= high < offset:
+                rewind[p] = max(low, 0)
+        if rewind:
+            log.error(
+                "stored offsets are beyond the log end: the topic was recreated or lost"
+                " data; re-reading those partitions from their start",
+                extra={"stored": {p: stored[p] for p in rewind}, "restart_at": rewind},
+            )
+            metrics.OFFSET_REWINDS.inc(len(rewind))
+            self._retry_db(lambda: self.store.rewind_offsets(rewind))
+            stored = {**stored, **rewind}
+        return stored
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._drop([tp.partition for tp in partitions])

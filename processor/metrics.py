@@ -33,6 +33,10 @@ ACK_TO_COUNT = Histogram(
 )
 CACHE_ERRORS = Counter("vote_cache_errors_total", "Failed Redis tally writes")
 DEAD_LETTERS = Counter("vote_dead_letters_total", "Messages sent to the dead-letter topic")
+OFFSET_REWINDS = Counter(
+    "vote_offset_rewinds_total",
+    "Partitions re-read from their start because the stored offset was past the log end",
+)
 
 
 def serve(port: int) -> None:

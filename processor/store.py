@@ -124,6 +124,17 @@ class Store:
         ).fetchall()
         return {p: o for p, o in rows}
 
+    def rewind_offsets(self, offsets: dict[int, int]) -> None:
+        """Move stored offsets back (never forward) to ``offsets``; see Processor._on_assign."""
+        with self.conn.transaction():
+            for partition, offset in offsets.items():
+                self.conn.execute(
+                    "UPDATE consumer_offsets SET next_offset = %s, updated_at = now()"
+                    " WHERE consumer_group = %s AND topic = %s AND partition = %s"
+                    " AND next_offset > %s",
+                    (offset, self.group, self.topic, partition, offset),
+                )
+
     def elections_in_partitions(self, partitions: list[int]) -> set[str]:
         """Elections with tallies from these partitions of our topic."""
         rows = self.conn.execute(

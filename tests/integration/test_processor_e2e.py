@@ -540,3 +540,36 @@ def test_print_config_masks_secrets(stack_env: dict[str, str], tmp_path: Path) -
     cfg = json.loads(out)
     assert cfg["VOTE_PROCESSOR_GROUP"] == "vote-processor"
     assert "vote:vote@" not in cfg["VOTE_PG_DSN"]
+
+
+def test_offsets_of_a_recreated_topic_do_not_skip_its_first_messages(
+    pg_dsn: str,
+    redis_url: str,
+    kafka_bootstrap: str,
+    stack_env: dict[str, str],
+    unique_topic: Callable[..., str],
+    producer: EventProducer,
+    create_election: Callable[..., str],
+    start_service: Callable[..., Service],
+    group: str,
+) -> None:
+    """PostgreSQL remembers offsets of an older incarnation of the topic (the broker's data
+    was wiped, or the topic deleted and created again): those offsets lie beyond the new
+    log's end. The processor must read the new log from its start, not skip to them."""
+    topic = unique_topic(2)
+    el = create_election(("a", "b", "c"), "first_wins")
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        for partition in (0, 1):
+            conn.execute(
+                "INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset)"
+                " VALUES (%s, %s, %s, 5000)",
+                (group, topic, partition),
+            )
+    events = _crafted_load(el, 300)
+    producer.send(topic, events)
+    svc = start_service("processor", env=proc_env(pg_dsn, topic, group))
+    wait_drained(pg_dsn, kafka_bootstrap, topic, group, [svc])
+    time.sleep(0.3)
+    assert_invariants(pg_dsn, redis_url, el, events)
+    assert "stored offsets are beyond the log end" in svc.log()
+    assert svc.stop() == 0
