@@ -126,14 +126,14 @@ class Store:
 
     def rewind_offsets(self, offsets: dict[int, int]) -> None:
         """Move stored offsets back (never forward) to ``offsets``; see Processor._on_assign."""
-        with self.conn.transaction():
-            for partition, offset in offsets.items():
-                self.conn.execute(
-                    "UPDATE consumer_offsets SET next_offset = %s, updated_at = now()"
-                    " WHERE consumer_group = %s AND topic = %s AND partition = %s"
-                    " AND next_offset > %s",
-                    (offset, self.group, self.topic, partition, offset),
-                )
+        parts = sorted(offsets)
+        self.conn.execute(
+            "UPDATE consumer_offsets c SET next_offset = t.o, updated_at = now()"
+            " FROM unnest(%s::int4[], %s::int8[]) AS t(p, o)"
+            " WHERE c.consumer_group = %s AND c.topic = %s AND c.partition = t.p"
+            " AND c.next_offset > t.o",
+            (parts, [offsets[p] for p in parts], self.group, self.topic),
+        )  # one statement on an autocommit connection: atomic
 
     def elections_in_partitions(self, partitions: list[int]) -> set[str]:
         """Elections with tallies from these partitions of our topic."""

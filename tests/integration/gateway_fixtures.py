@@ -19,9 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from prometheus_client.parser import text_string_to_metric_families
 
 from core.settings import load
 from gateway import admin
@@ -108,14 +110,24 @@ class GatewayStack:
         return service
 
     def metric(self, name: str) -> float:
-        """Sum of a gateway metric over its label sets, read from the Prometheus endpoint."""
+        """Sum of a gateway metric's samples over its label sets, from /metrics."""
         text = httpx.get(f"http://127.0.0.1:{self.env['VOTE_METRICS_PORT']}/metrics",
                          timeout=10).text
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith(name) and line[len(name)] in " {":
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name
+        )
+
+    def stored_counts(self) -> dict[str, int]:
+        """vote_id -> number of rows in ``votes`` for this stack's election."""
+        with psycopg.connect(self.pg_dsn, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT vote_id, count(*) FROM votes WHERE election_id = %s GROUP BY vote_id",
+                (self.election,),
+            ).fetchall()
+        return dict(rows)
 
     def wait_ready(self, timeout: float = 180.0) -> None:
         # Generous: on a starved CI machine a fresh broker can take a minute to answer

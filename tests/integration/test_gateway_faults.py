@@ -20,7 +20,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 
 from tests.integration.gateway_fixtures import REPO, GatewayStack, running_gateway
@@ -117,17 +116,10 @@ def assert_acked_stored_exactly_once(stack: GatewayStack, voters: Voters) -> Non
                + stack.services["gateway"].log_tail(60))
     acked = set(voters.acked)
 
-    def stored() -> dict[str, int]:
-        with psycopg.connect(stack.pg_dsn, autocommit=True) as conn:
-            rows = conn.execute(
-                "SELECT vote_id, count(*) FROM votes WHERE election_id = %s GROUP BY vote_id",
-                (stack.election,),
-            ).fetchall()
-        return dict(rows)
-
     # ...and from there into PostgreSQL, each acknowledged vote exactly once.
-    wait_until("every acknowledged vote in PostgreSQL", lambda: acked <= set(stored()), 300)
-    rows = stored()
+    wait_until("every acknowledged vote in PostgreSQL",
+               lambda: acked <= set(stack.stored_counts()), 300)
+    rows = stack.stored_counts()
     assert set(rows.values()) == {1}, "a vote was stored twice"
     # Votes whose answer the client never saw (a killed worker) may be stored too; a vote
     # the client saw refused may not.

@@ -12,7 +12,6 @@ import uuid
 
 import httpx
 import jwt
-import psycopg
 import pytest
 
 from tests.integration.gateway_fixtures import GatewayStack
@@ -43,15 +42,11 @@ def _vote(
 def _stored(stack: GatewayStack, expected: int, timeout: float = 60.0) -> dict[str, int]:
     """vote_id -> row count in `votes` for the election, once `expected` ids are there."""
     deadline = time.monotonic() + timeout
-    with psycopg.connect(stack.pg_dsn, autocommit=True) as conn:
-        while True:
-            rows = conn.execute(
-                "SELECT vote_id, count(*) FROM votes WHERE election_id = %s GROUP BY vote_id",
-                (stack.election,),
-            ).fetchall()
-            if len(rows) >= expected or time.monotonic() > deadline:
-                return dict(rows)
-            time.sleep(0.2)
+    while True:
+        rows = stack.stored_counts()
+        if len(rows) >= expected or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.2)
 
 
 def test_every_acknowledged_vote_is_stored_exactly_once(gateway_stack: GatewayStack):

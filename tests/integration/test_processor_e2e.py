@@ -546,7 +546,6 @@ def test_offsets_of_a_recreated_topic_do_not_skip_its_first_messages(
     pg_dsn: str,
     redis_url: str,
     kafka_bootstrap: str,
-    stack_env: dict[str, str],
     unique_topic: Callable[..., str],
     producer: EventProducer,
     create_election: Callable[..., str],
