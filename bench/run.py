@@ -217,6 +217,9 @@ class Session:
         candidates = list(DEFAULT_CANDIDATES)
         verify_results: dict[str, dict] = {}
         verify_counts: dict[str, dict[str, int]] = {}
+        # A fresh stack has no schema yet; migrations are idempotent, so this costs one
+        # round trip when they are already applied.
+        migrate(env)
         with contextlib.ExitStack() as stack:
             for name in names:
                 target = make_target(name, f"{run_id}-{name}", cfg)
@@ -349,8 +352,7 @@ class Session:
         if pid:
             self.log(f"using the stack's processor (pid {pid})")
             return
-        self.log("no processor running: migrating and starting one for this session")
-        migrate(env)
+        self.log("no processor running: starting one for this session")
         svc = processor_service(env, run_dir)
         svc.start()
         stack.callback(self._stop, svc)
