@@ -27,6 +27,10 @@ class GatewaySettings(msgspec.Struct, kw_only=True):
     http_port: int = 8080
     metrics_port: int = 9100
     workers: int = 1
+    # granian's own knobs (see `granian --help`): how requests reach the event loop.
+    granian_task_impl: str = "asyncio"
+    granian_runtime_mode: str = "auto"
+    granian_runtime_threads: int = 1
     # Identifies this gateway in events and logs; the worker's slot is appended.
     gateway_id: str = socket.gethostname()
 

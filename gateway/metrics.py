@@ -38,3 +38,30 @@ token_rejections_total = Counter(
 
 ack_kafka = ack_seconds.labels("kafka")
 ack_spill = ack_seconds.labels("spill")
+
+# A collection of the oldest generation stops every request in flight; operators need to
+# see it to tell a GC pause from a slow Kafka in the ack tail.
+gc_pause_seconds = Histogram(
+    "vote_gc_pause_seconds",
+    "Pauses of Python's cyclic garbage collector in the gateway workers, by generation",
+    ["generation"],
+    buckets=(0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+)
+
+
+def observe_gc_pauses() -> None:
+    """Time every collection of this process into ``vote_gc_pause_seconds``."""
+    import gc
+    import time
+
+    by_generation = [gc_pause_seconds.labels(str(g)) for g in range(3)]
+    started = 0.0
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        nonlocal started
+        if phase == "start":
+            started = time.perf_counter()
+        else:
+            by_generation[info["generation"]].observe(time.perf_counter() - started)
+
+    gc.callbacks.append(callback)
