@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from granian import Granian
-    from granian.constants import Interfaces, Loops, RuntimeModes, TaskImpl
+    from granian.constants import HTTPModes, Interfaces, Loops, RuntimeModes, TaskImpl
 
     _prepare_metrics_dir(settings)
     _serve_metrics(settings)
@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             interface=Interfaces.RSGI,
             loop=Loops.uvloop,
             workers=settings.workers,
+            http=HTTPModes(settings.granian_http),
             task_impl=TaskImpl(settings.granian_task_impl),
             runtime_mode=RuntimeModes(settings.granian_runtime_mode),
             runtime_threads=settings.granian_runtime_threads,
