@@ -2,7 +2,8 @@
 
 ``persist`` answers ``"kafka"`` when the delivery report says the event is replicated
 within the spill deadline, ``"spill"`` when the event was synced into the local RocksDB
-spill instead, and raises ``NotDurable`` when neither is possible. No other outcome
+spill instead, and raises ``NotDurable`` when neither is possible. After one miss, votes
+skip Kafka and go to the spill at once until Kafka confirms a delivery again. No other outcome
 exists, so the caller cannot send a 202 for a vote that is not durable.
 
 ``Drainer`` re-produces spilled events and deletes each one only after Kafka confirms
@@ -41,11 +42,33 @@ class DurabilityPipeline:
         self.spill = spill
         self.deadline_s = deadline_s
         self._loop = asyncio.get_running_loop()
+        # When Kafka missed a deadline or failed a delivery (loop time), None while it is
+        # trusted. Until Kafka confirms anything again (a late report, or the drainer's
+        # probe of the spill), votes go straight to the spill: waiting out the deadline
+        # for every vote of an outage would add it to every acknowledgement.
+        self._kafka_suspect_since: float | None = None
+
+    @property
+    def kafka_bypassed(self) -> bool:
+        since = self._kafka_suspect_since
+        if since is not None and self.sink.last_success > since:
+            log.info("kafka confirms deliveries again; producing directly")
+            self._kafka_suspect_since = since = None
+        return since is not None
+
+    def _suspect_kafka(self) -> None:
+        if self._kafka_suspect_since is None:
+            log.warning("kafka missed the spill deadline or failed; spilling until it "
+                        "confirms again")
+            self._kafka_suspect_since = self._loop.time()
 
     async def persist(self, key: bytes, event: bytes) -> str:
+        if self.kafka_bypassed:
+            return await self._spill(key, event, None)
         try:
             delivery = self.sink.produce(key, event)
         except QueueFull:
+            self._suspect_kafka()
             return await self._spill(key, event, None)
         # One waiter released by whichever comes first: the report or the deadline.
         # (Cheaper than asyncio.wait_for, which wraps the await in a new task.)
@@ -56,6 +79,7 @@ class DurabilityPipeline:
         timer.cancel()
         if delivery.done() and delivery.result() is None:
             return "kafka"
+        self._suspect_kafka()
         return await self._spill(key, event, delivery)
 
     async def _spill(self, key: bytes, event: bytes, delivery: asyncio.Future | None) -> str:

@@ -1,0 +1,126 @@
+"""gateway.durability.DurabilityPipeline: Kafka within the deadline, else the spill, and
+no waiting out the deadline vote after vote while Kafka is down.
+
+The sink and the spill are small fakes whose behaviour each test sets; no broker, no
+RocksDB. (The real pair is exercised by tests/integration/test_gateway_faults.py.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from gateway.durability import DurabilityPipeline
+
+DEADLINE_S = 0.05
+
+
+class FakeSink:
+    """Delivers at once while ``up``; while down, the futures never resolve."""
+
+    def __init__(self) -> None:
+        self.up = True
+        self.produced = 0
+        self.last_success = 0.0
+        self.pending: list[asyncio.Future] = []
+
+    def produce(self, _key: bytes, _event: bytes) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        self.produced += 1
+        future = loop.create_future()
+        if self.up:
+            future.set_result(None)
+            self.last_success = loop.time()
+        else:
+            self.pending.append(future)
+        return future
+
+
+class FakeSpill:
+    def __init__(self) -> None:
+        self.events: dict[bytes, bytes] = {}
+
+    async def write(self, _key: bytes, event: bytes) -> bytes:
+        seq = len(self.events).to_bytes(8, "big")
+        self.events[seq] = event
+        return seq
+
+    def delete(self, seq: bytes) -> None:
+        self.events.pop(seq, None)
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+
+def run(scenario) -> None:  # type: ignore[no-untyped-def]
+    asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
+def test_kafka_answers_within_the_deadline() -> None:
+    async def scenario() -> None:
+        sink, spill = FakeSink(), FakeSpill()
+        pipeline = DurabilityPipeline(sink, spill, DEADLINE_S)  # type: ignore[arg-type]
+        assert [await pipeline.persist(b"k", b"e") for _ in range(3)] == ["kafka"] * 3
+        assert len(spill) == 0
+
+    run(scenario)
+
+
+def test_after_one_missed_deadline_votes_go_to_the_spill_without_waiting() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        sink, spill = FakeSink(), FakeSpill()
+        pipeline = DurabilityPipeline(sink, spill, DEADLINE_S)  # type: ignore[arg-type]
+        sink.up = False
+        started = loop.time()
+        assert await pipeline.persist(b"k", b"first") == "spill"
+        assert loop.time() - started >= DEADLINE_S  # the first one waited the deadline out
+        assert pipeline.kafka_bypassed
+
+        produced = sink.produced
+        started = loop.time()
+        answers = [await pipeline.persist(b"k", b"next") for _ in range(20)]
+        assert answers == ["spill"] * 20
+        assert loop.time() - started < DEADLINE_S  # none of the 20 waited
+        assert sink.produced == produced  # nor queued behind the dead broker
+        assert len(spill) == 21
+
+    run(scenario)
+
+
+def test_a_confirmed_delivery_sends_votes_to_kafka_again() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        sink, spill = FakeSink(), FakeSpill()
+        pipeline = DurabilityPipeline(sink, spill, DEADLINE_S)  # type: ignore[arg-type]
+        sink.up = False
+        assert await pipeline.persist(b"k", b"during the outage") == "spill"
+        assert await pipeline.persist(b"k", b"still out") == "spill"
+        # Kafka is back: the late report of the first vote (or a drainer probe) confirms.
+        sink.up = True
+        sink.pending[0].set_result(None)
+        sink.last_success = loop.time()
+        assert await pipeline.persist(b"k", b"after") == "kafka"
+        assert not pipeline.kafka_bypassed
+        # The late-confirmed first vote's spilled copy is dropped; the second stays for
+        # the drainer.
+        assert len(spill) == 1
+
+    run(scenario)
+
+
+def test_a_delivery_error_also_bypasses_kafka() -> None:
+    async def scenario() -> None:
+        sink, spill = FakeSink(), FakeSpill()
+        pipeline = DurabilityPipeline(sink, spill, DEADLINE_S)  # type: ignore[arg-type]
+
+        def failing(_key: bytes, _event: bytes) -> asyncio.Future:
+            future = asyncio.get_running_loop().create_future()
+            future.set_result("broker says no")
+            sink.produced += 1
+            return future
+
+        sink.produce = failing  # type: ignore[method-assign]
+        assert await pipeline.persist(b"k", b"e") == "spill"
+        assert pipeline.kafka_bypassed
+
+    run(scenario)
