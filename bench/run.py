@@ -14,6 +14,11 @@ of it (``half-max``), ``--repeat`` times, reporting medians. ``--rate R`` measur
 target at R. Afterwards every acknowledged ``vote_id`` of the gateway is looked up in
 PostgreSQL (``bench.verify``). Everything the session started is stopped on the way out,
 on errors, Ctrl-C and SIGTERM included.
+
+``--kafka-stopped`` (with ``--rate R --targets gateway``) kills the stack's broker after
+the warm-up, so every measured vote is acknowledged from the gateway's spill; then it
+restarts the broker, waits until the spill is empty and checks exactly-once as usual
+(``bench.outage``).
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from bench.env import (
     stack_env,
 )
 from bench.loadgen import StepResult, Vegeta, cpu_pressure, targets_needed
+from bench.outage import spilled_events, start_kafka, stop_kafka, wait_spill_drained
 from bench.search import Criteria, MaxSearch, round_rate
 from bench.targets import (
     TARGETS,
@@ -138,6 +144,8 @@ class Session:
         self.acked: dict[str, set[str]] = defaultdict(set)
         self.run_steps: dict[tuple[str, str], list[StepResult]] = defaultdict(list)
         self.dead: dict[str, str] = {}
+        self.outage: dict[str, float] = {}
+        self.env: dict[str, str] = {}
         self.started = time.monotonic()
 
     # -- progress ---------------------------------------------------------------------
@@ -178,8 +186,11 @@ class Session:
 
     def run(self) -> int:
         args, plan = self.args, self.plan
-        env = stack_env()
+        env = self.env = stack_env()
         names = [t.strip() for t in args.targets.split(",") if t.strip()]
+        if args.kafka_stopped and (names != ["gateway"] or not args.rate):
+            raise BenchError("--kafka-stopped measures the gateway's spill: it needs "
+                             "--targets gateway and --rate R")
         needs_stack = any(n != "nginx-204" for n in names)
         preflight(env, kafka=needs_stack, postgres=needs_stack)
         _raise_nofile()
@@ -277,10 +288,18 @@ class Session:
         searches: dict[str, MaxSearch] = {}
         if plan.mode == "rate":
             assert plan.rate is not None
-            for i in range(plan.repeat):
-                self.log(f"rate {plan.rate}/s, repeat {i + 1}/{plan.repeat}")
-                for name in _rotate(names, i):
-                    self._run(vegeta, name, "rate", plan.rate, plan.run_s)
+            mode = "kafka-stopped" if self.args.kafka_stopped else "rate"
+            if self.args.kafka_stopped:
+                self.log("stopping Kafka (SIGKILL of the stack's broker)")
+                stop_kafka(self.env)
+            try:
+                for i in range(plan.repeat):
+                    self.log(f"{mode} {plan.rate}/s, repeat {i + 1}/{plan.repeat}")
+                    for name in _rotate(names, i):
+                        self._run(vegeta, name, mode, plan.rate, plan.run_s)
+            finally:
+                if self.args.kafka_stopped:
+                    self._restore_kafka()
             return searches
 
         self.log(f"max search: start {plan.start_rate}/s, x{plan.factor:g} then bisect to "
@@ -327,6 +346,21 @@ class Session:
                     if best:
                         self._run(vegeta, name, "half-max", round_rate(best / 2), plan.run_s)
         return searches
+
+    def _restore_kafka(self) -> None:
+        """Restart the broker and wait until the gateway's spill has drained into it."""
+        port = self.targets["gateway"].service.env["VOTE_METRICS_PORT"]
+        url = f"http://127.0.0.1:{port}/metrics"
+        spilled = spilled_events(url)
+        self.log(f"restarting Kafka (deploy/local/stack up); {spilled:.0f} events spilled")
+        started = time.monotonic()
+        restart_s = start_kafka(self.env)
+        wait_spill_drained(url)
+        drained_s = time.monotonic() - started
+        self.outage.update(spilled_events=spilled, kafka_restart_s=round(restart_s, 1),
+                           drained_after_s=round(drained_s, 1))
+        self.log(f"Kafka answered again after {restart_s:.1f}s; the spill was empty "
+                 f"{drained_s:.1f}s after the restart began")
 
     def _rounds(self) -> Iterator[int]:
         k = 0
@@ -386,7 +420,7 @@ class Session:
         from bench.verify import compare
 
         runs = []
-        order = {"max": 0, "half-max": 1, "rate": 2}
+        order = {"max": 0, "half-max": 1, "rate": 2, "kafka-stopped": 3}
         for (name, mode), steps in sorted(self.run_steps.items(),
                                           key=lambda kv: (order.get(kv[0][1], 9),
                                                           list(self.targets).index(kv[0][0]))):
@@ -414,6 +448,7 @@ class Session:
             "search": {n: s.history for n, s in searches.items()},
             "verify": verify_results,
             "dead": self.dead,
+            "outage": self.outage,
             "steps": [s.summary() for s in self.steps],
             "png": str(json_path.with_suffix(".png")),
             "seconds": round(time.monotonic() - self.started, 1),
@@ -464,6 +499,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alg", default="HS256", choices=("HS256", "EdDSA"))
     p.add_argument("--pool", type=int, default=60_000,
                    help="distinct votes per peer before they are reused (gateway: never)")
+    p.add_argument("--kafka-stopped", action="store_true",
+                   help="kill the stack's Kafka after the warm-up and measure the gateway "
+                        "answering from its spill (with --rate R --targets gateway); then "
+                        "restart Kafka, wait for the spill to drain, check exactly-once")
     p.add_argument("--no-verify", action="store_true", help="skip the PostgreSQL check")
     p.add_argument("--verify-peers", action="store_true",
                    help="also check the peers' votes in PostgreSQL")
