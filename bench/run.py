@@ -18,7 +18,9 @@ on errors, Ctrl-C and SIGTERM included.
 ``--kafka-stopped`` (with ``--rate R --targets gateway``) kills the stack's broker after
 the warm-up, so every measured vote is acknowledged from the gateway's spill; then it
 restarts the broker, waits until the spill is empty and checks exactly-once as usual
-(``bench.outage``).
+(``bench.outage``). ``--memory`` (same restriction) samples the gateway workers' RSS
+through the runs and reports its growth after ``--memory-baseline-s`` (``bench.memory``):
+``--rate R --repeat 10 --duration 60 --memory`` is the 10-minute soak.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from bench.env import (
     stack_env,
 )
 from bench.loadgen import StepResult, Vegeta, cpu_pressure, targets_needed
+from bench.memory import MemorySampler
 from bench.outage import spilled_events, start_kafka, stop_kafka, wait_spill_drained
 from bench.search import Criteria, MaxSearch, round_rate
 from bench.targets import (
@@ -145,6 +148,7 @@ class Session:
         self.run_steps: dict[tuple[str, str], list[StepResult]] = defaultdict(list)
         self.dead: dict[str, str] = {}
         self.outage: dict[str, float] = {}
+        self.memory: dict[str, object] = {}
         self.env: dict[str, str] = {}
         self.started = time.monotonic()
 
@@ -190,6 +194,9 @@ class Session:
         names = [t.strip() for t in args.targets.split(",") if t.strip()]
         if args.kafka_stopped and (names != ["gateway"] or not args.rate):
             raise BenchError("--kafka-stopped measures the gateway's spill: it needs "
+                             "--targets gateway and --rate R")
+        if args.memory and (names != ["gateway"] or not args.rate):
+            raise BenchError("--memory samples the gateway's workers: it needs "
                              "--targets gateway and --rate R")
         needs_stack = any(n != "nginx-204" for n in names)
         preflight(env, kafka=needs_stack, postgres=needs_stack)
@@ -292,11 +299,24 @@ class Session:
             if self.args.kafka_stopped:
                 self.log("stopping Kafka (SIGKILL of the stack's broker)")
                 stop_kafka(self.env)
+            sampler = contextlib.nullcontext()
+            if self.args.memory:
+                sampler = MemorySampler(self.targets["gateway"].service.proc.pid)
             try:
-                for i in range(plan.repeat):
-                    self.log(f"{mode} {plan.rate}/s, repeat {i + 1}/{plan.repeat}")
-                    for name in _rotate(names, i):
-                        self._run(vegeta, name, mode, plan.rate, plan.run_s)
+                with sampler:
+                    for i in range(plan.repeat):
+                        self.log(f"{mode} {plan.rate}/s, repeat {i + 1}/{plan.repeat}")
+                        for name in _rotate(names, i):
+                            self._run(vegeta, name, mode, plan.rate, plan.run_s)
+                            if isinstance(sampler, MemorySampler) and sampler.samples:
+                                t, rss = sampler.samples[-1]
+                                self.log(f"gateway workers' RSS {rss / 2**20:.1f} MiB at {t:g}s")
+                if isinstance(sampler, MemorySampler):
+                    self.memory = sampler.summary(self.args.memory_baseline_s)
+                    self.log(f"memory: {self.memory['baseline_mib']} MiB at "
+                             f"{self.memory['baseline_at_s']}s -> {self.memory['end_mib']} MiB "
+                             f"at {self.memory['end_at_s']}s "
+                             f"({self.memory['growth_after_baseline_pct']:+.2f}%)")
             finally:
                 if self.args.kafka_stopped:
                     self._restore_kafka()
@@ -449,6 +469,7 @@ class Session:
             "verify": verify_results,
             "dead": self.dead,
             "outage": self.outage,
+            "memory": self.memory,
             "steps": [s.summary() for s in self.steps],
             "png": str(json_path.with_suffix(".png")),
             "seconds": round(time.monotonic() - self.started, 1),
@@ -503,6 +524,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="kill the stack's Kafka after the warm-up and measure the gateway "
                         "answering from its spill (with --rate R --targets gateway); then "
                         "restart Kafka, wait for the spill to drain, check exactly-once")
+    p.add_argument("--memory", action="store_true",
+                   help="sample the gateway workers' RSS during the --rate runs and report "
+                        "its growth after --memory-baseline-s (with --targets gateway)")
+    p.add_argument("--memory-baseline-s", type=float, default=120.0,
+                   help="seconds into the measured runs taken as the end of warm-up")
     p.add_argument("--no-verify", action="store_true", help="skip the PostgreSQL check")
     p.add_argument("--verify-peers", action="store_true",
                    help="also check the peers' votes in PostgreSQL")
