@@ -68,6 +68,7 @@ from bench.targets import (
     processor_running,
     processor_service,
 )
+from bench.visibility import ack_to_count_buckets, ack_to_visible
 
 # CPU pressure (PSI some avg10, %) from which a step is flagged as disturbed: the load
 # generator and the target alone keep it well below this on an otherwise idle machine.
@@ -149,7 +150,10 @@ class Session:
         self.dead: dict[str, str] = {}
         self.outage: dict[str, float] = {}
         self.memory: dict[str, object] = {}
+        self.processor_metrics: str | None = None
+        self.ack_to_visible: dict[str, object] = {}
         self.env: dict[str, str] = {}
+        self._visible_before: dict[float, float] = {}
         self.started = time.monotonic()
 
     # -- progress ---------------------------------------------------------------------
@@ -273,6 +277,16 @@ class Session:
                          and (n == "gateway" or args.verify_peers) and not args.no_verify]
             for name in to_verify:
                 verify_results[name], verify_counts[name] = self._verify(env, name)
+            if plan.mode == "rate" and "gateway" in to_verify:
+                # Every acknowledged vote is stored now: the histogram holds them all.
+                self.ack_to_visible = ack_to_visible(
+                    self._visible_before, ack_to_count_buckets(self.processor_metrics))
+                if self.ack_to_visible:
+                    self.log(f"acknowledged -> visible in results (processor's "
+                             f"vote_ack_to_count_seconds over the runs): "
+                             f"p50 <= {self.ack_to_visible['p50_le_s']} s, "
+                             f"p99 <= {self.ack_to_visible['p99_le_s']} s "
+                             f"({self.ack_to_visible['count']} sampled votes)")
             # ExitStack stops the rest (gateway, our processor) here.
 
         doc = self._document(machine, searches, verify_results, verify_counts, json_path)
@@ -296,6 +310,7 @@ class Session:
         if plan.mode == "rate":
             assert plan.rate is not None
             mode = "kafka-stopped" if self.args.kafka_stopped else "rate"
+            self._visible_before = ack_to_count_buckets(self.processor_metrics)
             if self.args.kafka_stopped:
                 self.log("stopping Kafka (SIGKILL of the stack's broker)")
                 stop_kafka(self.env)
@@ -405,9 +420,13 @@ class Session:
         pid = processor_running(env)
         if pid:
             self.log(f"using the stack's processor (pid {pid})")
+            port = env.get("VOTE_PROCESSOR_METRICS_PORT", "9101")
+            self.processor_metrics = f"http://127.0.0.1:{port}/metrics"
             return
         self.log("no processor running: starting one for this session")
         svc = processor_service(env, run_dir)
+        self.processor_metrics = (
+            f"http://127.0.0.1:{svc.env['VOTE_PROCESSOR_METRICS_PORT']}/metrics")
         svc.start()
         stack.callback(self._stop, svc)
         svc.wait_ready(5.0)
@@ -470,6 +489,7 @@ class Session:
             "dead": self.dead,
             "outage": self.outage,
             "memory": self.memory,
+            "ack_to_visible": self.ack_to_visible,
             "steps": [s.summary() for s in self.steps],
             "png": str(json_path.with_suffix(".png")),
             "seconds": round(time.monotonic() - self.started, 1),

@@ -220,7 +220,9 @@ def processor_running(env: dict[str, str]) -> int | None:
 def processor_service(env: dict[str, str], run_dir: Path) -> Service:
     """A processor of our own (the consumer group's other members share the work)."""
     penv = dict(env)
-    penv["VOTE_PROCESSOR_METRICS_PORT"] = "0"  # never clash with the stack's :9101
+    # A free port: never clash with the stack's :9101; the session reads
+    # vote_ack_to_count_seconds from it.
+    penv["VOTE_PROCESSOR_METRICS_PORT"] = str(free_port())
     penv.setdefault("VOTE_PROCESSOR_LOG_LEVEL", "WARNING")
     return Service("processor", [python_exe(), "-m", "processor"], penv,
                    run_dir / "processor.log")
