@@ -6,6 +6,7 @@ problem document and produce nothing to Kafka or the spill.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
@@ -135,6 +136,22 @@ def test_bad_requests_get_problems_and_produce_nothing(gateway_stack: GatewaySta
     assert _problem(post(good_body, none_token), 401)["reason"] == "unsupported_alg"
     no_auth = httpx.post(url, content=good_body, headers={"content-type": "application/json"})
     _problem(no_auth, 401)
+    # 401: tokens PyJWT signs correctly but the gateway must still refuse.
+    with open(stack.issuer_file) as fh:
+        issuer = {k["alg"]: k for k in json.load(fh)["keys"]}
+    secret = base64.urlsafe_b64decode(issuer["HS256"]["k"] + "==")
+    ed_public = base64.urlsafe_b64decode(issuer["EdDSA"]["x"] + "==")
+    now = time.time()
+    claims = {"sub": voter, "aud": stack.election, "exp": now + 60, "nbf": now - 1, "jti": "j"}
+    unknown_kid = jwt.encode(claims, secret, algorithm="HS256", headers={"kid": "hs-retired"})
+    assert _problem(post(good_body, unknown_kid), 401)["reason"] == "unknown_kid"
+    not_yet = jwt.encode({**claims, "nbf": now + 3600}, secret, algorithm="HS256",
+                         headers={"kid": issuer["HS256"]["kid"]})
+    assert _problem(post(good_body, not_yet), 401)["reason"] == "not_yet_valid"
+    # alg confusion: HMAC keyed with the Ed25519 public key, under the Ed25519 key's kid.
+    confused = jwt.encode(claims, ed_public, algorithm="HS256",
+                          headers={"kid": issuer["EdDSA"]["kid"]})
+    assert _problem(post(good_body, confused), 401)["reason"] == "alg_mismatch"
     # 403: a valid token, but for another election.
     other = stack.token(voter, election="some-other-election")
     assert _problem(post(good_body, other), 403)["reason"] == "wrong_audience"
