@@ -183,11 +183,12 @@ class VoteGateway:
                 return
             raise p.NotFound(f"no route for {path}")
         except p.Problem as problem:
-            self._problem(protocol, problem, path)
+            self._problem(protocol, problem, path, _request_id(scope))
         except Exception:
-            request_id = uuid.uuid4().hex
+            request_id = _request_id(scope)
             log.exception("unhandled error", extra={"path": path, "request_id": request_id})
-            self._problem(protocol, p.Problem(f"internal error (request {request_id})"), path)
+            self._problem(protocol, p.Problem(f"internal error (request {request_id})"), path,
+                          request_id)
 
     def _send(self, protocol: Any, status: int, body: bytes,
               headers: list[tuple[str, str]] = _JSON) -> None:
@@ -197,11 +198,15 @@ class VoteGateway:
         counter.inc()
         protocol.response_bytes(status, headers, body)
 
-    def _problem(self, protocol: Any, problem: p.Problem, instance: str) -> None:
+    def _problem(self, protocol: Any, problem: p.Problem, instance: str,
+                 request_id: str) -> None:
+        # The id goes into the answer (header and document) and the log line, so a voter's
+        # support ticket leads to the gateway's log. Successful votes have their receipt.
         if problem.status >= 500:
             log.warning("problem", extra={"status": problem.status, "detail": problem.detail,
-                                          "path": instance})
-        self._send(protocol, problem.status, problem.body(instance), problem.headers())
+                                          "path": instance, "request_id": request_id})
+        self._send(protocol, problem.status, problem.body(instance, request_id),
+                   [*problem.headers(), ("x-request-id", request_id)])
 
     def _readyz(self, protocol: Any) -> None:
         checks = {
@@ -382,6 +387,14 @@ class VoteGateway:
             for task in (pump_task, disconnect):
                 task.cancel()
             await asyncio.gather(pump_task, disconnect, return_exceptions=True)
+
+
+def _request_id(scope: Any) -> str:
+    """The load balancer's ``X-Request-Id`` when it sent a sane one, else a fresh id."""
+    given = scope.headers.get("x-request-id", "")
+    if 0 < len(given) <= 128 and given.isprintable():
+        return given
+    return uuid.uuid4().hex
 
 
 def _iso(us: int) -> str:

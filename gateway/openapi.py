@@ -20,6 +20,7 @@ _components["Problem"] = {
         "type": {"type": "string"}, "title": {"type": "string"},
         "status": {"type": "integer"}, "detail": {"type": "string"},
         "instance": {"type": "string"}, "reason": {"type": "string"},
+        "request_id": {"type": "string", "description": "also in the X-Request-Id header"},
     },
     "required": ["type", "title", "status"],
 }

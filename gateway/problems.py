@@ -26,7 +26,7 @@ class Problem(Exception):
             headers.append(("www-authenticate", 'Bearer realm="votes"'))
         return headers
 
-    def body(self, instance: str = "") -> bytes:
+    def body(self, instance: str = "", request_id: str = "") -> bytes:
         doc: dict[str, object] = {
             "type": f"https://vote.example/problems/{self.slug}",
             "title": self.title,
@@ -35,6 +35,8 @@ class Problem(Exception):
         }
         if instance:
             doc["instance"] = instance
+        if request_id:
+            doc["request_id"] = request_id
         doc.update(self.extra)
         return msgspec.json.encode(doc)
 

@@ -98,6 +98,7 @@ def _problem(resp: httpx.Response, status: int) -> dict:
     doc = resp.json()
     assert doc["status"] == status
     assert doc["type"].startswith("https://") and doc["title"] and doc["detail"]
+    assert doc["request_id"] == resp.headers["x-request-id"]
     return doc
 
 
@@ -167,6 +168,10 @@ def test_bad_requests_get_problems_and_produce_nothing(gateway_stack: GatewaySta
     _problem(post(json.dumps({"vote_id": str(uuid.uuid4()), "choice": "mallory"})), 422)
     # 405 for the wrong method.
     _problem(httpx.get(url), 405)
+    # The load balancer's request id is kept, so its logs and ours line up.
+    traced = httpx.post(url, content="{", headers={"x-request-id": "lb-7f3a", "content-type":
+                                                   "application/json"})
+    assert _problem(traced, 401)["request_id"] == "lb-7f3a"
 
     assert stack.topic_end_offsets() == before, "a refused request reached Kafka"
     # Earlier votes may have been spilled (Kafka slower than the 50 ms deadline); what
