@@ -59,6 +59,7 @@ from bench.memory import MemorySampler
 from bench.outage import spilled_events, start_kafka, stop_kafka, wait_spill_drained
 from bench.search import Criteria, MaxSearch, round_rate
 from bench.targets import (
+    DEFAULT_TARGETS,
     TARGETS,
     Service,
     Target,
@@ -202,7 +203,7 @@ class Session:
         if args.memory and (names != ["gateway"] or not args.rate):
             raise BenchError("--memory samples the gateway's workers: it needs "
                              "--targets gateway and --rate R")
-        needs_stack = any(n != "nginx-204" for n in names)
+        needs_stack = any(n not in ("nginx-204", "granian-floor") for n in names)
         preflight(env, kafka=needs_stack, postgres=needs_stack)
         _raise_nofile()
         from core import settings as settings_mod
@@ -513,8 +514,9 @@ class Session:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench gateway", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--targets", default=",".join(TARGETS),
-                   help=f"comma-separated, of {', '.join(TARGETS)} (default: all)")
+    p.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
+                   help=f"comma-separated, of {', '.join(TARGETS)} "
+                        f"(default: {','.join(DEFAULT_TARGETS)})")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--max", action="store_true",
                       help="find each target's highest passing rate (default)")

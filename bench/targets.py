@@ -9,6 +9,8 @@ they never clash with a gateway someone runs on :8080.
 * ``nginx-204``    — nginx answering 204 to the same requests: this machine's ceiling.
 * ``fastapi-peer`` — FastAPI + uvicorn + aiokafka with the gateway's semantics.
 * ``go-peer``      — net/http + franz-go with the gateway's semantics.
+* ``granian-floor`` — granian serving an RSGI app that only reads the body and answers
+  202: the framework's own ceiling (optional; not in the default set).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import httpx
 
 from bench.env import REPO, ensure_go_peer, ensure_nginx, python_exe, stack_dir
 
-TARGETS = ("gateway", "nginx-204", "fastapi-peer", "go-peer")
+TARGETS = ("gateway", "nginx-204", "fastapi-peer", "go-peer", "granian-floor")
+DEFAULT_TARGETS = ("gateway", "nginx-204", "fastapi-peer", "go-peer")
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
 
 
@@ -180,6 +183,13 @@ def make_target(name: str, election: str, cfg: TargetConfig) -> Target:
             workers=cfg.workers, port=port, prefix=prefix)
         conf.write_text(text)
         argv = [ensure_nginx(), "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
+        svc = Service(name, _pinned(argv, cfg.cpus), env, log, ready_url=f"{base}/readyz")
+        return Target(name, base, election, svc, produces=False, fresh_votes=False)
+    if name == "granian-floor":
+        argv = [python_exe(), "-m", "granian", "--interface", "rsgi", "--loop", "uvloop",
+                "--host", "127.0.0.1", "--port", str(port), "--workers", str(cfg.workers),
+                "--backlog", "4096", "--no-access-log", "--log-level", "warning",
+                "bench.peers.granian_floor:app"]
         svc = Service(name, _pinned(argv, cfg.cpus), env, log, ready_url=f"{base}/readyz")
         return Target(name, base, election, svc, produces=False, fresh_votes=False)
     peer_env = {
