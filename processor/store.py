@@ -305,11 +305,14 @@ class Store:
             "  ON v.election_id = k.election_id AND v.vote_id = k.vote_id"
         )
         lk.votes = {(e, x): (a, c) for e, x, a, c in cur.fetchall()}
-        # vote_rejections is not partitioned: a plain semi-join.
+        # vote_rejections is not partitioned. A join rather than IN (…): the semi-join
+        # first de-duplicates the keys in a hash table, which costs more than probing
+        # the few repeated keys twice (11 vs 14.5 ms for 10k keys).
         cur.execute(
-            "SELECT r.election_id, r.vote_id, r.voter_id, r.choice FROM vote_rejections r"
-            " WHERE (r.election_id, r.vote_id, r.voter_id, r.choice) IN"
-            "  (SELECT election_id, vote_id, voter_id, choice FROM stage_keys)"
+            "SELECT r.election_id, r.vote_id, r.voter_id, r.choice"
+            " FROM stage_keys k JOIN vote_rejections r"
+            "  ON r.election_id = k.election_id AND r.vote_id = k.vote_id"
+            "  AND r.voter_id = k.voter_id AND r.choice = k.choice"
         )
         lk.rejected = {(e, x, a, c) for e, x, a, c in cur.fetchall()}
         # The voter keys again, partitioned like `voters`; copied server-side, which is
