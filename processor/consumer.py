@@ -195,10 +195,13 @@ class Processor:
     def _collect(self) -> list[KafkaMessage]:
         """Messages up to the adaptive count, the byte bound or the time bound."""
         gen = self._rebalances
-        got = self.consumer.consume(num_messages=self._target, timeout=0.5)
-        if not got:
+        # Wait for the first message alone: consume(n, timeout) would hold it until n
+        # messages or the timeout, and at a moderate rate that timeout (not the batch's
+        # time bound) would decide how late votes show up in the results.
+        first = self.consumer.poll(0.5)
+        if first is None:
             return []
-        msgs = self._usable(got)
+        msgs = self._usable([first])
         nbytes = sum(len(m.value() or b"") for m in msgs)
         deadline = time.monotonic() + self.s.processor_batch_max_ms / 1000
         while len(msgs) < self._target and nbytes < self.s.processor_batch_max_bytes:
