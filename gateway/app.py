@@ -35,7 +35,7 @@ from gateway.durability import (
     adopt_orphans,
     report_spill_size,
 )
-from gateway.elections import Election, ElectionCache
+from gateway.elections import Election, ElectionCache, LookupFailed
 from gateway.models import json_encoder, vote_request_decoder
 from gateway.openapi import OPENAPI
 from gateway.producer import KafkaSink
@@ -224,9 +224,7 @@ class VoteGateway:
     async def post_vote(self, scope: Any, protocol: Any, election_id: str) -> None:
         started = time.perf_counter()
         now = time.time()
-        election = self.elections.get(election_id) or await self.elections.lookup(election_id)
-        if election is None:
-            raise p.NotFound(f"unknown election {election_id!r}")
+        election = self.elections.get(election_id) or await self._election(election_id)
 
         client = scope.client.rpartition(":")[0] or scope.client
         retry = self.ip_limiter.acquire(client, now)
@@ -341,11 +339,20 @@ class VoteGateway:
         pending.future.set_result(answer)
         return answer
 
+    async def _election(self, election_id: str) -> Election:
+        try:
+            election = await self.elections.lookup(election_id)
+        except LookupFailed:
+            raise p.Unavailable("elections cannot be looked up right now",
+                                retry_after=2) from None
+        if election is None:
+            raise p.NotFound(f"unknown election {election_id!r}")
+        return election
+
     # -- GET endpoints -----------------------------------------------------------------
 
     async def get_vote(self, scope: Any, protocol: Any, election_id: str, vote_id: str) -> None:
-        if await self.elections.lookup(election_id) is None:
-            raise p.NotFound(f"unknown election {election_id!r}")
+        await self._election(election_id)
         voter_id = self._authenticate(scope.headers, election_id, time.time())
         if self.results is None:
             raise p.Unavailable("vote status is not available", retry_after=5)
@@ -366,8 +373,7 @@ class VoteGateway:
     async def stream_results(self, protocol: Any, election_id: str) -> None:
         if self.results is None:
             raise p.Unavailable("results are not available", retry_after=5)
-        if await self.elections.lookup(election_id) is None:
-            raise p.NotFound(f"unknown election {election_id!r}")
+        await self._election(election_id)
         _status_counter(200).inc()
         transport = protocol.response_stream(200, [
             ("content-type", "text/event-stream"),

@@ -2,8 +2,9 @@
 
 Loaded from PostgreSQL at start and refreshed in the background, so the request path
 never waits on the database. An id the cache does not know is looked up once on demand
-(a freshly created election works at once) and remembered as unknown for a short while,
-so a flood of requests for made-up elections cannot reach PostgreSQL.
+(a freshly created election works at once): requests arriving while that lookup is in
+flight wait for its answer, and an id PostgreSQL does not know is remembered as unknown
+for a short while, so a flood of requests for made-up elections cannot reach PostgreSQL.
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ def _row_to_election(row: tuple) -> Election:
     )
 
 
+class LookupFailed(Exception):
+    """PostgreSQL could not be asked: the election may well exist (a 503, not a 404)."""
+
+
 class ElectionCache:
     def __init__(self, dsn: str, refresh_s: float = 2.0, negative_ttl_s: float = 1.0) -> None:
         self._dsn = dsn
@@ -59,6 +64,7 @@ class ElectionCache:
         self._negative_ttl_s = negative_ttl_s
         self._elections: dict[str, Election] = {}
         self._unknown_until: dict[str, float] = {}
+        self._in_flight: dict[str, asyncio.Future[Election | None]] = {}
         self._task: asyncio.Task[None] | None = None
         self.loaded = False
         self.last_refresh_ok = 0.0
@@ -68,26 +74,45 @@ class ElectionCache:
         return self._elections.get(election_id)
 
     async def lookup(self, election_id: str) -> Election | None:
-        """The election, asking PostgreSQL at most once a ``negative_ttl_s`` per unknown id."""
+        """The election, or None when PostgreSQL does not know it; raises LookupFailed.
+
+        One query per id at a time: concurrent callers share its answer (before, they were
+        told "unknown" while the first caller's query was still running). An unknown id is
+        not asked again for ``negative_ttl_s``.
+        """
         election = self._elections.get(election_id)
         if election is not None:
             return election
-        now = time.monotonic()
-        if self._unknown_until.get(election_id, 0.0) > now:
+        in_flight = self._in_flight.get(election_id)
+        if in_flight is not None:
+            return await asyncio.shield(in_flight)
+        if self._unknown_until.get(election_id, 0.0) > time.monotonic():
             return None
-        if len(self._unknown_until) > 100_000:
-            self._unknown_until.clear()  # bounded: a flood of made-up ids costs fixed memory
-        self._unknown_until[election_id] = now + self._negative_ttl_s
+        answer: asyncio.Future[Election | None] = asyncio.get_running_loop().create_future()
+        self._in_flight[election_id] = answer
         try:
             found = await self._fetch(election_id)
         except psycopg.Error as exc:
             log.warning("election lookup failed", extra={"error": str(exc)})
-            return None
-        if found:
-            self._elections[election_id] = found[0]
-            self._unknown_until.pop(election_id, None)
-            return found[0]
-        return None
+            answer.set_exception(LookupFailed(str(exc)))
+            raise LookupFailed(str(exc)) from None
+        except BaseException as exc:  # cancelled: the callers sharing it must not hang
+            answer.set_exception(LookupFailed(f"lookup interrupted: {exc!r}"))
+            raise
+        else:
+            election = found[0] if found else None
+            if election is not None:
+                self._elections[election_id] = election
+            else:
+                if len(self._unknown_until) > 100_000:
+                    self._unknown_until.clear()  # bounded: made-up ids cost fixed memory
+                self._unknown_until[election_id] = time.monotonic() + self._negative_ttl_s
+            answer.set_result(election)
+            return election
+        finally:
+            del self._in_flight[election_id]
+            if answer.done():
+                answer.exception()  # mark it retrieved: asyncio would log it if unshared
 
     async def refresh(self) -> None:
         elections = await self._fetch(None)

@@ -1,0 +1,91 @@
+"""gateway.elections.ElectionCache.lookup: one query per unknown id, shared by everyone
+asking meanwhile; unknown ids are remembered briefly; a database error is not "unknown".
+
+``_fetch`` (the PostgreSQL query) is replaced by a fake that counts calls and answers
+after a delay, so concurrent callers really overlap. No database needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import psycopg
+import pytest
+
+from gateway.elections import Election, ElectionCache, LookupFailed
+
+NEW = Election("fresh", "first_wins", -math.inf, math.inf, frozenset({"alice"}))
+
+
+class FakeDatabase:
+    def __init__(self, known: dict[str, Election], fail: bool = False) -> None:
+        self.known = known
+        self.fail = fail
+        self.queries = 0
+
+    async def fetch(self, election_id: str | None) -> list[Election]:
+        self.queries += 1
+        await asyncio.sleep(0.05)  # long enough for every other caller to arrive
+        if self.fail:
+            raise psycopg.OperationalError("connection refused")
+        assert election_id is not None
+        return [self.known[election_id]] if election_id in self.known else []
+
+
+def cache_over(db: FakeDatabase) -> ElectionCache:
+    cache = ElectionCache("postgresql://unused", negative_ttl_s=60.0)
+    cache._fetch = db.fetch  # type: ignore[method-assign]
+    return cache
+
+
+def test_concurrent_requests_for_a_new_election_all_find_it_with_one_query() -> None:
+    async def scenario() -> None:
+        db = FakeDatabase({"fresh": NEW})
+        cache = cache_over(db)
+        found = await asyncio.gather(*(cache.lookup("fresh") for _ in range(64)))
+        assert found == [NEW] * 64  # before the fix: 1 found, 63 told "unknown" (404)
+        assert db.queries == 1
+        assert cache.get("fresh") == NEW
+
+    asyncio.run(scenario())
+
+
+def test_an_unknown_id_is_asked_once_and_then_remembered() -> None:
+    async def scenario() -> None:
+        db = FakeDatabase({})
+        cache = cache_over(db)
+        assert await asyncio.gather(*(cache.lookup("made-up") for _ in range(20))) == [None] * 20
+        assert await cache.lookup("made-up") is None
+        assert db.queries == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_database_error_is_not_an_unknown_election() -> None:
+    async def scenario() -> None:
+        db = FakeDatabase({"fresh": NEW}, fail=True)
+        cache = cache_over(db)
+        results = await asyncio.gather(*(cache.lookup("fresh") for _ in range(5)),
+                                       return_exceptions=True)
+        assert all(isinstance(r, LookupFailed) for r in results), results
+        db.fail = False  # not remembered as unknown: the next request asks again
+        assert await cache.lookup("fresh") == NEW
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_lookup_does_not_strand_the_callers_sharing_it() -> None:
+    async def scenario() -> None:
+        db = FakeDatabase({"fresh": NEW})
+        cache = cache_over(db)
+        first = asyncio.ensure_future(cache.lookup("fresh"))
+        await asyncio.sleep(0.01)
+        follower = asyncio.ensure_future(cache.lookup("fresh"))
+        await asyncio.sleep(0.01)
+        first.cancel()
+        with pytest.raises(LookupFailed):
+            await asyncio.wait_for(follower, 1)
+        assert await cache.lookup("fresh") == NEW
+
+    asyncio.run(scenario())
