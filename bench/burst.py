@@ -1,12 +1,14 @@
 """The burst that ``make run`` drives through a running gateway, and its summary.
 
-    python -m bench.burst [--votes 10000] [--concurrency 64] [--gateway http://127.0.0.1:8080]
+    python -m bench.burst [--votes 10000] [--rate R | --concurrency 64] [--gateway URL]
 
 Creates a fresh election, pre-signs one vote for each of N distinct voters, sends them
-over HTTP (closed loop, ``--concurrency`` connections), re-sends a sample with the same
-vote_id to show that retries are idempotent, waits for the processor to store them and
-prints what happened. Exits non-zero unless every acknowledged vote is stored exactly
-once. (For load testing proper use ``python -m bench gateway``: open loop, peers.)
+over HTTP, re-sends a sample with the same vote_id to show that retries are idempotent,
+waits for the processor to store them and prints what happened. ``--rate R`` sends them
+with vegeta at R votes/s (open loop: the latencies are the gateway's, not a client's
+queue); without it, an httpx client sends them closed-loop over ``--concurrency``
+connections (no Go toolchain needed). Exits non-zero unless every acknowledged vote is
+stored exactly once. (For load testing proper use ``python -m bench gateway``: open loop, peers.)
 """
 
 from __future__ import annotations
@@ -74,6 +76,28 @@ async def _send_all(base: str, election: str, votes: list[dict[str, str]], concu
     return acked, latencies, codes, elapsed
 
 
+def _send_open_loop(base: str, election: str, votes: list[dict[str, str]], rate: int
+                    ) -> tuple[dict[str, int], list[float], Counter, float, str]:
+    """All votes at ``rate``/s through vegeta: (acked, [p50, p99, p99.9] in seconds,
+    status codes, seconds, the vegeta command line). The percentiles are corrected for
+    the generator's own lateness (see bench.loadgen)."""
+    from bench.corpus import vegeta_target
+    from bench.env import bench_dir, ensure_vegeta, stack_env
+    from bench.loadgen import Vegeta
+
+    env = stack_env()
+    vegeta = Vegeta(ensure_vegeta(env), bench_dir(env), timeout_s=10.0)
+    url = f"{base}/v1/elections/{election}/votes"
+    lines = [vegeta_target(url, v) for v in votes]
+    started = time.perf_counter()
+    res = vegeta.step("gateway", "burst", lines, rate, len(votes) / rate)
+    elapsed = time.perf_counter() - started
+    acked = dict.fromkeys(res.acked_ids, 1)
+    quantiles_s = [res.p50_ms / 1000, res.p99_ms / 1000, res.p999_ms / 1000]
+    codes = Counter({int(k) if k.isdigit() else k: v for k, v in res.codes.items()})
+    return acked, quantiles_s, codes, elapsed, res.command
+
+
 def _wait_stored(dsn: str, election: str, expected: int, timeout_s: float) -> tuple[int, int]:
     """(distinct vote_ids stored, rows beyond one per vote_id) once caught up or timed out."""
     deadline = time.monotonic() + timeout_s
@@ -91,7 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.burst", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--votes", type=int, default=10_000)
-    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--rate", type=int, default=None,
+                        help="send with vegeta at this many votes/s (open loop)")
+    parser.add_argument("--concurrency", type=int, default=64,
+                        help="connections of the closed-loop httpx client (without --rate)")
     parser.add_argument("--retries", type=int, default=200,
                         help="how many acknowledged votes to send again with the same vote_id")
     parser.add_argument("--gateway", default=None, help="default http://VOTE_HTTP_HOST:PORT")
@@ -111,8 +138,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"election {election}: {len(votes)} votes of distinct voters signed in "
           f"{time.perf_counter() - t0:.1f}s", flush=True)
 
-    acked, latencies, codes, elapsed = asyncio.run(
-        _send_all(base, election, votes, args.concurrency))
+    if args.rate:
+        from bench.env import BenchError
+
+        try:
+            acked, quantiles, codes, elapsed, command = _send_open_loop(
+                base, election, votes, args.rate)
+        except BenchError as exc:  # no Go toolchain to build vegeta with
+            print(f"vegeta unavailable ({exc}); sending closed-loop with httpx instead")
+            args.rate = None
+    if not args.rate:
+        acked, latencies, codes, elapsed = asyncio.run(
+            _send_all(base, election, votes, args.concurrency))
     # Retries of the same vote_id must get 202 again and must not add a vote.
     resent = [v for v in votes if v["vote_id"] in acked][: args.retries]
     re_acked, _, re_codes, _ = asyncio.run(_send_all(base, election, resent, 16))
@@ -121,12 +158,19 @@ def main(argv: list[str] | None = None) -> int:
     tally = _results(base, election)
     ok = stored == len(acked) == len(votes) and extra_rows == 0 and len(re_acked) == len(resent)
     print()
-    print(f"requests/s:     {len(latencies) / elapsed:,.0f} "
-          f"({len(latencies)} requests in {elapsed:.2f}s, {args.concurrency} connections, "
-          "closed loop, httpx client on the same 2 cores)")
-    print(f"ack latency:    p50 {_percentile(latencies, 0.50) * 1000:.1f} ms   "
-          f"p99 {_percentile(latencies, 0.99) * 1000:.1f} ms   "
-          f"mean {statistics.fmean(latencies) * 1000:.1f} ms")
+    if args.rate:
+        sent = sum(codes.values())
+        print(f"requests/s:     {args.rate:,} offered, open loop ({sent} requests in "
+              f"{elapsed:.2f}s with vegeta: {command.split(' -targets')[0]} ...)")
+        p50, p99, p999 = (q * 1000 for q in quantiles)
+        print(f"ack latency:    p50 {p50:.1f} ms   p99 {p99:.1f} ms   p99.9 {p999:.1f} ms")
+    else:
+        print(f"requests/s:     {len(latencies) / elapsed:,.0f} "
+              f"({len(latencies)} requests in {elapsed:.2f}s, {args.concurrency} connections,"
+              " closed loop, httpx client on the same 2 cores)")
+        print(f"ack latency:    p50 {_percentile(latencies, 0.50) * 1000:.1f} ms   "
+              f"p99 {_percentile(latencies, 0.99) * 1000:.1f} ms   "
+              f"mean {statistics.fmean(latencies) * 1000:.1f} ms")
     print(f"status codes:   {dict(codes)}")
     print(f"retries:        {len(resent)} re-sent with the same vote_id -> "
           f"{dict(re_codes)} (no new votes)")
