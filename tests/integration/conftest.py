@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from core.event import VoteEvent, encode
+from tests.integration.services import Service, start_process
 
 REPO = Path(__file__).resolve().parents[2]
 STACK = REPO / "deploy" / "local" / "stack"
@@ -253,32 +253,6 @@ def create_election(pg_dsn: str) -> Callable[..., str]:
     return make
 
 
-@dataclass
-class Service:
-    """A ``python -m <module>`` subprocess with its stderr kept in a file."""
-
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, timeout: float = 60.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
 @pytest.fixture
 def start_service(stack_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Service]]:
     """Factory: ``start_service("processor", env={...}, args=[...])``; stopped after."""
@@ -288,15 +262,8 @@ def start_service(stack_env: dict[str, str], tmp_path: Path) -> Iterator[Callabl
         full_env = {**os.environ, **stack_env, **(env or {})}
         full_env["PYTHONPATH"] = str(REPO)
         log_path = tmp_path / f"{module}-{len(started)}.log"
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", module, *args],
-                cwd=REPO,
-                env=full_env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        svc = Service(proc, log_path)
+        svc = start_process(module, [sys.executable, "-m", module, *args], full_env,
+                            log_path, REPO)
         started.append(svc)
         return svc
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
-import subprocess
 import sys
 import time
 import uuid
@@ -28,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from core.settings import load
 from gateway import admin
 from gateway.config import GatewaySettings
+from tests.integration.services import Service, start_process, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,29 +35,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@dataclass
-class Service:
-    name: str
-    proc: subprocess.Popen
-    log_path: Path
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text().splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int | None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        return self.proc.returncode
 
 
 @dataclass
@@ -96,16 +72,8 @@ class GatewayStack:
 
     def start(self, name: str, *args: str, extra_env: dict[str, str] | None = None) -> Service:
         log_path = Path(self.env["VOTE_STACK_DIR"]) / f"{name}.log"
-        with open(log_path, "ab") as log_file:  # the child keeps its own copy of the fd
-            proc = subprocess.Popen(
-                [sys.executable, *args],
-                cwd=REPO,
-                env={**self.env, **(extra_env or {})},
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        service = Service(name, proc, log_path)
+        service = start_process(name, [sys.executable, *args],
+                                {**self.env, **(extra_env or {})}, log_path, REPO)
         self.services[name] = service
         return service
 
@@ -132,23 +100,23 @@ class GatewayStack:
     def wait_ready(self, timeout: float = 180.0) -> None:
         # Generous: on a starved CI machine a fresh broker can take a minute to answer
         # metadata for a new topic ("Coordinator load in progress").
-        deadline = time.monotonic() + timeout
         gateway = self.services["gateway"]
         last = "(no answer)"
-        while time.monotonic() < deadline:
+
+        def ready() -> bool:
+            nonlocal last
             if gateway.proc.poll() is not None:
                 raise RuntimeError(f"gateway exited:\n{gateway.log_tail()}")
             try:
                 resp = httpx.get(self.base_url + "/readyz", timeout=10)
-                if resp.status_code == 200:
-                    return
-                last = resp.text
             except httpx.HTTPError as exc:
                 last = repr(exc)
-            time.sleep(0.2)
-        raise RuntimeError(
-            f"gateway not ready in {timeout}s; last /readyz: {last}\n{gateway.log_tail()}"
-        )
+                return False
+            last = resp.text
+            return resp.status_code == 200
+
+        wait_until("gateway /readyz", ready, timeout,
+                   lambda: f"last /readyz: {last}\n{gateway.log_tail()}")
 
 
 def create_topic(bootstrap: str, name: str, partitions: int = 3) -> None:

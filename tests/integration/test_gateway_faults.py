@@ -16,13 +16,13 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.integration.gateway_fixtures import REPO, GatewayStack, running_gateway
+from tests.integration.services import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.disruptive]
 
@@ -87,15 +87,6 @@ class Voters:
             if durability is None:
                 return len(self.acked)
             return sum(1 for d in self.acked.values() if d == durability)
-
-
-def wait_until(what: str, predicate: Callable[[], bool], timeout: float = 180.0,
-               detail: Callable[[], object] = lambda: "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}: {detail()}")
-        time.sleep(0.25)
 
 
 def kafka_pid() -> int:

@@ -28,13 +28,13 @@ from confluent_kafka import Consumer, TopicPartition
 from core.event import VoteEvent
 from processor.policy import Election
 from processor.store import load_elections
+from tests.integration.services import Service, wait_until
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 # The shared conftest's helper types, for annotations only.
 EventProducer = Any
-Service = Any
 
 
 def make_event(
@@ -121,11 +121,12 @@ def wait_drained(
 
 def wait_for_log(service: Service, text: str, count: int, timeout: float = 180.0) -> None:
     """Until ``text`` appears ``count`` times in the service's log."""
-    deadline = time.monotonic() + timeout
-    while service.log().count(text) < count:
+
+    def seen() -> bool:
         assert service.proc.poll() is None, f"{service.log_path.name}: exited:\n{service.log()}"
-        assert time.monotonic() < deadline, f"no {text!r} in {timeout}s:\n{service.log()}"
-        time.sleep(0.2)
+        return service.log().count(text) >= count
+
+    wait_until(f"{text!r} x{count}", seen, timeout, service.log)
 
 
 def run_cli(env: dict[str, str], stack_env: dict[str, str], *args: str) -> tuple[int, str]:
