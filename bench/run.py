@@ -309,33 +309,7 @@ class Session:
                 self.step(vegeta, name, "warmup", plan.warmup_rate, plan.warmup_s)
         searches: dict[str, MaxSearch] = {}
         if plan.mode == "rate":
-            assert plan.rate is not None
-            mode = "kafka-stopped" if self.args.kafka_stopped else "rate"
-            self._visible_before = ack_to_count_buckets(self.processor_metrics)
-            if self.args.kafka_stopped:
-                self.log("stopping Kafka (SIGKILL of the stack's broker)")
-                stop_kafka(self.env)
-            sampler = contextlib.nullcontext()
-            if self.args.memory:
-                sampler = MemorySampler(self.targets["gateway"].service.proc.pid)
-            try:
-                with sampler:
-                    for i in range(plan.repeat):
-                        self.log(f"{mode} {plan.rate}/s, repeat {i + 1}/{plan.repeat}")
-                        for name in _rotate(names, i):
-                            self._run(vegeta, name, mode, plan.rate, plan.run_s)
-                            if isinstance(sampler, MemorySampler) and sampler.samples:
-                                t, rss = sampler.samples[-1]
-                                self.log(f"gateway workers' RSS {rss / 2**20:.1f} MiB at {t:g}s")
-                if isinstance(sampler, MemorySampler):
-                    self.memory = sampler.summary(self.args.memory_baseline_s)
-                    self.log(f"memory: {self.memory['baseline_mib']} MiB at "
-                             f"{self.memory['baseline_at_s']}s -> {self.memory['end_mib']} MiB "
-                             f"at {self.memory['end_at_s']}s "
-                             f"({self.memory['growth_after_baseline_pct']:+.2f}%)")
-            finally:
-                if self.args.kafka_stopped:
-                    self._restore_kafka()
+            self._measure_rate(vegeta, names)
             return searches
 
         self.log(f"max search: start {plan.start_rate}/s, x{plan.factor:g} then bisect to "
@@ -382,6 +356,36 @@ class Session:
                     if best:
                         self._run(vegeta, name, "half-max", round_rate(best / 2), plan.run_s)
         return searches
+
+    def _measure_rate(self, vegeta: Vegeta, names: list[str]) -> None:
+        """``--rate R``: every target at R, ``--repeat`` times; with ``--kafka-stopped``
+        while the broker is down, with ``--memory`` while the workers' RSS is sampled."""
+        plan = self.plan
+        assert plan.rate is not None
+        mode = "kafka-stopped" if self.args.kafka_stopped else "rate"
+        self._visible_before = ack_to_count_buckets(self.processor_metrics)
+        sampler = (MemorySampler(self.targets["gateway"].service.proc.pid)
+                   if self.args.memory else None)
+        if self.args.kafka_stopped:
+            self.log("stopping Kafka (SIGKILL of the stack's broker)")
+            stop_kafka(self.env)
+        try:
+            with sampler or contextlib.nullcontext():
+                for i in range(plan.repeat):
+                    self.log(f"{mode} {plan.rate}/s, repeat {i + 1}/{plan.repeat}")
+                    for name in _rotate(names, i):
+                        self._run(vegeta, name, mode, plan.rate, plan.run_s)
+                        if sampler is not None and sampler.samples:
+                            t, rss = sampler.samples[-1]
+                            self.log(f"gateway workers' RSS {rss / 2**20:.1f} MiB at {t:g}s")
+        finally:
+            if self.args.kafka_stopped:
+                self._restore_kafka()
+        if sampler is not None:
+            m = self.memory = sampler.summary(self.args.memory_baseline_s)
+            self.log(f"memory: {m['baseline_mib']} MiB at {m['baseline_at_s']}s -> "
+                     f"{m['end_mib']} MiB at {m['end_at_s']}s "
+                     f"({m['growth_after_baseline_pct']:+.2f}%)")
 
     def _restore_kafka(self) -> None:
         """Restart the broker and wait until the gateway's spill has drained into it."""

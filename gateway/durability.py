@@ -2,9 +2,10 @@
 
 ``persist`` answers ``"kafka"`` when the delivery report says the event is replicated
 within the spill deadline, ``"spill"`` when the event was synced into the local RocksDB
-spill instead, and raises ``NotDurable`` when neither is possible. After one miss, votes
-skip Kafka and go to the spill at once until Kafka confirms a delivery again. No other outcome
-exists, so the caller cannot send a 202 for a vote that is not durable.
+spill instead, and raises ``NotDurable`` when neither is possible. No other outcome
+exists, so the caller cannot send a 202 for a vote that is not durable. After one miss,
+or as soon as librdkafka reports every broker down, votes skip Kafka and go to the spill
+at once until Kafka confirms a delivery again.
 
 ``Drainer`` re-produces spilled events and deletes each one only after Kafka confirms
 it; it also adopts the slots of dead workers.
@@ -50,17 +51,23 @@ class DurabilityPipeline:
 
     @property
     def kafka_bypassed(self) -> bool:
+        down_at = self.sink.all_brokers_down_at
+        if down_at > self.sink.last_success and (
+            self._kafka_suspect_since is None or down_at > self._kafka_suspect_since
+        ):
+            # librdkafka lost every broker: no need for a vote to wait out the deadline.
+            self._suspect_kafka(down_at)
         since = self._kafka_suspect_since
         if since is not None and self.sink.last_success > since:
             log.info("kafka confirms deliveries again; producing directly")
             self._kafka_suspect_since = since = None
         return since is not None
 
-    def _suspect_kafka(self) -> None:
+    def _suspect_kafka(self, since: float | None = None) -> None:
         if self._kafka_suspect_since is None:
-            log.warning("kafka missed the spill deadline or failed; spilling until it "
-                        "confirms again")
-            self._kafka_suspect_since = self._loop.time()
+            log.warning("kafka is down, missed the spill deadline or failed; spilling "
+                        "until it confirms again")
+        self._kafka_suspect_since = self._loop.time() if since is None else since
 
     async def persist(self, key: bytes, event: bytes) -> str:
         if self.kafka_bypassed:

@@ -49,6 +49,7 @@ class KafkaSink:
             "message.timeout.ms": 120_000,
             "socket.keepalive.enable": True,
             "statistics.interval.ms": 0,
+            "error_cb": self._on_client_error,
         }
         conf.update(extra or {})
         self.topic = topic
@@ -58,6 +59,9 @@ class KafkaSink:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll_forever, name="kafka-poll", daemon=True)
         self.last_success = 0.0
+        # Loop time at which librdkafka last said every broker is down (0.0: never). Read by
+        # the durability pipeline to spill at once instead of waiting out a deadline.
+        self.all_brokers_down_at = 0.0
         self.metadata_ok = False
 
     def start(self) -> None:
@@ -81,6 +85,14 @@ class KafkaSink:
             log.warning("produce failed", extra={"error": str(exc)})
             raise QueueFull from exc
         return future
+
+    def _on_client_error(self, err: KafkaError) -> None:
+        # Runs on the poll thread, inside poll(). A float store is atomic under the GIL.
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            self.all_brokers_down_at = self._loop.time()
+            log.warning("all Kafka brokers are down", extra={"error": str(err)})
+        else:
+            log.info("kafka client error", extra={"error": str(err)})
 
     def _poll_forever(self) -> None:
         while not self._stop.is_set():

@@ -21,6 +21,7 @@ class FakeSink:
         self.up = True
         self.produced = 0
         self.last_success = 0.0
+        self.all_brokers_down_at = 0.0
         self.pending: list[asyncio.Future] = []
 
     def produce(self, _key: bytes, _event: bytes) -> asyncio.Future:
@@ -122,5 +123,25 @@ def test_a_delivery_error_also_bypasses_kafka() -> None:
         sink.produce = failing  # type: ignore[method-assign]
         assert await pipeline.persist(b"k", b"e") == "spill"
         assert pipeline.kafka_bypassed
+
+    run(scenario)
+
+
+def test_all_brokers_down_sends_votes_to_the_spill_without_waiting_at_all() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        sink, spill = FakeSink(), FakeSpill()
+        pipeline = DurabilityPipeline(sink, spill, DEADLINE_S)  # type: ignore[arg-type]
+        assert await pipeline.persist(b"k", b"before") == "kafka"
+        sink.up = False
+        sink.all_brokers_down_at = loop.time()  # librdkafka's error callback
+        started = loop.time()
+        assert await pipeline.persist(b"k", b"first of the outage") == "spill"
+        assert loop.time() - started < DEADLINE_S  # not even the first one waits
+        assert sink.produced == 1
+        # Brokers back: the drainer's first confirmed delivery ends the bypass.
+        sink.up = True
+        sink.last_success = loop.time() + 0.001
+        assert await pipeline.persist(b"k", b"after") == "kafka"
 
     run(scenario)
