@@ -64,11 +64,13 @@ def test_json_is_strict(tmp_path: Path) -> None:
 def test_markdown_lists_runs_checks_ratios_and_command() -> None:
     runs = [median_run("gateway", "max", 1000, [_step("gateway", 990, 9)]),
             median_run("nginx-204", "max", 1000, [_step("nginx-204", 999, 1)])]
+    runs[0]["passed"] = [True, False, True]
     doc = {"runs": runs, "ratios": ratios(runs), "command": "python -m bench gateway --quick",
            "verify": {"gateway": {"acked": 990, "stored": 990, "missing": 0, "duplicates": 0,
                                   "unacked_stored": 0}}}
     text = markdown(doc)
     assert "| gateway | max | 1,000 | 990 |" in text
+    assert text.splitlines()[2].endswith("| 2 / 3 |")  # repeats that met the criteria
     assert "| gateway | 990 | 990 | 0 | 0 | 0 |" in text
     assert "| gateway/nginx-204 | 0.991 |" in text
     assert "command: `python -m bench gateway --quick`" in text
