@@ -43,31 +43,12 @@ class DurabilityPipeline:
         self.spill = spill
         self.deadline_s = deadline_s
         self._loop = asyncio.get_running_loop()
-        # When Kafka missed a deadline or failed a delivery (loop time), None while it is
-        # trusted. Until Kafka confirms anything again (a late report, or the drainer's
-        # probe of the spill), votes go straight to the spill: waiting out the deadline
-        # for every vote of an outage would add it to every acknowledgement.
-        self._kafka_suspect_since: float | None = None
 
     @property
     def kafka_bypassed(self) -> bool:
-        down_at = self.sink.all_brokers_down_at
-        if down_at > self.sink.last_success and (
-            self._kafka_suspect_since is None or down_at > self._kafka_suspect_since
-        ):
-            # librdkafka lost every broker: no need for a vote to wait out the deadline.
-            self._suspect_kafka(down_at)
-        since = self._kafka_suspect_since
-        if since is not None and self.sink.last_success > since:
-            log.info("kafka confirms deliveries again; producing directly")
-            self._kafka_suspect_since = since = None
-        return since is not None
-
-    def _suspect_kafka(self, since: float | None = None) -> None:
-        if self._kafka_suspect_since is None:
-            log.warning("kafka is down, missed the spill deadline or failed; spilling "
-                        "until it confirms again")
-        self._kafka_suspect_since = self._loop.time() if since is None else since
+        """Votes skip Kafka: waiting out the deadline for every vote of an outage would
+        add it to every acknowledgement (``KafkaSink.trouble_since``)."""
+        return self.sink.trouble_since is not None
 
     async def persist(self, key: bytes, event: bytes) -> str:
         if self.kafka_bypassed:
@@ -75,7 +56,7 @@ class DurabilityPipeline:
         try:
             delivery = self.sink.produce(key, event)
         except QueueFull:
-            self._suspect_kafka()
+            self.sink.mark_trouble("local queue full")
             return await self._spill(key, event, None)
         # One waiter released by whichever comes first: the report or the deadline.
         # (Cheaper than asyncio.wait_for, which wraps the await in a new task.)
@@ -86,7 +67,8 @@ class DurabilityPipeline:
         timer.cancel()
         if delivery.done() and delivery.result() is None:
             return "kafka"
-        self._suspect_kafka()
+        self.sink.mark_trouble(f"delivery failed: {delivery.result()}" if delivery.done()
+                               else "no delivery report within the spill deadline")
         return await self._spill(key, event, delivery)
 
     async def _spill(self, key: bytes, event: bytes, delivery: asyncio.Future | None) -> str:

@@ -58,10 +58,10 @@ class KafkaSink:
         self._reports: list[Report] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll_forever, name="kafka-poll", daemon=True)
-        self.last_success = 0.0
-        # Loop time at which librdkafka last said every broker is down (0.0: never). Read by
-        # the durability pipeline to spill at once instead of waiting out a deadline.
-        self.all_brokers_down_at = 0.0
+        # Loop time since which Kafka is in trouble (None: trusted): it missed a spill
+        # deadline, failed a delivery, refused a message or lost every broker. The next
+        # confirmed delivery clears it. While set, votes go straight to the spill.
+        self.trouble_since: float | None = None
         self.metadata_ok = False
 
     def start(self) -> None:
@@ -86,11 +86,17 @@ class KafkaSink:
             raise QueueFull from exc
         return future
 
+    def mark_trouble(self, reason: str) -> None:
+        """Kafka is not to be waited for until it confirms a delivery again."""
+        if self.trouble_since is None:
+            log.warning("kafka in trouble: spilling until it confirms a delivery again",
+                        extra={"reason": reason})
+        self.trouble_since = self._loop.time()
+
     def _on_client_error(self, err: KafkaError) -> None:
-        # Runs on the poll thread, inside poll(). A float store is atomic under the GIL.
+        # Runs on the poll thread, inside poll(); an attribute store is atomic under the GIL.
         if err.code() == KafkaError._ALL_BROKERS_DOWN:
-            self.all_brokers_down_at = self._loop.time()
-            log.warning("all Kafka brokers are down", extra={"error": str(err)})
+            self.mark_trouble(str(err))
         else:
             log.info("kafka client error", extra={"error": str(err)})
 
@@ -115,8 +121,9 @@ class KafkaSink:
                 ok = True
             if not future.done():
                 future.set_result(err)
-        if ok:
-            self.last_success = self._loop.time()
+        if ok and self.trouble_since is not None:
+            log.info("kafka confirms deliveries again; producing directly")
+            self.trouble_since = None
 
     def check_metadata(self, timeout: float = 5.0) -> bool:
         """Blocking metadata probe for /readyz (run it in a thread)."""

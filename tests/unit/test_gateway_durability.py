@@ -15,22 +15,30 @@ DEADLINE_S = 0.05
 
 
 class FakeSink:
-    """Delivers at once while ``up``; while down, the futures never resolve."""
+    """Delivers at once while ``up``; while down, the futures never resolve.
+
+    ``trouble_since`` / ``mark_trouble`` / ``confirm`` behave like KafkaSink's: a
+    confirmed delivery (``confirm``, what KafkaSink._resolve does) clears the trouble.
+    """
 
     def __init__(self) -> None:
         self.up = True
         self.produced = 0
-        self.last_success = 0.0
-        self.all_brokers_down_at = 0.0
+        self.trouble_since: float | None = None
         self.pending: list[asyncio.Future] = []
 
+    def mark_trouble(self, _reason: str) -> None:
+        self.trouble_since = asyncio.get_running_loop().time()
+
+    def confirm(self) -> None:
+        self.trouble_since = None
+
     def produce(self, _key: bytes, _event: bytes) -> asyncio.Future:
-        loop = asyncio.get_running_loop()
         self.produced += 1
-        future = loop.create_future()
+        future = asyncio.get_running_loop().create_future()
         if self.up:
             future.set_result(None)
-            self.last_success = loop.time()
+            self.confirm()
         else:
             self.pending.append(future)
         return future
@@ -56,10 +64,15 @@ def run(scenario) -> None:  # type: ignore[no-untyped-def]
     asyncio.run(asyncio.wait_for(scenario(), 10))
 
 
+def make_pipeline() -> tuple[FakeSink, FakeSpill, DurabilityPipeline]:
+    """A pipeline over fresh fakes (call inside the running loop)."""
+    sink, spill = FakeSink(), FakeSpill()
+    return sink, spill, DurabilityPipeline(sink, spill, DEADLINE_S)  # type: ignore[arg-type]
+
+
 def test_kafka_answers_within_the_deadline() -> None:
     async def scenario() -> None:
-        sink, spill = FakeSink(), FakeSpill()
-        pipeline = DurabilityPipeline(sink, spill, DEADLINE_S)  # type: ignore[arg-type]
+        _sink, spill, pipeline = make_pipeline()
         assert [await pipeline.persist(b"k", b"e") for _ in range(3)] == ["kafka"] * 3
         assert len(spill) == 0
 
@@ -69,8 +82,7 @@ def test_kafka_answers_within_the_deadline() -> None:
 def test_after_one_missed_deadline_votes_go_to_the_spill_without_waiting() -> None:
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
-        sink, spill = FakeSink(), FakeSpill()
-        pipeline = DurabilityPipeline(sink, spill, DEADLINE_S)  # type: ignore[arg-type]
+        sink, spill, pipeline = make_pipeline()
         sink.up = False
         started = loop.time()
         assert await pipeline.persist(b"k", b"first") == "spill"
@@ -90,16 +102,14 @@ def test_after_one_missed_deadline_votes_go_to_the_spill_without_waiting() -> No
 
 def test_a_confirmed_delivery_sends_votes_to_kafka_again() -> None:
     async def scenario() -> None:
-        loop = asyncio.get_running_loop()
-        sink, spill = FakeSink(), FakeSpill()
-        pipeline = DurabilityPipeline(sink, spill, DEADLINE_S)  # type: ignore[arg-type]
+        sink, spill, pipeline = make_pipeline()
         sink.up = False
         assert await pipeline.persist(b"k", b"during the outage") == "spill"
         assert await pipeline.persist(b"k", b"still out") == "spill"
         # Kafka is back: the late report of the first vote (or a drainer probe) confirms.
         sink.up = True
         sink.pending[0].set_result(None)
-        sink.last_success = loop.time()
+        sink.confirm()
         assert await pipeline.persist(b"k", b"after") == "kafka"
         assert not pipeline.kafka_bypassed
         # The late-confirmed first vote's spilled copy is dropped; the second stays for
@@ -111,8 +121,7 @@ def test_a_confirmed_delivery_sends_votes_to_kafka_again() -> None:
 
 def test_a_delivery_error_also_bypasses_kafka() -> None:
     async def scenario() -> None:
-        sink, spill = FakeSink(), FakeSpill()
-        pipeline = DurabilityPipeline(sink, spill, DEADLINE_S)  # type: ignore[arg-type]
+        sink, _spill, pipeline = make_pipeline()
 
         def failing(_key: bytes, _event: bytes) -> asyncio.Future:
             future = asyncio.get_running_loop().create_future()
@@ -130,18 +139,17 @@ def test_a_delivery_error_also_bypasses_kafka() -> None:
 def test_all_brokers_down_sends_votes_to_the_spill_without_waiting_at_all() -> None:
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
-        sink, spill = FakeSink(), FakeSpill()
-        pipeline = DurabilityPipeline(sink, spill, DEADLINE_S)  # type: ignore[arg-type]
+        sink, _spill, pipeline = make_pipeline()
         assert await pipeline.persist(b"k", b"before") == "kafka"
         sink.up = False
-        sink.all_brokers_down_at = loop.time()  # librdkafka's error callback
+        sink.mark_trouble("all brokers down")  # what librdkafka's error callback does
         started = loop.time()
         assert await pipeline.persist(b"k", b"first of the outage") == "spill"
         assert loop.time() - started < DEADLINE_S  # not even the first one waits
         assert sink.produced == 1
         # Brokers back: the drainer's first confirmed delivery ends the bypass.
         sink.up = True
-        sink.last_success = loop.time() + 0.001
+        sink.confirm()
         assert await pipeline.persist(b"k", b"after") == "kafka"
 
     run(scenario)

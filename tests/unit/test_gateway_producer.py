@@ -59,3 +59,31 @@ def test_a_late_report_after_newer_ones_still_resolves(monkeypatch: pytest.Monke
             sink.close(1)
 
     asyncio.run(scenario())
+
+
+def test_all_brokers_down_marks_trouble_until_a_delivery_is_confirmed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(producer_mod, "Producer", FakeProducer)
+
+    async def scenario() -> None:
+        sink = producer_mod.KafkaSink("fake:9092", "t", asyncio.get_running_loop())
+        fake: FakeProducer = sink._producer  # type: ignore[assignment]
+        sink.start()
+        try:
+            assert sink.trouble_since is None
+            other = producer_mod.KafkaError(producer_mod.KafkaError._TRANSPORT)
+            sink._on_client_error(other)  # one broker connection lost: not yet trouble
+            assert sink.trouble_since is None
+            down = producer_mod.KafkaError(producer_mod.KafkaError._ALL_BROKERS_DOWN)
+            sink._on_client_error(down)  # librdkafka calls this from poll()
+            assert sink.trouble_since is not None
+            delivered = sink.produce(b"k", b"v")
+            with fake.lock:
+                fake.deliver.append(0)
+            assert await asyncio.wait_for(delivered, 5) is None
+            assert sink.trouble_since is None
+        finally:
+            sink.close(1)
+
+    asyncio.run(scenario())
