@@ -210,8 +210,8 @@ def plan_batch(
 ) -> Plan:
     """Decide every message; ``lookups`` is updated in place as decisions are made."""
     # This loop runs for every message the processor sees, so it is written for speed:
-    # no per-message helper calls on the common path, methods bound to locals, counts
-    # kept in ints and folded into plan.outcomes at the end.
+    # one helper call on the common path (_malformed), containers bound to locals,
+    # counts kept in ints and folded into plan.outcomes at the end.
     plan = Plan()
     votes = lookups.votes
     rejected = lookups.rejected
@@ -285,24 +285,12 @@ def plan_batch(
                 reject(e, m, DUPLICATE_VOTE_ID, "vote_id already used for another vote")
             continue
 
-        # The same conditions as _malformed, in one expression; _malformed only runs
-        # for a message that fails them, to say why.
+        problem = _malformed(e)
+        if problem is not None:
+            reject(e, m, MALFORMED, problem)
+            plan.dead_letters.append(DeadLetter(m, MALFORMED, problem))
+            continue
         g = e.gateway_id
-        if not (
-            e.v == SCHEMA_VERSION
-            and 0 < len(x) <= MAX_FIELD_LEN
-            and 0 < len(eid) <= MAX_FIELD_LEN
-            and 0 < len(a) <= MAX_FIELD_LEN
-            and 0 < len(c) <= MAX_FIELD_LEN
-            and 0 < len(g) <= MAX_FIELD_LEN
-            and "\x00" not in x + eid + a + c + g
-            and e.received_at_us > 0
-        ):
-            problem = _malformed(e)
-            if problem is not None:
-                reject(e, m, MALFORMED, problem)
-                plan.dead_letters.append(DeadLetter(m, MALFORMED, problem))
-                continue
         election = elections.get(eid)
         if election is None:
             reject(e, m, UNKNOWN_ELECTION, None)
@@ -365,6 +353,20 @@ def plan_batch(
 
 
 def _malformed(e: VoteEvent) -> str | None:
+    """Why ``e`` cannot be stored, or None. Runs for every message, so the common case
+    (nothing wrong) is one expression; the reason is worked out only for a bad event."""
+    x, eid, a, c, g = e.vote_id, e.election_id, e.voter_id, e.choice, e.gateway_id
+    if (
+        e.v == SCHEMA_VERSION
+        and 0 < len(x) <= MAX_FIELD_LEN
+        and 0 < len(eid) <= MAX_FIELD_LEN
+        and 0 < len(a) <= MAX_FIELD_LEN
+        and 0 < len(c) <= MAX_FIELD_LEN
+        and 0 < len(g) <= MAX_FIELD_LEN
+        and "\x00" not in x + eid + a + c + g
+        and e.received_at_us > 0
+    ):
+        return None
     if e.v != SCHEMA_VERSION:
         return f"unknown schema version {e.v}"
     for name in ("vote_id", "election_id", "voter_id", "choice", "gateway_id"):
