@@ -24,6 +24,7 @@ from collections import Counter
 import httpx
 import psycopg
 
+from bench.loadgen import StepResult, Vegeta
 from core import settings as settings_mod
 from gateway import admin
 from gateway.config import GatewaySettings
@@ -77,25 +78,17 @@ async def _send_all(base: str, election: str, votes: list[dict[str, str]], concu
 
 
 def _send_open_loop(base: str, election: str, votes: list[dict[str, str]], rate: int
-                    ) -> tuple[dict[str, int], list[float], Counter, float, str]:
-    """All votes at ``rate``/s through vegeta: (acked, [p50, p99, p99.9] in seconds,
-    status codes, seconds, the vegeta command line). The percentiles are corrected for
-    the generator's own lateness (see bench.loadgen)."""
+                    ) -> StepResult:
+    """All votes at ``rate``/s through vegeta (percentiles corrected for the generator's
+    own lateness, see bench.loadgen)."""
     from bench.corpus import vegeta_target
     from bench.env import bench_dir, ensure_vegeta, stack_env
-    from bench.loadgen import Vegeta
 
     env = stack_env()
     vegeta = Vegeta(ensure_vegeta(env), bench_dir(env), timeout_s=10.0)
     url = f"{base}/v1/elections/{election}/votes"
     lines = [vegeta_target(url, v) for v in votes]
-    started = time.perf_counter()
-    res = vegeta.step("gateway", "burst", lines, rate, len(votes) / rate)
-    elapsed = time.perf_counter() - started
-    acked = dict.fromkeys(res.acked_ids, 1)
-    quantiles_s = [res.p50_ms / 1000, res.p99_ms / 1000, res.p999_ms / 1000]
-    codes = Counter({int(k) if k.isdigit() else k: v for k, v in res.codes.items()})
-    return acked, quantiles_s, codes, elapsed, res.command
+    return vegeta.step("gateway", "burst", lines, rate, len(votes) / rate)
 
 
 def _wait_stored(dsn: str, election: str, expected: int, timeout_s: float) -> tuple[int, int]:
@@ -138,16 +131,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"election {election}: {len(votes)} votes of distinct voters signed in "
           f"{time.perf_counter() - t0:.1f}s", flush=True)
 
+    open_loop: StepResult | None = None
     if args.rate:
         from bench.env import BenchError
 
         try:
-            acked, quantiles, codes, elapsed, command = _send_open_loop(
-                base, election, votes, args.rate)
+            open_loop = _send_open_loop(base, election, votes, args.rate)
         except BenchError as exc:  # no Go toolchain to build vegeta with
             print(f"vegeta unavailable ({exc}); sending closed-loop with httpx instead")
-            args.rate = None
-    if not args.rate:
+    if open_loop is not None:
+        acked = dict.fromkeys(open_loop.acked_ids, 1)
+        codes = Counter({int(k) if k.isdigit() else k: v for k, v in open_loop.codes.items()})
+    else:
         acked, latencies, codes, elapsed = asyncio.run(
             _send_all(base, election, votes, args.concurrency))
     # Retries of the same vote_id must get 202 again and must not add a vote.
@@ -158,12 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     tally = _results(base, election)
     ok = stored == len(acked) == len(votes) and extra_rows == 0 and len(re_acked) == len(resent)
     print()
-    if args.rate:
-        sent = sum(codes.values())
-        print(f"requests/s:     {args.rate:,} offered, open loop ({sent} requests in "
-              f"{elapsed:.2f}s with vegeta: {command.split(' -targets')[0]} ...)")
-        p50, p99, p999 = (q * 1000 for q in quantiles)
-        print(f"ack latency:    p50 {p50:.1f} ms   p99 {p99:.1f} ms   p99.9 {p999:.1f} ms")
+    if open_loop is not None:
+        print(f"requests/s:     {open_loop.rate:,} offered, open loop ({open_loop.requests} "
+              f"requests in {open_loop.duration_s:.2f}s with vegeta: "
+              f"{open_loop.command.split(' -targets')[0]} ...)")
+        print(f"ack latency:    p50 {open_loop.p50_ms:.1f} ms   p99 {open_loop.p99_ms:.1f} ms   "
+              f"p99.9 {open_loop.p999_ms:.1f} ms")
     else:
         print(f"requests/s:     {len(latencies) / elapsed:,.0f} "
               f"({len(latencies)} requests in {elapsed:.2f}s, {args.concurrency} connections,"

@@ -14,12 +14,8 @@ import subprocess
 import time
 from pathlib import Path
 
-import httpx
-from prometheus_client.parser import text_string_to_metric_families
-
-from bench.env import REPO, BenchError, stack_dir
-
-STACK_SCRIPT = REPO / "deploy" / "local" / "stack"
+from bench.env import REPO, STACK_SCRIPT, BenchError, stack_dir
+from bench.scrape import samples
 
 
 def kafka_pids(env: dict[str, str]) -> list[int]:
@@ -56,11 +52,10 @@ def start_kafka(env: dict[str, str], timeout_s: float = 900.0) -> float:
 
 def spilled_events(metrics_url: str) -> float:
     """The gateway's ``vote_spill_events`` gauge (all workers, orphans included)."""
-    text = httpx.get(metrics_url, timeout=5).text
-    for family in text_string_to_metric_families(text):
-        if family.name == "vote_spill_events":
-            return sum(s.value for s in family.samples)
-    raise BenchError(f"no vote_spill_events at {metrics_url}")
+    found = samples(metrics_url, "vote_spill_events")
+    if found is None:
+        raise BenchError(f"no vote_spill_events at {metrics_url}")
+    return sum(s.value for s in found)
 
 
 def wait_spill_drained(metrics_url: str, timeout_s: float = 600.0) -> None:

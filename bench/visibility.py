@@ -10,7 +10,8 @@ quantiles are reported as the bucket bound they fall under (``p99_le_s``).
 from __future__ import annotations
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
+
+from bench.scrape import samples
 
 METRIC = "vote_ack_to_count_seconds"
 
@@ -20,16 +21,10 @@ def ack_to_count_buckets(metrics_url: str | None) -> dict[float, float]:
     if not metrics_url:
         return {}
     try:
-        text = httpx.get(metrics_url, timeout=5).text
+        found = samples(metrics_url, METRIC) or []
     except httpx.HTTPError:
         return {}
-    out: dict[float, float] = {}
-    for family in text_string_to_metric_families(text):
-        if family.name == METRIC:
-            for sample in family.samples:
-                if sample.name == METRIC + "_bucket":
-                    out[float(sample.labels["le"])] = sample.value
-    return out
+    return {float(s.labels["le"]): s.value for s in found if s.name == METRIC + "_bucket"}
 
 
 def ack_to_visible(before: dict[float, float], after: dict[float, float]
