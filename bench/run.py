@@ -197,12 +197,10 @@ class Session:
         args, plan = self.args, self.plan
         env = self.env = stack_env()
         names = [t.strip() for t in args.targets.split(",") if t.strip()]
-        if args.kafka_stopped and (names != ["gateway"] or not args.rate):
-            raise BenchError("--kafka-stopped measures the gateway's spill: it needs "
-                             "--targets gateway and --rate R")
-        if args.memory and (names != ["gateway"] or not args.rate):
-            raise BenchError("--memory samples the gateway's workers: it needs "
-                             "--targets gateway and --rate R")
+        for flag, on in (("--kafka-stopped", args.kafka_stopped), ("--memory", args.memory)):
+            if on and (names != ["gateway"] or not args.rate):
+                raise BenchError(f"{flag} measures the gateway alone: it needs "
+                                 "--targets gateway and --rate R")
         needs_stack = any(n not in ("nginx-204", "granian-floor") for n in names)
         preflight(env, kafka=needs_stack, postgres=needs_stack)
         _raise_nofile()

@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.memory import worker_pids
 from tests.integration.gateway_fixtures import REPO, GatewayStack, running_gateway
 from tests.integration.services import wait_until
 
@@ -93,11 +94,9 @@ def kafka_pid() -> int:
     return int(KAFKA_PID_FILE.read_text().split()[0])
 
 
-def worker_pids(stack: GatewayStack) -> list[int]:
+def gateway_workers(stack: GatewayStack) -> list[int]:
     """granian's worker processes: the children of the gateway's main process."""
-    main = stack.services["gateway"].proc.pid
-    children = Path(f"/proc/{main}/task/{main}/children").read_text().split()
-    return [int(pid) for pid in children]
+    return worker_pids(stack.services["gateway"].proc.pid)
 
 
 def assert_acked_stored_exactly_once(stack: GatewayStack, voters: Voters) -> None:
@@ -130,14 +129,14 @@ def test_kafka_frozen_and_a_worker_killed_during_spill_writes(
                 spilled = stack.metric("vote_spill_writes_total")
                 wait_until("votes acknowledged from the spill",
                            lambda: stack.metric("vote_spill_writes_total") >= spilled + 40)
-                victim = worker_pids(stack)[0]
+                victim = gateway_workers(stack)[0]
                 os.kill(victim, signal.SIGKILL)  # mid spill writes: its flock dies with it
                 after_kill = voters.count("spill")
                 wait_until("spill acknowledgements after the kill",
                            lambda: voters.count("spill") >= after_kill + 40)
                 wait_until("granian to respawn the worker",
-                           lambda: len(worker_pids(stack)) == 2
-                           and victim not in worker_pids(stack))
+                           lambda: len(gateway_workers(stack)) == 2
+                           and victim not in gateway_workers(stack))
             finally:
                 os.kill(broker, signal.SIGCONT)
             resumed = voters.count("kafka")
