@@ -8,8 +8,9 @@ under the test's control. No broker needed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -38,14 +39,22 @@ class FakeProducer:
         return 0
 
 
+@contextlib.contextmanager
+def running_sink() -> Iterator[tuple[producer_mod.KafkaSink, FakeProducer]]:
+    """A started KafkaSink over a FakeProducer (inside the running loop); closed after."""
+    sink = producer_mod.KafkaSink("fake:9092", "t", asyncio.get_running_loop())
+    sink.start()
+    try:
+        yield sink, sink._producer  # type: ignore[misc]
+    finally:
+        sink.close(1)
+
+
 def test_a_late_report_after_newer_ones_still_resolves(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(producer_mod, "Producer", FakeProducer)
 
     async def scenario() -> None:
-        sink = producer_mod.KafkaSink("fake:9092", "t", asyncio.get_running_loop())
-        fake: FakeProducer = sink._producer  # type: ignore[assignment]
-        sink.start()
-        try:
+        with running_sink() as (sink, fake):
             stalled = sink.produce(b"k", b"old")  # waits out a "Kafka stall"
             newer = [sink.produce(b"k", b"new") for _ in range(3)]
             with fake.lock:
@@ -55,8 +64,6 @@ def test_a_late_report_after_newer_ones_still_resolves(monkeypatch: pytest.Monke
             with fake.lock:
                 fake.deliver.append(0)  # ... then the old one
             assert await asyncio.wait_for(stalled, 5) is None
-        finally:
-            sink.close(1)
 
     asyncio.run(scenario())
 
@@ -67,10 +74,7 @@ def test_all_brokers_down_marks_trouble_until_a_delivery_is_confirmed(
     monkeypatch.setattr(producer_mod, "Producer", FakeProducer)
 
     async def scenario() -> None:
-        sink = producer_mod.KafkaSink("fake:9092", "t", asyncio.get_running_loop())
-        fake: FakeProducer = sink._producer  # type: ignore[assignment]
-        sink.start()
-        try:
+        with running_sink() as (sink, fake):
             assert sink.trouble_since is None
             other = producer_mod.KafkaError(producer_mod.KafkaError._TRANSPORT)
             sink._on_client_error(other)  # one broker connection lost: not yet trouble
@@ -83,7 +87,5 @@ def test_all_brokers_down_marks_trouble_until_a_delivery_is_confirmed(
                 fake.deliver.append(0)
             assert await asyncio.wait_for(delivered, 5) is None
             assert sink.trouble_since is None
-        finally:
-            sink.close(1)
 
     asyncio.run(scenario())
