@@ -8,7 +8,7 @@ import sys
 
 def _stop_before_start(_signum: int, _frame: object) -> None:
     # SIGTERM while still importing or connecting: nothing is consumed yet, so leaving
-    # at once is a clean stop. processor.consumer.run replaces this with a graceful one.
+    # at once is a clean stop. processor.members.run replaces this with a graceful one.
     sys.exit(0)
 
 
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(json.dumps(rebuild(settings, args.election, args.force), sort_keys=True))
         return 0
-    from processor.consumer import run
+    from processor.members import run
 
     pid_file = settings.processor_pid_file
     if pid_file:

@@ -1,12 +1,18 @@
-"""The consume → transaction → cache loop (``python -m processor``).
+"""One member of the consumer group: the consume → transaction → cache loop.
 
 Offsets live in PostgreSQL (``consumer_offsets``), written in each batch's
 transaction; Kafka's own committed offsets are never used. On assignment the consumer
 is positioned at the stored offsets (or the beginning); on revoke/lost nothing needs
 to be undone because an uncommitted batch simply never happened, and the fence in
-``Store.apply_batch`` stops a batch that a zombie still holds. The loop runs batches
-one at a time: the rebalance callbacks are served inside ``consume()``, i.e. never
-while a batch transaction is open.
+``Store.apply_batch`` stops a batch that a zombie still holds. A member runs batches
+one at a time: its rebalance callbacks are served inside its own ``consume()``, i.e.
+never while one of its batch transactions is open.
+
+``python -m processor`` runs several members in threads of one process
+(``processor.members``, ``VOTE_PROCESSOR_MEMBERS``): each ``Processor`` has its own
+consumer, PostgreSQL connection, Redis client and dead-letter producer and shares
+nothing with the others but the module-level metrics, so they are exactly as
+independent as members in separate processes.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from confluent_kafka import Message as KafkaMessage
 
 from processor import metrics
 from processor.cache import TallyCache
+from processor.logs import FieldsAdapter
 from processor.policy import Election, Message, Plan, decode_all
 from processor.settings import ProcessorSettings
 from processor.store import (
@@ -53,10 +60,16 @@ _LATENCY_SAMPLES = 1000
 
 
 class Processor:
-    """One member of the ``vote-processor`` consumer group."""
+    """One member of the ``vote-processor`` consumer group.
 
-    def __init__(self, settings: ProcessorSettings) -> None:
+    ``member`` numbers the members that one process runs (``processor.members``); it
+    goes into the Kafka ``client.id`` and into every log record.
+    """
+
+    def __init__(self, settings: ProcessorSettings, member: int = 0) -> None:
         self.s = settings
+        self.member = member
+        self.log = FieldsAdapter(log, {"member": member})
         self.topic = settings.processor_topic
         self._stop = False
         self._assigned: set[int] = set()
@@ -79,7 +92,7 @@ class Processor:
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": "earliest",
-                "client.id": f"vote-processor-{os.getpid()}",
+                "client.id": f"vote-processor-{os.getpid()}-{member}",
                 # Short enough that a killed member's partitions move on quickly.
                 "session.timeout.ms": 10000,
                 "heartbeat.interval.ms": 2000,
@@ -103,7 +116,9 @@ class Processor:
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
-        log.info("processor started", extra={"topic": self.topic, "group": self.s.processor_group})
+        self.log.info(
+            "processor started", extra={"topic": self.topic, "group": self.s.processor_group}
+        )
         try:
             while not self._stop:
                 messages = self._collect()
@@ -112,14 +127,18 @@ class Processor:
                 else:
                     self._idle()
         finally:
-            # close() leaves the group at once, so the partitions move without waiting
-            # for the session timeout.
-            self.consumer.close()
-            if self._dlq is not None:
-                self._dlq.flush(5)
-            self.store.close()
-            self.cache.close()
-            log.info("processor stopped")
+            self.close()
+            self.log.info("processor stopped")
+
+    def close(self) -> None:
+        """Leave the group and release the connections (the end of ``run``)."""
+        # close() leaves the group at once, so the partitions move without waiting
+        # for the session timeout.
+        self.consumer.close()
+        if self._dlq is not None:
+            self._dlq.flush(5)
+        self.store.close()
+        self.cache.close()
 
     # -- rebalance callbacks -------------------------------------------------------------
 
@@ -139,7 +158,7 @@ class Processor:
         self._assigned = set(ids)
         self._rebalances += 1
         self._gap_ok.clear()
-        log.info("partitions assigned", extra={"partitions": ids, "offsets": stored})
+        self.log.info("partitions assigned", extra={"partitions": ids, "offsets": stored})
 
     def _rewind_past_log_end(self, consumer: Consumer, stored: dict[int, int]) -> dict[int, int]:
         """Stored offsets beyond a partition's log end belong to an older incarnation of
@@ -154,12 +173,12 @@ class Processor:
                     TopicPartition(self.topic, p), timeout=30
                 )
             except KafkaException as exc:
-                log.warning("no watermarks", extra={"partition": p, "error": str(exc)})
+                self.log.warning("no watermarks", extra={"partition": p, "error": str(exc)})
                 continue
             if 0 <= high < offset:
                 rewind[p] = max(low, 0)
         if rewind:
-            log.error(
+            self.log.error(
                 "stored offsets are beyond the log end: the topic was recreated or lost"
                 " data; re-reading those partitions from their start",
                 extra={"stored": {p: stored[p] for p in rewind}, "restart_at": rewind},
@@ -172,14 +191,18 @@ class Processor:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._drop([tp.partition for tp in partitions])
         consumer.unassign()
-        log.info("partitions revoked", extra={"partitions": [tp.partition for tp in partitions]})
+        self.log.info(
+            "partitions revoked", extra={"partitions": [tp.partition for tp in partitions]}
+        )
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Another member may already own them; the offset fence makes sure that a batch
         # we still hold for them can't be applied twice.
         self._drop([tp.partition for tp in partitions])
         consumer.unassign()
-        log.warning("partitions lost", extra={"partitions": [tp.partition for tp in partitions]})
+        self.log.warning(
+            "partitions lost", extra={"partitions": [tp.partition for tp in partitions]}
+        )
 
     def _drop(self, ids: list[int]) -> None:
         self._assigned.difference_update(ids)
@@ -236,7 +259,7 @@ class Processor:
             elif err.code() != KafkaError._PARTITION_EOF:
                 if err.fatal():
                     raise KafkaException(err)
-                log.warning("consumer error", extra={"error": str(err)})
+                self.log.warning("consumer error", extra={"error": str(err)})
         return out
 
     # -- one batch ---------------------------------------------------------------------
@@ -272,15 +295,15 @@ class Processor:
                 )
             except Fenced as f:
                 metrics.COMMITS.labels("fenced").inc()
-                log.warning("batch fenced", extra={"stored": f.stored, "first": first})
+                self.log.warning("batch fenced", extra={"stored": f.stored, "first": first})
                 self._reseek(first, f.stored)
                 return
             except VoteIdRace as exc:
                 metrics.COMMITS.labels("race").inc()
-                log.info("vote_id race, retrying batch", extra={"detail": str(exc)})
+                self.log.info("vote_id race, retrying batch", extra={"detail": str(exc)})
             except (psycopg.Error, KafkaException, DeadLetterError) as exc:
                 metrics.COMMITS.labels("error").inc()
-                log.error("batch failed, retrying", extra={"error": repr(exc)})
+                self.log.error("batch failed, retrying", extra={"error": repr(exc)})
                 if self._stop:
                     return  # nothing was committed; the next owner starts at `first`
                 time.sleep(backoff)
@@ -301,7 +324,7 @@ class Processor:
         self._observe_latency(plan)
         self._adapt(len(kmsgs), db_seconds)
         self._update_lag(force=True)
-        log.debug("batch committed", extra={"messages": len(kmsgs), "seconds": db_seconds})
+        self.log.debug("batch committed", extra={"messages": len(kmsgs), "seconds": db_seconds})
 
     def _reseek(self, first: dict[int, int], stored: dict[int, int]) -> None:
         """After a fenced (rolled-back) batch: continue from what PostgreSQL holds."""
@@ -312,7 +335,7 @@ class Processor:
             try:
                 self.consumer.seek(TopicPartition(self.topic, p, target))
             except KafkaException as exc:
-                log.warning("seek failed", extra={"partition": p, "error": str(exc)})
+                self.log.warning("seek failed", extra={"partition": p, "error": str(exc)})
                 self._gap_ok.pop(p, None)
                 continue
             # If the broker still delivers from beyond `target` after this seek, the
@@ -383,7 +406,9 @@ class Processor:
         except (redis.RedisError, OSError) as exc:
             metrics.CACHE_ERRORS.inc()
             if eid not in self._dirty:
-                log.warning("redis tally write failed", extra={"election": eid, "error": repr(exc)})
+                self.log.warning(
+                    "redis tally write failed", extra={"election": eid, "error": repr(exc)}
+                )
             self._dirty.add(eid)
 
     def _observe_latency(self, plan: Plan) -> None:
@@ -444,7 +469,7 @@ class Processor:
             try:
                 return fn()
             except psycopg.OperationalError as exc:
-                log.error("database unavailable", extra={"error": repr(exc)})
+                self.log.error("database unavailable", extra={"error": repr(exc)})
                 if self._stop:
                     raise
                 time.sleep(delay)
@@ -457,7 +482,7 @@ class Processor:
             if self.s.processor_crash_at == point and (
                 self._attempts == self.s.processor_crash_after_batches
             ):
-                log.warning("crash hook: SIGKILL", extra={"point": point})
+                self.log.warning("crash hook: SIGKILL", extra={"point": point})
                 os.kill(os.getpid(), signal.SIGKILL)
 
         return hook
@@ -465,12 +490,3 @@ class Processor:
 
 class DeadLetterError(RuntimeError):
     """The dead-letter topic did not confirm; the batch is retried."""
-
-
-def run(settings: ProcessorSettings) -> int:
-    proc = Processor(settings)
-    signal.signal(signal.SIGTERM, proc.request_stop)
-    signal.signal(signal.SIGINT, proc.request_stop)
-    metrics.serve(settings.processor_metrics_port)
-    proc.run()
-    return 0

@@ -6,6 +6,8 @@ import json
 import logging
 import sys
 import time
+from collections.abc import MutableMapping
+from typing import Any
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -25,6 +27,17 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str)
+
+
+class FieldsAdapter(logging.LoggerAdapter):
+    """Adds fixed fields (``{"member": 2}``) to every record, next to the call's own
+    ``extra`` (the standard adapter would replace those on Python < 3.13)."""
+
+    def process(
+        self, msg: object, kwargs: MutableMapping[str, Any]
+    ) -> tuple[object, MutableMapping[str, Any]]:
+        kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {})}
+        return msg, kwargs
 
 
 def setup(level: str = "INFO") -> None:

@@ -16,6 +16,12 @@ class ProcessorSettings(msgspec.Struct, frozen=True, kw_only=True):
     processor_topic: str = TOPIC
     processor_dlq_topic: str = DLQ_TOPIC
     processor_group: str = "vote-processor"
+    # Consumer-group members run by this one process, each in its own thread with its
+    # own Kafka consumer, PostgreSQL connection and Redis client. One member's database
+    # wait (psycopg releases the GIL) overlaps another's Python work. 3: the fastest of
+    # 1-4 in `python -m bench processor` (bench/README.md); give the topic at least
+    # replicas x members partitions, or the extra members sit idle.
+    processor_members: int = 3
     # A batch closes at whichever bound is hit first. The count bound adapts between
     # processor_batch_min_messages and processor_batch_max_messages so that one batch
     # takes about processor_batch_target_ms in the database.
@@ -35,6 +41,8 @@ class ProcessorSettings(msgspec.Struct, frozen=True, kw_only=True):
     processor_crash_after_batches: int = 1
 
     def __post_init__(self) -> None:
+        if self.processor_members < 1:
+            raise ValueError("processor_members must be >= 1")
         if self.processor_crash_at not in ("", "after_copy", "after_commit"):
             raise ValueError("processor_crash_at must be '', 'after_copy' or 'after_commit'")
         if not 1 <= self.processor_batch_min_messages <= self.processor_batch_max_messages:
