@@ -100,6 +100,14 @@ class Processor:
                 "fetch.max.bytes": 64 * 1024 * 1024,
                 "max.partition.fetch.bytes": 8 * 1024 * 1024,
                 "queued.min.messages": 200000,
+                # Let the broker gather up to 100 ms of votes per fetch. With the default
+                # (answer as soon as one byte is there) a processor that keeps up asks
+                # again for every few votes: at 2,480 votes/s that doubled the broker's
+                # CPU (18 -> 35 % of a core) and, on a shared box, the gateway's
+                # acknowledgement tail. 100 ms is the batch's own time bound, so the
+                # results lag by no more than they already did.
+                "fetch.wait.max.ms": 100,
+                "fetch.min.bytes": 1 << 20,
             }
         )
 
