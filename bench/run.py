@@ -68,6 +68,7 @@ from bench.targets import (
     migrate,
     processor_running,
     processor_service,
+    settle_database,
 )
 from bench.visibility import ack_to_count_buckets, ack_to_visible
 
@@ -241,6 +242,9 @@ class Session:
         # A fresh stack has no schema yet; migrations are idempotent, so this costs one
         # round trip when they are already applied.
         migrate(env)
+        settled_s = settle_database(settings.pg_dsn)
+        self.log(f"vacuumed and analyzed the vote tables in {settled_s:.1f} s "
+                 "(so that autovacuum does not start during a run)")
         with contextlib.ExitStack() as stack:
             for name in names:
                 target = make_target(name, f"{run_id}-{name}", cfg)
