@@ -95,7 +95,9 @@ class Processor:
                 "client.id": f"vote-processor-{os.getpid()}-{member}",
                 # Short enough that a killed member's partitions move on quickly.
                 "session.timeout.ms": 10000,
-                "heartbeat.interval.ms": 2000,
+                # Heartbeats are also how a member learns that the group rebalances
+                # (another member joined or left): the partitions move within this.
+                "heartbeat.interval.ms": 500,
                 "max.poll.interval.ms": 300000,
                 "fetch.max.bytes": 64 * 1024 * 1024,
                 "max.partition.fetch.bytes": 8 * 1024 * 1024,

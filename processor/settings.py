@@ -18,10 +18,11 @@ class ProcessorSettings(msgspec.Struct, frozen=True, kw_only=True):
     processor_group: str = "vote-processor"
     # Consumer-group members run by this one process, each in its own thread with its
     # own Kafka consumer, PostgreSQL connection and Redis client. One member's database
-    # wait (psycopg releases the GIL) overlaps another's Python work. 3: the fastest of
-    # 1-4 in `python -m bench processor` (bench/README.md); give the topic at least
-    # replicas x members partitions, or the extra members sit idle.
-    processor_members: int = 3
+    # wait (psycopg releases the GIL) overlaps another's Python work. 2: the fastest of
+    # 1-3 in `python -m bench processor` timed from the first assignment
+    # (bench/README.md); give the topic at least replicas x members partitions, or the
+    # extra members sit idle.
+    processor_members: int = 2
     # A batch closes at whichever bound is hit first. The count bound adapts between
     # processor_batch_min_messages and processor_batch_max_messages so that one batch
     # takes about processor_batch_target_ms in the database.

@@ -253,13 +253,18 @@ def test_policies_with_duplicates_and_out_of_order_revotes(
     lw_tie = e(last, "v1", "b", "l3", 20)  # same received_at, greater vote_id: wins
     lw_v2 = e(last, "v2", "a", "l4", 5)
     m1, m2, m3 = (e(maxv, "v1", c, f"m{i}", i) for i, c in enumerate("abc"))
-    events = [f1, f1, f2, f3, f2, f4, lw_new, lw_old, lw_tie, lw_new, lw_v2, m1, m2, m3, m1]
-    # The first half before the processor starts, the rest while it runs: the outcome
-    # must not depend on how the sequence is cut into batches.
-    producer.send(topic, events[:7])
+    # f1 (voter v1) and f4 (voter v3) reuse one vote_id from two Kafka partitions, and
+    # the content stored first owns it. Kafka orders nothing across partitions (a batch
+    # may hold one partition's messages and not yet the other's), so f4 is sent only
+    # once the first part is stored. Within a partition the outcome must not depend on
+    # how the sequence is cut into batches: the rest is sent while the processor runs.
+    before = [f1, f1, f2, f3, f2, lw_new]
+    after = [f4, lw_old, lw_tie, lw_new, lw_v2, m1, m2, m3, m1]
+    producer.send(topic, before)
     env = proc_env(pg_dsn, topic, group)
     svc = start_service("processor", env=env)
-    producer.send(topic, events[7:])
+    wait_drained(pg_dsn, kafka_bootstrap, topic, group, [svc])
+    producer.send(topic, after)
     wait_drained(pg_dsn, kafka_bootstrap, topic, group, [svc])
     time.sleep(0.3)  # the Redis write follows the commit
 
