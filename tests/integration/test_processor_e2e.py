@@ -16,7 +16,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -589,15 +589,22 @@ def test_offsets_of_a_recreated_topic_do_not_skip_its_first_messages(
     assert svc.stop() == 0
 
 
-def member_partitions(log: str) -> dict[int, set[int]]:
-    """Every partition each member of a process was ever assigned, from its JSON log."""
-    out: dict[int, set[int]] = {}
+def _log_records(log: str) -> Iterator[dict]:
+    """The JSON records of a processor's log (tracebacks and other lines skipped)."""
     for line in log.splitlines():
         try:
             rec = json.loads(line)
         except ValueError:
             continue
-        if isinstance(rec, dict) and rec.get("msg") == "partitions assigned":
+        if isinstance(rec, dict):
+            yield rec
+
+
+def member_partitions(log: str) -> dict[int, set[int]]:
+    """Every partition each member of a process was ever assigned, from its JSON log."""
+    out: dict[int, set[int]] = {}
+    for rec in _log_records(log):
+        if rec.get("msg") == "partitions assigned":
             out.setdefault(rec["member"], set()).update(rec["partitions"])
     return out
 
@@ -649,13 +656,7 @@ def test_two_members_in_one_process(
 def _current_assignment(log: str) -> dict[int, dict[int, int]]:
     """Each member's current partitions with the stored offset it started them at."""
     held: dict[int, dict[int, int]] = {}
-    for line in log.splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(rec, dict):
-            continue
+    for rec in _log_records(log):
         if rec.get("msg") == "partitions assigned":
             offsets = {int(p): o for p, o in rec["offsets"].items()}
             held[rec["member"]] = {p: offsets.get(p, 0) for p in rec["partitions"]}
