@@ -26,6 +26,14 @@ spill_events = Gauge(
     multiprocess_mode="livesum",
 )
 spill_writes_total = Counter("vote_spill_writes_total", "Events written to the spill")
+# librdkafka's own time from produce() to the delivery report (the message's latency()):
+# Kafka's share of vote_ack_seconds{durability="kafka"}. When the ack tail grows, this
+# tells a slow broker (it grows too) from a busy worker (it does not).
+kafka_delivery_seconds = Histogram(
+    "vote_kafka_delivery_seconds",
+    "Time from produce to Kafka's delivery report, as librdkafka measures it",
+    buckets=_ACK_BUCKETS,
+)
 kafka_delivery_errors_total = Counter(
     "vote_kafka_delivery_errors_total", "Delivery reports that carried an error"
 )

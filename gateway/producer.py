@@ -12,7 +12,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from gateway import metrics
 
@@ -23,7 +23,8 @@ class QueueFull(Exception):
     """librdkafka's local queue is full: the vote must go to the spill right away."""
 
 
-Report = tuple[asyncio.Future, KafkaError | None]
+# (the vote's future, the delivery error or None, librdkafka's produce-to-report seconds)
+Report = tuple[asyncio.Future, KafkaError | None, float]
 
 
 class KafkaSink:
@@ -71,11 +72,11 @@ class KafkaSink:
         """Queue one event; the returned future resolves to ``None`` or the ``KafkaError``."""
         future = self._loop.create_future()
 
-        def on_delivery(err: KafkaError | None, _msg: object) -> None:
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
             # Look the list up now, not at produce time: the poll thread hands the list
             # to the loop and starts a new one, and a report for an older message (one
             # that waited out a Kafka stall) must land in the list that is still open.
-            self._reports.append((future, err))
+            self._reports.append((future, err, msg.latency() or 0.0))
 
         try:
             self._producer.produce(self.topic, value, key, on_delivery=on_delivery)
@@ -114,11 +115,13 @@ class KafkaSink:
 
     def _resolve(self, batch: list[Report]) -> None:
         ok = False
-        for future, err in batch:
+        observe_latency = metrics.kafka_delivery_seconds.observe
+        for future, err, latency in batch:
             if err is not None:
                 metrics.kafka_delivery_errors_total.inc()
             else:
                 ok = True
+                observe_latency(latency)
             if not future.done():
                 future.set_result(err)
         if ok and self.trouble_since is not None:

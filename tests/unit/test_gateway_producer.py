@@ -17,6 +17,13 @@ import pytest
 from gateway import producer as producer_mod
 
 
+class FakeMessage:
+    """What a delivery callback gets: librdkafka's produce-to-report time."""
+
+    def latency(self) -> float:
+        return 0.004
+
+
 class FakeProducer:
     def __init__(self, _conf: dict) -> None:
         self.callbacks: list[Callable] = []
@@ -31,7 +38,7 @@ class FakeProducer:
         with self.lock:
             due, self.deliver = self.deliver[:1], self.deliver[1:]
         for i in due:
-            self.callbacks[i](None, None)
+            self.callbacks[i](None, FakeMessage())
         threading.Event().wait(0.001)
         return len(due)
 
@@ -87,5 +94,35 @@ def test_all_brokers_down_marks_trouble_until_a_delivery_is_confirmed(
                 fake.deliver.append(0)
             assert await asyncio.wait_for(delivered, 5) is None
             assert sink.trouble_since is None
+
+    asyncio.run(scenario())
+
+
+def test_confirmed_deliveries_feed_the_delivery_latency_histogram(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(producer_mod, "Producer", FakeProducer)
+    histogram = producer_mod.metrics.kafka_delivery_seconds
+
+    def observed() -> tuple[float, float]:
+        count = total = 0.0
+        for family in histogram.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_count"):
+                    count = sample.value
+                elif sample.name.endswith("_sum"):
+                    total = sample.value
+        return count, total
+
+    async def scenario() -> None:
+        with running_sink() as (sink, fake):
+            before = observed()
+            futures = [sink.produce(b"k", b"v") for _ in range(3)]
+            with fake.lock:
+                fake.deliver += [0, 1, 2]
+            await asyncio.wait_for(asyncio.gather(*futures), 5)
+            count, total = observed()
+            assert count - before[0] == 3
+            assert total - before[1] == pytest.approx(3 * FakeMessage().latency())
 
     asyncio.run(scenario())
