@@ -4,6 +4,7 @@
     gateway   open-loop load on the gateway and its peers        (bench/run.py)
     fastpath  micro-benchmarks of gateway._fast                  (bench/fastpath.py)
     processor drain N preloaded events vs a plain binary COPY     (bench/processor.py)
+    batchcost PostgreSQL CPU of one small / large batch, by phase  (bench/batchcost.py)
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ COMMANDS = {
     "gateway": "bench.run",
     "fastpath": "bench.fastpath",
     "processor": "bench.processor",
+    "batchcost": "bench.batchcost",
 }
 
 

@@ -83,7 +83,12 @@ class Processor:
         self._attempts = 0
         self._last_lag = 0.0
         self._dlq: Producer | None = None
-        self.store = Store(settings.pg_dsn, settings.processor_group, self.topic)
+        self.store = Store(
+            settings.pg_dsn,
+            settings.processor_group,
+            self.topic,
+            lookup_threshold=settings.processor_lookup_threshold,
+        )
         self.cache = TallyCache(settings.redis_url)
         self.consumer = Consumer(
             {

@@ -31,6 +31,10 @@ class ProcessorSettings(msgspec.Struct, frozen=True, kw_only=True):
     processor_batch_max_bytes: int = 8 * 1024 * 1024
     processor_batch_max_ms: int = 100
     processor_batch_target_ms: int = 400
+    # Batches with fewer messages than this look their keys up with array
+    # parameters and touch no temporary table (processor.store.LOOKUP_THRESHOLD, where
+    # the figures are); 0 sends every batch through the staged path.
+    processor_lookup_threshold: int = 4000
     # Written at start and removed at exit when set (the launcher may manage it instead).
     processor_pid_file: str = ""
     # 0 disables the metrics endpoint (several processors in one test).
@@ -44,6 +48,8 @@ class ProcessorSettings(msgspec.Struct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         if self.processor_members < 1:
             raise ValueError("processor_members must be >= 1")
+        if self.processor_lookup_threshold < 0:
+            raise ValueError("processor_lookup_threshold must be >= 0")
         if self.processor_crash_at not in ("", "after_copy", "after_commit"):
             raise ValueError("processor_crash_at must be '', 'after_copy' or 'after_commit'")
         if not 1 <= self.processor_batch_min_messages <= self.processor_batch_max_messages:

@@ -44,3 +44,15 @@ def test_print_config_masks_credentials():
     shown = describe(s)
     assert shown["VOTE_PG_DSN"] == "postgresql://***@db:5432/vote"
     assert "secret" not in repr(shown)
+
+
+def test_processor_lookup_threshold():
+    from processor.settings import ProcessorSettings
+    from processor.store import LOOKUP_THRESHOLD
+
+    # The setting's default is the one Store uses on its own (documented there).
+    assert load(ProcessorSettings, {}).processor_lookup_threshold == LOOKUP_THRESHOLD
+    env = {"VOTE_PROCESSOR_LOOKUP_THRESHOLD": "0"}  # 0: every batch staged
+    assert load(ProcessorSettings, env).processor_lookup_threshold == 0
+    with pytest.raises(ConfigError):
+        load(ProcessorSettings, {"VOTE_PROCESSOR_LOOKUP_THRESHOLD": "-1"})
