@@ -24,8 +24,7 @@ from typing import Any
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
 
-from core.event import decode
-from processor.policy import Election
+from processor.policy import Election, decode_storable
 from processor.settings import ProcessorSettings
 from processor.store import load_elections
 
@@ -74,9 +73,9 @@ def scan_topic(
                     continue
                 if o + 1 >= ends[p]:
                     todo.discard(p)
-                try:
-                    ev = decode(m.value() or b"")
-                except Exception:  # any undecodable payload is only counted
+                # What the processor rejects under its Kafka position is only counted.
+                ev, _why = decode_storable(m.value())
+                if ev is None:
                     undecodable += 1
                     continue
                 if ev.election_id != election_id:
