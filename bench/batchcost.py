@@ -37,7 +37,9 @@ from typing import Any
 
 import psycopg
 
-from bench.processor import CANDIDATES, _stack_env, make_events
+from bench import scratchdb
+from bench.env import stack_env
+from bench.processor import CANDIDATES, make_events
 from core.event import encode
 from processor.policy import Message, decode_all
 from processor.store import Store
@@ -166,21 +168,14 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--json", dest="json_path")
     args = ap.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",")]
-    admin_dsn = _stack_env()["VOTE_PG_DSN"]
-    db = f"vote_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{db}"')
-    dsn = psycopg.conninfo.make_conninfo(admin_dsn, dbname=db)
+    admin_dsn = stack_env()["VOTE_PG_DSN"]
+    db, dsn = scratchdb.create(admin_dsn)
     try:
-        from processor.migrate import migrate
-
-        migrate(dsn)
         result = run(dsn, args)
         with psycopg.connect(dsn) as conn:
             version = conn.execute("SHOW server_version").fetchone()[0]
     finally:
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        scratchdb.drop(admin_dsn, db)
     result["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     result["command"] = "python -m bench batchcost " + " ".join(argv)
     result["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),

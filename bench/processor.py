@@ -38,28 +38,14 @@ import psycopg
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from bench import scratchdb
+from bench.env import stack_env
 from core.event import VoteEvent, encode
 from core.settings import load
 from processor.settings import ProcessorSettings
 
 REPO = Path(__file__).resolve().parents[1]
 CANDIDATES = [f"c{i}" for i in range(10)]
-
-
-def _stack_env() -> dict[str, str]:
-    keys = ("VOTE_KAFKA_BOOTSTRAP", "VOTE_PG_DSN", "VOTE_REDIS_URL")
-    if all(os.environ.get(k) for k in keys):
-        return {k: os.environ[k] for k in keys}
-    out = subprocess.run(
-        [str(REPO / "deploy/local/stack"), "env"], capture_output=True, text=True, check=True
-    )
-    env: dict[str, str] = {}
-    for line in out.stdout.splitlines():
-        line = line.removeprefix("export ").strip()
-        k, sep, v = line.partition("=")
-        if sep:
-            env[k] = v.strip("'\"")
-    return env
 
 
 def make_events(n: int, election: str, seed: int = 7) -> list[VoteEvent]:
@@ -261,25 +247,15 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the database and topic")
     args = ap.parse_args(argv)
 
-    env = _stack_env()
+    env = stack_env()
     bootstrap, admin_dsn = env["VOTE_KAFKA_BOOTSTRAP"], env["VOTE_PG_DSN"]
-    tag = uuid.uuid4().hex[:8]
-    db, topic, group, election = (
-        f"vote_bench_{tag}",
-        f"bench-{tag}",
-        f"bench-{tag}",
-        f"bench-{tag}",
-    )
+    db, dsn = scratchdb.create(admin_dsn)
+    tag = db.removeprefix("vote_bench_")
+    topic = group = election = f"bench-{tag}"
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{db}"')
-    dsn = psycopg.conninfo.make_conninfo(admin_dsn, dbname=db)
     admin.create_topics([NewTopic(topic, args.partitions, replication_factor=-1)])[topic].result(30)
     log_path = Path(f"/tmp/bench-processor-{tag}.log")
     try:
-        from processor.migrate import migrate
-
-        migrate(dsn)
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(
                 "INSERT INTO elections (election_id, policy) VALUES (%s, 'first_wins')", (election,)
@@ -348,8 +324,7 @@ def main(argv: list[str]) -> int:
         result["machine"]["postgresql"] = m.group(1) if m else "?"
     finally:
         if not args.keep:
-            with psycopg.connect(admin_dsn, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+            scratchdb.drop(admin_dsn, db)
             admin.delete_topics([topic])
     text = json.dumps(result, indent=2)
     print(text)

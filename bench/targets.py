@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -34,10 +35,34 @@ DEFAULT_TARGETS = ("gateway", "nginx-204", "fastapi-peer", "go-peer")
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
 
 
+def _ephemeral_ports() -> range:
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on, for a target to bind a moment later.
+
+    Not from the kernel's ephemeral range (what ``bind(0)`` hands out): vegeta and the
+    targets' own clients open thousands of connections from that range, and one of them
+    took a port picked that way before the fastapi-peer could bind it (EADDRINUSE, the
+    target dropped from a run). Below the range only listeners compete.
+    """
+    ephemeral = _ephemeral_ports()
+    for _ in range(200):
+        port = random.randrange(20000, 32000)
+        if port in ephemeral:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port found in 20000-31999")
 
 
 @dataclass
