@@ -1,4 +1,5 @@
-"""Throw-away PostgreSQL databases for benchmarks that need an empty schema.
+"""Throw-away PostgreSQL databases for benchmarks (and the integration tests) that need
+an empty schema.
 
 ``python -m bench processor`` and ``python -m bench batchcost`` each measure on a fresh,
 migrated database of the stack's server, so earlier runs' rows and autovacuum state

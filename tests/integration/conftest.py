@@ -105,19 +105,14 @@ def redis_url(stack_env: dict[str, str]) -> str:
 @pytest.fixture(scope="session")
 def pg_dsn(stack_env: dict[str, str]) -> Iterator[str]:
     """A fresh database for this test session, migrated with ``processor.migrate``."""
-    from processor.migrate import migrate
+    from bench import scratchdb
 
     admin_dsn = stack_env["VOTE_PG_DSN"]
-    name = f"vote_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    dsn = psycopg.conninfo.make_conninfo(admin_dsn, dbname=name)
+    name, dsn = scratchdb.create(admin_dsn, prefix="vote_test")
     try:
-        migrate(dsn)
         yield dsn
     finally:
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        scratchdb.drop(admin_dsn, name)
 
 
 def unique_id(prefix: str) -> str:
