@@ -37,7 +37,7 @@ from typing import Any
 
 import psycopg
 
-from bench import scratchdb
+from bench import probe, scratchdb
 from bench.env import stack_env
 from bench.processor import CANDIDATES, make_events
 from core.event import encode
@@ -168,6 +168,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--json", dest="json_path")
     args = ap.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",")]
+    speed = probe.speed()
+    print(probe.describe(speed), file=sys.stderr, flush=True)
     admin_dsn = stack_env()["VOTE_PG_DSN"]
     db, dsn = scratchdb.create(admin_dsn)
     try:
@@ -179,7 +181,7 @@ def main(argv: list[str]) -> int:
     result["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     result["command"] = "python -m bench batchcost " + " ".join(argv)
     result["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
-                         "postgresql": version}
+                         "postgresql": version, "speed": speed}
     print(f"# {result['command']}  ({result['date']})")
     print("| events | batches | PG CPU ms | wall ms | " + " | ".join(PHASES) + " |")
     print("|--:|--:|--:|--:|" + "--:|" * len(PHASES))

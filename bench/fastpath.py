@@ -33,6 +33,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from bench import probe
+
 PROG = "python -m bench fastpath"
 NOW = time.time()
 AUDIENCE = "election-2026"
@@ -289,6 +291,8 @@ def main(argv: list[str]) -> int:
           f"{machine['openssl_linked_by_gateway_fast']} (gateway._fast) / "
           f"{machine['openssl_of_cryptography']} (cryptography {machine['cryptography']}), "
           f"PyJWT {machine['pyjwt']}", flush=True)
+    machine["speed"] = probe.speed()
+    print(probe.describe(machine["speed"]), flush=True)
     run(cases, repeat, target, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     results, ratios = report(cases)
     machine["loadavg_after"] = os.getloadavg() if hasattr(os, "getloadavg") else None

@@ -38,7 +38,7 @@ import psycopg
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from bench import scratchdb
+from bench import probe, scratchdb
 from bench.env import stack_env
 from core.event import VoteEvent, encode
 from core.settings import load
@@ -247,6 +247,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the database and topic")
     args = ap.parse_args(argv)
 
+    speed = probe.speed()
+    print(probe.describe(speed), file=sys.stderr, flush=True)
     env = stack_env()
     bootstrap, admin_dsn = env["VOTE_KAFKA_BOOTSTRAP"], env["VOTE_PG_DSN"]
     db, dsn = scratchdb.create(admin_dsn)
@@ -314,6 +316,7 @@ def main(argv: list[str]) -> int:
                 "cpus": os.cpu_count(),
                 "python": platform.python_version(),
                 "platform": platform.platform(),
+                "speed": speed,
             },
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "command": "python -m bench processor " + " ".join(argv),

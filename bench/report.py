@@ -28,6 +28,7 @@ from collections.abc import Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
 
+from bench import probe
 from bench.env import VEGETA_VERSION
 from bench.loadgen import StepResult
 
@@ -262,6 +263,7 @@ def machine(env: dict[str, str], vegeta: Path | None = None, go: str | None = No
         "os": os_name.group(1) if os_name else platform.platform(),
         "loadavg_at_start": _read("/proc/loadavg").split()[:3],
         "cpu_pressure_at_start": _read("/proc/pressure/cpu").splitlines()[:1],
+        "speed": probe.speed(),
         "versions": versions,
     }
 

@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
 
-from bench import report
+from bench import probe, report
 from bench.corpus import DEFAULT_CANDIDATES, VotePool, votes_path
 from bench.env import (
     REPO,
@@ -225,6 +225,7 @@ class Session:
         run_dir.mkdir(parents=True)
         json_path = Path(args.json) if args.json else REPO / "bench" / "out" / f"{run_id}.json"
         machine = report.machine(env, vegeta_exe, go_binary())
+        self.log(probe.describe(machine["speed"]))
         psi = cpu_pressure()
         if psi is not None and psi >= NOISY_PSI:
             self.log(f"WARNING: the machine is busy (CPU pressure {psi:.0f}% over the last "

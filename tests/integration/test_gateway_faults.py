@@ -21,14 +21,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.env import STACK_SCRIPT
 from bench.memory import worker_pids
-from tests.integration.gateway_fixtures import REPO, GatewayStack, running_gateway
+from bench.outage import kafka_pids
+from tests.integration.gateway_fixtures import GatewayStack, running_gateway
 from tests.integration.services import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.disruptive]
 
-STACK = REPO / "deploy" / "local" / "stack"
-KAFKA_PID_FILE = REPO / ".stack" / "pids" / "kafka-1.pid"
 
 
 class Voters:
@@ -91,7 +91,14 @@ class Voters:
 
 
 def kafka_pid() -> int:
-    return int(KAFKA_PID_FILE.read_text().split()[0])
+    """The local stack's one broker (its pid file under the stack directory).
+
+    These tests take Kafka away: with a three-node cluster stopping one broker only
+    moves partition leaders, and nothing would reach the spill.
+    """
+    pids = kafka_pids(dict(os.environ))
+    assert len(pids) == 1, f"these tests need the single-broker stack, found brokers {pids}"
+    return pids[0]
 
 
 def gateway_workers(stack: GatewayStack) -> list[int]:
@@ -157,7 +164,7 @@ def test_kafka_killed_and_restarted_mid_load(
             wait_until("acknowledgements from the spill while Kafka is down",
                        lambda: voters.count("spill") >= down + 100)
             # `stack up` starts what is not running and waits until the broker answers.
-            restart = subprocess.run([str(STACK), "up"], capture_output=True, text=True,
+            restart = subprocess.run([str(STACK_SCRIPT), "up"], capture_output=True, text=True,
                                      timeout=900)
             assert restart.returncode == 0, restart.stderr
             resumed = voters.count("kafka")
