@@ -256,9 +256,10 @@ class VoteGateway:
 
         answer = await self._accept(election, voter_id, request.vote_id, request.choice, now)
         self._send(protocol, 202, answer)
-        durability = "kafka" if b'"kafka"' in answer else "spill"
-        (metrics.ack_kafka if durability == "kafka" else metrics.ack_spill).observe(
-            time.perf_counter() - started)
+        # The answer may be a retry's cached one, so the durability comes from its bytes
+        # (the field is written by _accept; vote_id and receipt cannot hold a quote).
+        kafka = b'"durability":"kafka"' in answer
+        (metrics.ack_kafka if kafka else metrics.ack_spill).observe(time.perf_counter() - started)
 
     async def _read_body(self, protocol: Any, headers: Any) -> bytes:
         limit = self.settings.max_body_bytes

@@ -205,7 +205,10 @@ def test_health_and_openapi(gateway_stack: GatewayStack):
 
 def test_metrics_are_exposed(gateway_stack: GatewayStack):
     port = gateway_stack.env["VOTE_METRICS_PORT"]
-    assert _vote(gateway_stack, f"metrics-{uuid.uuid4().hex[:6]}").status_code == 202
+    answer = _vote(gateway_stack, f"metrics-{uuid.uuid4().hex[:6]}")
+    assert answer.status_code == 202
+    # A refused token too, so that this test does not depend on others having sent one.
+    _problem(_vote(gateway_stack, "metrics-forger", token="not.a.token"), 401)
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     for name in (
         "vote_requests_total",
@@ -215,3 +218,8 @@ def test_metrics_are_exposed(gateway_stack: GatewayStack):
     ):
         assert name in text, f"{name} missing from /metrics"
     assert 'vote_requests_total{code="202"}' in text
+    # The acknowledgement is timed under the durability its answer states.
+    durability = answer.json()["durability"]
+    acks = {line.split("{")[1].split("}")[0]: float(line.split()[-1])
+            for line in text.splitlines() if line.startswith("vote_ack_seconds_count{")}
+    assert acks.get(f'durability="{durability}"', 0) >= 1, acks
