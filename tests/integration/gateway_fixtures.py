@@ -88,12 +88,14 @@ class GatewayStack:
             if sample.name == name
         )
 
-    def stored_counts(self) -> dict[str, int]:
-        """vote_id -> number of rows in ``votes`` for this stack's election."""
+    def stored_counts(self, voter_prefix: str = "") -> dict[str, int]:
+        """vote_id -> number of rows in ``votes`` for this stack's election, of the voters
+        whose id starts with ``voter_prefix`` (tests sharing the stack keep apart so)."""
         with psycopg.connect(self.pg_dsn, autocommit=True) as conn:
             rows = conn.execute(
-                "SELECT vote_id, count(*) FROM votes WHERE election_id = %s GROUP BY vote_id",
-                (self.election,),
+                "SELECT vote_id, count(*) FROM votes WHERE election_id = %s"
+                " AND starts_with(voter_id, %s) GROUP BY vote_id",
+                (self.election, voter_prefix),
             ).fetchall()
         return dict(rows)
 

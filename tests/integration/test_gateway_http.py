@@ -40,11 +40,13 @@ def _vote(
     )
 
 
-def _stored(stack: GatewayStack, expected: int, timeout: float = 60.0) -> dict[str, int]:
-    """vote_id -> row count in `votes` for the election, once `expected` ids are there."""
+def _stored(stack: GatewayStack, voter_prefix: str, expected: int, timeout: float = 60.0
+            ) -> dict[str, int]:
+    """vote_id -> row count in `votes` for the election's voters with this prefix, once
+    `expected` ids are there."""
     deadline = time.monotonic() + timeout
     while True:
-        rows = stack.stored_counts()
+        rows = stack.stored_counts(voter_prefix)
         if len(rows) >= expected or time.monotonic() > deadline:
             return rows
         time.sleep(0.2)
@@ -75,7 +77,8 @@ def test_every_acknowledged_vote_is_stored_exactly_once(gateway_stack: GatewaySt
         assert answer["durability"] in ("kafka", "spill")
         assert answer["receipt"].startswith("r1.")
 
-    stored = _stored(stack, len(acked))
+    # Only this test's voters: other tests vote in the same election (module-scoped stack).
+    stored = _stored(stack, f"v-{run}-", len(acked))
     assert set(stored) == set(acked), "stored votes differ from acknowledged votes"
     assert set(stored.values()) == {1}, "a vote was stored more than once"
 
