@@ -254,12 +254,11 @@ class VoteGateway:
             metrics.rate_limited_total.labels("voter").inc()
             raise p.RateLimited("too many requests for this voter", retry_after=retry)
 
-        answer = await self._accept(election, voter_id, request.vote_id, request.choice, now)
+        answer, via_kafka = await self._accept(election, voter_id, request.vote_id,
+                                               request.choice, now)
         self._send(protocol, 202, answer)
-        # The answer may be a retry's cached one, so the durability comes from its bytes
-        # (the field is written by _accept; vote_id and receipt cannot hold a quote).
-        kafka = b'"durability":"kafka"' in answer
-        (metrics.ack_kafka if kafka else metrics.ack_spill).observe(time.perf_counter() - started)
+        (metrics.ack_kafka if via_kafka else metrics.ack_spill).observe(
+            time.perf_counter() - started)
 
     async def _read_body(self, protocol: Any, headers: Any) -> bytes:
         limit = self.settings.max_body_bytes
@@ -296,8 +295,9 @@ class VoteGateway:
         return voter_id
 
     async def _accept(self, election: Election, voter_id: str, vote_id: str, choice: str,
-                      now: float) -> bytes:
-        """Make the vote durable once per vote_id and return the 202 body."""
+                      now: float) -> tuple[bytes, bool]:
+        """Make the vote durable once per vote_id; the 202 body and whether Kafka (not the
+        spill) confirmed it."""
         digest = f"{election.election_id}\x1f{voter_id}\x1f{choice}".encode()
         seen = self.idempotency.get(vote_id)
         if seen is not None:
@@ -305,8 +305,10 @@ class VoteGateway:
                 raise p.Conflict(f"vote_id {vote_id!r} was used with other content")
             first = seen[1]
             if isinstance(first, _Pending):
-                return await asyncio.shield(first.future)
-            return first
+                first = await asyncio.shield(first.future)
+            # A retry: the cache keeps only the first answer's bytes, which name the
+            # durability (vote_id and receipt cannot hold a quote).
+            return first, b'"durability":"kafka"' in first
 
         pending = _Pending(asyncio.get_running_loop().create_future())
         self.idempotency.put(vote_id, digest, pending)
@@ -338,7 +340,7 @@ class VoteGateway:
         self.idempotency.discard(vote_id)
         self.idempotency.put(vote_id, digest, answer)
         pending.future.set_result(answer)
-        return answer
+        return answer, durability == "kafka"
 
     async def _election(self, election_id: str) -> Election:
         try:
