@@ -54,7 +54,7 @@ from bench.env import (
     preflight,
     stack_env,
 )
-from bench.loadgen import StepResult, Vegeta, cpu_pressure, targets_needed
+from bench.loadgen import StepResult, Vegeta, targets_needed
 from bench.memory import MemorySampler
 from bench.outage import spilled_events, start_kafka, stop_kafka, wait_spill_drained
 from bench.search import Criteria, MaxSearch, round_rate
@@ -226,7 +226,7 @@ class Session:
         json_path = Path(args.json) if args.json else REPO / "bench" / "out" / f"{run_id}.json"
         machine = report.machine(env, vegeta_exe, go_binary())
         self.log(probe.describe(machine["speed"]))
-        psi = cpu_pressure()
+        psi = machine["speed"]["cpu_pressure_avg10"]
         if psi is not None and psi >= NOISY_PSI:
             self.log(f"WARNING: the machine is busy (CPU pressure {psi:.0f}% over the last "
                      "10 s): other processes compete with the targets; figures will be low "
