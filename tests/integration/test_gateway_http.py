@@ -15,6 +15,7 @@ import httpx
 import jwt
 import pytest
 
+from bench.scrape import samples
 from tests.integration.gateway_fixtures import GatewayStack
 
 pytestmark = pytest.mark.integration
@@ -223,6 +224,7 @@ def test_metrics_are_exposed(gateway_stack: GatewayStack):
     assert 'vote_requests_total{code="202"}' in text
     # The acknowledgement is timed under the durability its answer states.
     durability = answer.json()["durability"]
-    acks = {line.split("{")[1].split("}")[0]: float(line.split()[-1])
-            for line in text.splitlines() if line.startswith("vote_ack_seconds_count{")}
-    assert acks.get(f'durability="{durability}"', 0) >= 1, acks
+    acks = {s.labels["durability"]: s.value
+            for s in samples(f"http://127.0.0.1:{port}/metrics", "vote_ack_seconds") or []
+            if s.name == "vote_ack_seconds_count"}
+    assert acks.get(durability, 0) >= 1, acks
