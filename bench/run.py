@@ -183,6 +183,7 @@ class Session:
         print(f"{res.rps:>8.0f}/s  p50 {res.p50_ms:7.2f}  p99 {res.p99_ms:8.2f}  "
               f"p99.9 {res.p999_ms:8.2f} ms  err {res.error_rate:.2%}"
               + (f"  [{'; '.join(why)}]" if why else "  [ok]")
+              + (f"  ({res.acked_from_spill} from the spill)" if res.acked_from_spill else "")
               + (f"  (cpu pressure {res.cpu_pressure:.0f}%)" if noisy else ""), flush=True)
         if why and res.error_samples:
             print(f"{'':>10}errors: {' | '.join(res.error_samples)}", flush=True)

@@ -98,12 +98,15 @@ def test_summarize_counts_errors_and_acks() -> None:
     rows = []
     for i in range(1000):
         code = 503 if i % 100 == 0 else 202
-        body = json.dumps({"vote_id": f"v{i}"}).encode() if code == 202 else b'{"title":"x"}'
+        durability = "spill" if i % 10 == 1 else "kafka"
+        body = (json.dumps({"vote_id": f"v{i}", "durability": durability}).encode()
+                if code == 202 else b'{"title":"x"}')
         rows.append(Row(1_000_000_000 + i * MS, code, (1 + i % 10) * MS, "", body, i))
     res = summarize("gateway", "search", 1000, 1.0, rows)
     assert res.requests == 1000
     assert res.errors == 10 and res.error_rate == 0.01
     assert res.ok == 990 and len(res.acked_ids) == 990 and "v1" in res.acked_ids
+    assert res.acked_from_spill == 100 and res.summary()["acked_from_spill"] == 100
     assert res.codes == {"202": 990, "503": 10}
     assert res.p50_ms == 5.0 and res.p99_ms == 10.0
     assert res.send_lag_p99_ms == 0.0
