@@ -111,8 +111,9 @@ class Processor:
                 # (answer as soon as one byte is there) a processor that keeps up asks
                 # again for every few votes: at 2,480 votes/s that doubled the broker's
                 # CPU (18 -> 35 % of a core) and, on a shared box, the gateway's
-                # acknowledgement tail. 100 ms is the batch's own time bound, so the
-                # results lag by no more than they already did.
+                # acknowledgement tail. 100 ms is under the batch's own time bound
+                # (processor_batch_max_ms), so the results lag by no more than they
+                # already did.
                 "fetch.wait.max.ms": 100,
                 "fetch.min.bytes": 1 << 20,
             }
