@@ -70,7 +70,7 @@ class Processor:
         self.s = settings
         self.member = member
         self.log = FieldsAdapter(log, {"member": member})
-        self.topic = settings.processor_topic
+        self.topic = settings.vote_topic
         self._stop = False
         self._assigned: set[int] = set()
         self._next: dict[int, int] = {}  # committed next offset per assigned partition

@@ -13,7 +13,11 @@ class ProcessorSettings(msgspec.Struct, frozen=True, kw_only=True):
     redis_url: str = "redis://127.0.0.1:16379/0"
     # Set by `deploy/local/stack env`; the pid file lets `stack down` stop us.
     stack_dir: str = ""
-    processor_topic: str = TOPIC
+    # The vote topic, read from VOTE_TOPIC like the gateway's, so one variable moves
+    # both; VOTE_PROCESSOR_TOPIC, when set, overrides it for the processor alone. Read
+    # it through ``vote_topic``.
+    topic: str = TOPIC
+    processor_topic: str = ""
     processor_dlq_topic: str = DLQ_TOPIC
     processor_group: str = "vote-processor"
     # Consumer-group members run by this one process, each in its own thread with its
@@ -49,6 +53,11 @@ class ProcessorSettings(msgspec.Struct, frozen=True, kw_only=True):
     # SIGKILLs itself at that point of batch number processor_crash_after_batches.
     processor_crash_at: str = ""
     processor_crash_after_batches: int = 1
+
+    @property
+    def vote_topic(self) -> str:
+        """The topic this processor consumes."""
+        return self.processor_topic or self.topic
 
     def __post_init__(self) -> None:
         if self.processor_members < 1:

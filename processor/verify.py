@@ -96,7 +96,7 @@ def scan_topic(
 
 def verify(settings: ProcessorSettings, election_id: str) -> dict[str, Any]:
     """The reconciliation report; ``report["ok"]`` says whether every check passed."""
-    kafka = scan_topic(settings.kafka_bootstrap, settings.processor_topic, election_id)
+    kafka = scan_topic(settings.kafka_bootstrap, settings.vote_topic, election_id)
     with psycopg.connect(settings.pg_dsn) as conn:
         # One snapshot for every query, so a running processor can't make the
         # checks disagree with each other.
@@ -126,7 +126,7 @@ def verify(settings: ProcessorSettings, election_id: str) -> dict[str, Any]:
             conn.execute(
                 "SELECT partition, next_offset FROM consumer_offsets"
                 " WHERE consumer_group = %s AND topic = %s",
-                (settings.processor_group, settings.processor_topic),
+                (settings.processor_group, settings.vote_topic),
             ).fetchall()
         )
 
@@ -162,7 +162,7 @@ def verify(settings: ProcessorSettings, election_id: str) -> dict[str, Any]:
 
     report: dict[str, Any] = {
         "election_id": election_id,
-        "topic": settings.processor_topic,
+        "topic": settings.vote_topic,
         "election_known": election is not None,
         "kafka_messages": kafka["messages"],
         "kafka_distinct_vote_ids": len(kafka["vote_ids"]),

@@ -56,3 +56,16 @@ def test_processor_lookup_threshold():
     assert load(ProcessorSettings, env).processor_lookup_threshold == 0
     with pytest.raises(ConfigError):
         load(ProcessorSettings, {"VOTE_PROCESSOR_LOOKUP_THRESHOLD": "-1"})
+
+
+def test_one_variable_moves_the_gateway_and_the_processor_to_another_topic():
+    from processor.settings import ProcessorSettings
+
+    assert load(ProcessorSettings, {}).vote_topic == load(GatewaySettings, {}).topic
+    env = {"VOTE_TOPIC": "votes.test"}
+    assert load(ProcessorSettings, env).vote_topic == load(GatewaySettings, env).topic
+    assert load(ProcessorSettings, env).vote_topic == "votes.test"
+    # The processor's own variable still wins, for the processor alone.
+    env["VOTE_PROCESSOR_TOPIC"] = "votes.other"
+    assert load(ProcessorSettings, env).vote_topic == "votes.other"
+    assert load(GatewaySettings, env).topic == "votes.test"
