@@ -29,6 +29,7 @@ from string import Template
 import httpx
 
 from bench.env import REPO, ensure_go_peer, ensure_nginx, python_exe, stack_dir
+from core.event import TOPIC
 
 TARGETS = ("gateway", "nginx-204", "fastapi-peer", "go-peer", "granian-floor")
 DEFAULT_TARGETS = ("gateway", "nginx-204", "fastapi-peer", "go-peer")
@@ -164,7 +165,7 @@ class TargetConfig:
     run_dir: Path
     workers: int = 1
     cpus: str | None = None  # taskset -c list for the targets (None: not pinned)
-    topic: str = "votes.v1"
+    topic: str = TOPIC
     linger_ms: float = 2.0
     jwks_file: str = ""
     receipt_key_file: str = ""

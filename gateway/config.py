@@ -8,6 +8,7 @@ import socket
 import msgspec
 
 from core import settings as _settings
+from core.event import TOPIC
 
 
 def _default_stack_dir() -> str:
@@ -19,7 +20,7 @@ class GatewaySettings(msgspec.Struct, kw_only=True):
     # Where the local stack keeps its data; other paths default beneath it.
     stack_dir: str = _default_stack_dir()
     kafka_bootstrap: str = "127.0.0.1:19092"
-    topic: str = "votes.v1"
+    topic: str = TOPIC
     pg_dsn: str = "postgresql://vote:vote@127.0.0.1:15432/vote"
     redis_url: str = "redis://127.0.0.1:16379/0"
 

@@ -30,7 +30,6 @@ from tests.integration.services import wait_until
 pytestmark = [pytest.mark.integration, pytest.mark.disruptive]
 
 
-
 class Voters:
     """Client threads that keep sending fresh votes and remember every 202."""
 
