@@ -168,8 +168,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--json", dest="json_path")
     args = ap.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",")]
-    speed = probe.speed()
-    print(probe.describe(speed), file=sys.stderr, flush=True)
+    speed = probe.announced_speed()
     admin_dsn = stack_env()["VOTE_PG_DSN"]
     db, dsn = scratchdb.create(admin_dsn)
     try:

@@ -291,8 +291,7 @@ def main(argv: list[str]) -> int:
           f"{machine['openssl_linked_by_gateway_fast']} (gateway._fast) / "
           f"{machine['openssl_of_cryptography']} (cryptography {machine['cryptography']}), "
           f"PyJWT {machine['pyjwt']}", flush=True)
-    machine["speed"] = probe.speed()
-    print(probe.describe(machine["speed"]), flush=True)
+    machine["speed"] = probe.announced_speed(sys.stdout)
     run(cases, repeat, target, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     results, ratios = report(cases)
     machine["loadavg_after"] = os.getloadavg() if hasattr(os, "getloadavg") else None

@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import time
+from typing import TextIO
 
 from bench.loadgen import cpu_pressure
 
@@ -74,6 +75,14 @@ def speed() -> dict[str, object]:
     pressure = cpu_pressure()
     return {"python_loop_ms": python_loop_ms(), "wakeup_roundtrip_us": wakeup_roundtrip_us(),
             "cpu_pressure_avg10": pressure}
+
+
+def announced_speed(stream: TextIO | None = None) -> dict[str, object]:
+    """``speed()``, with its ``describe`` line written to ``stream`` (stderr by default)
+    first, so a run's log shows the day's speed before its figures."""
+    probe = speed()
+    print(describe(probe), file=stream or sys.stderr, flush=True)
+    return probe
 
 
 def describe(probe: dict[str, object]) -> str:

@@ -247,8 +247,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the database and topic")
     args = ap.parse_args(argv)
 
-    speed = probe.speed()
-    print(probe.describe(speed), file=sys.stderr, flush=True)
+    speed = probe.announced_speed()
     env = stack_env()
     bootstrap, admin_dsn = env["VOTE_KAFKA_BOOTSTRAP"], env["VOTE_PG_DSN"]
     db, dsn = scratchdb.create(admin_dsn)

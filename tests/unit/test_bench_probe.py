@@ -31,3 +31,14 @@ def test_describe_names_every_probe() -> None:
                              "wakeup_roundtrip_us": {"p50": 1.0, "p99": 2.0},
                              "cpu_pressure_avg10": None})
     assert "pressure" not in no_psi
+
+
+def test_announced_speed_writes_the_line_and_returns_the_probe(monkeypatch) -> None:
+    import io
+
+    fixed = {"python_loop_ms": 3.0, "wakeup_roundtrip_us": {"p50": 1.0, "p99": 2.0},
+             "cpu_pressure_avg10": None}
+    monkeypatch.setattr(probe, "speed", lambda: fixed)
+    out = io.StringIO()
+    assert probe.announced_speed(out) is fixed
+    assert out.getvalue() == probe.describe(fixed) + "\n"
