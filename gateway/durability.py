@@ -156,10 +156,16 @@ class Drainer:
 
 async def adopt_orphans(root: str, sink: KafkaSink, loop: asyncio.AbstractEventLoop,
                         max_events: int) -> int:
-    """Drain every slot left by a dead worker; returns how many events were re-produced."""
+    """Drain every slot left by a dead worker, then remove it; returns how many events
+    were re-produced.
+
+    Opening and closing RocksDB take tens of milliseconds, so they run in a thread: on
+    the event loop they would hold up every vote in flight, and push some past the
+    spill deadline.
+    """
     drained = 0
     for slot, fd in list(SpillStore.orphan_slots(root)):
-        store = SpillStore(slot, fd, loop, max_events)
+        store = await asyncio.to_thread(SpillStore, slot, fd, loop, max_events)
         try:
             n = len(store)
             if n:
@@ -167,6 +173,7 @@ async def adopt_orphans(root: str, sink: KafkaSink, loop: asyncio.AbstractEventL
                 await Drainer(store, sink).run(until_empty=True)
                 drained += n
         finally:
-            store.close()
+            if await asyncio.to_thread(store.retire):
+                log.info("removed drained spill slot", extra={"slot": slot})
             report_spill_size()
     return drained

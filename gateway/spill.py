@@ -8,8 +8,9 @@ batch, so N concurrent spills cost one fsync, not N.
 Each worker process owns one slot directory (``slot-NN``), claimed with an exclusive
 ``flock`` on ``slot-NN/lock``; the kernel drops the lock when the process dies, however
 it dies, so a restarted worker claims the same free slot and drains what its predecessor
-left. Slots whose owner is gone and that still hold events are adopted and drained by
-any live worker (see ``Drainer``).
+left. Slots whose owner is gone are adopted by any live worker, drained (see
+``Drainer``) and then removed, so a slot left by a worker that is not coming back (fewer
+workers after a restart) is opened once, not every few seconds forever.
 
 Keys are 8-byte big-endian sequence numbers, so iteration order is spill order; values
 are ``len(kafka key) as 2 bytes + kafka key + event``.
@@ -18,9 +19,11 @@ are ``len(kafka key) as 2 bytes + kafka key + event``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
+import shutil
 import threading
 import weakref
 from collections.abc import Iterator
@@ -79,6 +82,8 @@ class SpillStore:
         self.max_events = max_events
         options = rocksdict.Options(raw_mode=True)
         options.create_if_missing(True)
+        # Every open starts a new info LOG and keeps the old one (1,000 by default).
+        options.set_keep_log_file_num(5)
         self._db = rocksdict.Rdict(os.path.join(path, "db"), options)
         self._sync = rocksdict.WriteOptions()
         self._sync.sync = True
@@ -104,7 +109,10 @@ class SpillStore:
         for i in range(max_slots):
             slot = os.path.join(root, f"slot-{i:02d}")
             os.makedirs(slot, exist_ok=True)
-            fd = try_lock(os.path.join(slot, "lock"))
+            try:
+                fd = try_lock(os.path.join(slot, "lock"))
+            except FileNotFoundError:  # a live worker removed it as a drained orphan
+                continue
             if fd is not None:
                 return cls(slot, fd, loop, max_events)
         raise SpillUnavailable(f"all {max_slots} spill slots under {root} are held")
@@ -118,7 +126,10 @@ class SpillStore:
             slot = os.path.join(root, name)
             if not name.startswith("slot-") or not os.path.isdir(os.path.join(slot, "db")):
                 continue
-            fd = try_lock(os.path.join(slot, "lock"))
+            try:
+                fd = try_lock(os.path.join(slot, "lock"))
+            except FileNotFoundError:  # another worker adopted and removed it meanwhile
+                continue
             if fd is not None:
                 yield slot, fd
 
@@ -207,10 +218,34 @@ class SpillStore:
         return int.from_bytes(it.key(), "big") if it.valid() else 0
 
     def close(self) -> None:
+        self._close_db()
+        os.close(self._lock_fd)  # releases the slot
+
+    def retire(self) -> bool:
+        """Close the store and, if it holds no event, delete its slot; True if deleted.
+
+        Done under the slot's lock, in this order, so no claimant can end up in a slot
+        being deleted: while the old lock file exists a claimant fails to lock it and
+        moves on; one that comes after the unlink creates a new lock file (and then a
+        new db), and the final rmdir fails harmlessly.
+        """
+        if self._live or self._pending:
+            self.close()
+            return False
+        self._close_db()
+        try:
+            shutil.rmtree(os.path.join(self.path, "db"))
+            os.unlink(os.path.join(self.path, "lock"))
+            with contextlib.suppress(OSError):  # a new claimant is already inside
+                os.rmdir(self.path)
+        finally:
+            os.close(self._lock_fd)
+        return True
+
+    def _close_db(self) -> None:
         with self._cond:
             self._closed = True
             self._cond.notify()
         self._writer.join(timeout=5)
         self._db.flush_wal(True)
         self._db.close()
-        os.close(self._lock_fd)  # releases the slot

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -147,3 +148,78 @@ def _orphans_closed(root) -> list[tuple[str, int]]:
     for _, fd in found:
         os.close(fd)
     return found
+
+
+class _DeliveringSink:
+    """Confirms every produce at once and keeps what it was given, in order."""
+
+    def __init__(self) -> None:
+        self.produced: list[tuple[bytes, bytes]] = []
+
+    def produce(self, key: bytes, event: bytes) -> asyncio.Future:
+        self.produced.append((key, event))
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+def test_an_orphan_slot_is_drained_then_removed_and_never_reopened(tmp_path, monkeypatch):
+    """A slot whose worker is gone is opened once: drained, then deleted. Before, an empty
+    leftover slot was reopened every 5 s by every worker, each time blocking the event
+    loop ~30 ms and leaving another RocksDB info LOG behind."""
+    from gateway import durability
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        # Two leftovers: slot-00 with three events, slot-07 empty.
+        dead = SpillStore.claim(str(tmp_path), loop, max_events=100)
+        await _write_many(dead, 3)
+        dead.close()  # its worker is gone: the lock is free, the events stay
+        idle = SpillStore(str(tmp_path / "slot-07"), _lock(tmp_path / "slot-07"), loop, 100)
+        idle.close()
+
+        opened_on: list[str] = []
+        real_init = SpillStore.__init__
+
+        def recording_init(self, *args, **kwargs):
+            opened_on.append(threading.current_thread().name)
+            real_init(self, *args, **kwargs)
+
+        monkeypatch.setattr(SpillStore, "__init__", recording_init)
+        sink = _DeliveringSink()
+        drained = await durability.adopt_orphans(str(tmp_path), sink, loop, 100)
+        assert drained == 3
+        assert sink.produced == [(f"k{i}".encode(), f"event-{i}".encode()) for i in range(3)]
+        assert os.listdir(tmp_path) == []
+        # RocksDB was opened off the event loop's thread, once per slot.
+        assert len(opened_on) == 2 and threading.main_thread().name not in opened_on
+        assert await durability.adopt_orphans(str(tmp_path), sink, loop, 100) == 0
+        assert len(opened_on) == 2
+        # A worker that starts later simply claims a fresh slot-00.
+        monkeypatch.setattr(SpillStore, "__init__", real_init)
+        fresh = SpillStore.claim(str(tmp_path), loop, max_events=100)
+        assert os.path.basename(fresh.path) == "slot-00" and len(fresh) == 0
+        fresh.close()
+
+    run(scenario())
+
+
+def test_retire_keeps_a_slot_that_still_holds_events(tmp_path):
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        store = SpillStore.claim(str(tmp_path), loop, max_events=100)
+        await _write_many(store, 2)
+        assert store.retire() is False
+        again = SpillStore.claim(str(tmp_path), loop, max_events=100)
+        assert len(again) == 2
+        again.delete(again.read(b"", 1, set())[0][0])
+        again.delete(again.read(b"", 1, set())[0][0])
+        assert again.retire() is True
+        assert os.listdir(tmp_path) == []
+
+    run(scenario())
+
+
+def _lock(slot) -> int:
+    os.makedirs(slot, exist_ok=True)
+    return os.open(os.path.join(slot, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
