@@ -89,3 +89,54 @@ def test_a_cancelled_lookup_does_not_strand_the_callers_sharing_it() -> None:
         assert await cache.lookup("fresh") == NEW
 
     asyncio.run(scenario())
+
+
+class FakeConnection:
+    """Enough of psycopg.AsyncConnection for ElectionCache: execute → fetchall."""
+
+    def __init__(self, rows: list[tuple], broken: list[bool]) -> None:
+        self.rows = rows
+        self.broken = broken  # shared switch: the next execute fails once
+        self.closed = False
+
+    async def execute(self, _query: str, _params: tuple = ()) -> FakeConnection:
+        if self.broken and self.broken.pop():
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return self
+
+    async def fetchall(self) -> list[tuple]:
+        return self.rows
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def test_refreshes_keep_one_connection_and_replace_it_only_after_an_error(monkeypatch) -> None:
+    rows = [("e1", "first_wins", None, None, ["alice", "bob"])]
+    broken: list[bool] = []
+    opened: list[FakeConnection] = []
+
+    async def connect(*_args: object, **_kwargs: object) -> FakeConnection:
+        opened.append(FakeConnection(rows, broken))
+        return opened[-1]
+
+    monkeypatch.setattr(psycopg.AsyncConnection, "connect", connect)
+
+    async def scenario() -> None:
+        cache = ElectionCache("postgresql://unused")
+        for _ in range(5):
+            await cache.refresh()
+        await asyncio.gather(cache.refresh(), cache.lookup("other"), cache.refresh())
+        assert len(opened) == 1  # before: a new connection (a backend start) per refresh
+        assert cache.get("e1") == Election("e1", "first_wins", -math.inf, math.inf,
+                                           frozenset({"alice", "bob"}))
+        broken.append(True)
+        with pytest.raises(psycopg.OperationalError):
+            await cache.refresh()
+        assert opened[0].closed
+        await cache.refresh()
+        assert len(opened) == 2 and not opened[1].closed
+        await cache.stop()
+        assert opened[1].closed
+
+    asyncio.run(scenario())
