@@ -138,6 +138,10 @@ class StepResult:
     # read right after the step: near 0 on a quiet machine; high means the figures
     # include other tenants' work.
     cpu_pressure: float | None = None
+    # Share of the machine's CPU time during the step that the hypervisor gave to other
+    # guests (/proc/stat "steal"), in percent. PSI does not see it: a task waiting for a
+    # CPU the host took away still counts as running. 0 on bare metal.
+    cpu_steal: float | None = None
     # 2xx answers saying ``"durability": "spill"``: Kafka missed the spill deadline (or
     # was in trouble) for these. A latency tail with many of them is Kafka's, not HTTP's.
     acked_from_spill: int = 0
@@ -232,8 +236,10 @@ class Vegeta:
             fh.write("\n")
         argv = self.attack_argv(targets_file, out_file, rate, duration_s, target)
         started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        times_before = cpu_times()
         try:
             res = subprocess.run(argv, capture_output=True, text=True)
+            times_after = cpu_times()
             if res.returncode != 0:
                 raise RuntimeError(f"vegeta attack failed ({res.returncode}): "
                                    f"{res.stderr.strip()[-500:]}")
@@ -247,7 +253,37 @@ class Vegeta:
         res = summarize(target, mode, rate, duration_s, rows,
                         command=shlex.join(argv), started_at=started_at)
         res.cpu_pressure = cpu_pressure()
+        res.cpu_steal = steal_share(times_before, times_after)
         return res
+
+
+def cpu_times() -> tuple[int, int] | None:
+    """(steal, total) jiffies of all CPUs from /proc/stat (None where it is unreadable)."""
+    try:
+        with open("/proc/stat") as fh:
+            return parse_cpu_times(fh.readline())
+    except (OSError, ValueError):
+        return None
+
+
+def parse_cpu_times(line: str) -> tuple[int, int]:
+    """(steal, total) of /proc/stat's ``cpu`` line. The fields are user nice system idle
+    iowait irq softirq steal [guest guest_nice]; guest time is already inside user and
+    nice, so it is not added again."""
+    fields = line.split()
+    if fields[0] != "cpu":
+        raise ValueError(f"not the cpu line of /proc/stat: {line!r}")
+    values = [int(v) for v in fields[1:9]]
+    values += [0] * (8 - len(values))  # kernels before 2.6.11 had no steal field
+    return values[7], sum(values)
+
+
+def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None
+                ) -> float | None:
+    """Percent of the CPU time between two ``cpu_times()`` readings that was stolen."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return round(100.0 * (after[0] - before[0]) / (after[1] - before[1]), 1)
 
 
 def cpu_pressure() -> float | None:

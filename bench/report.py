@@ -33,7 +33,7 @@ from bench.env import VEGETA_VERSION
 from bench.loadgen import StepResult
 
 MEDIAN_FIELDS = ("rps", "send_rate", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms",
-                 "service_p99_ms", "send_lag_p99_ms", "cpu_pressure")
+                 "service_p99_ms", "send_lag_p99_ms", "cpu_pressure", "cpu_steal")
 
 
 def median_run(target: str, mode: str, rate: int, steps: Sequence[StepResult]

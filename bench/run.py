@@ -75,6 +75,10 @@ from bench.visibility import ack_to_count_buckets, ack_to_visible
 # CPU pressure (PSI some avg10, %) from which a step is flagged as disturbed: the load
 # generator and the target alone keep it well below this on an otherwise idle machine.
 NOISY_PSI = 40.0
+# Steal (% of the CPU time the hypervisor gave to other guests during a step) from which a
+# step is flagged: a few % is usual on a shared VM; 40-50 % was seen in a step whose
+# every target's throughput had halved.
+NOISY_STEAL = 10.0
 
 
 @dataclass(frozen=True)
@@ -180,11 +184,13 @@ class Session:
         res = vegeta.step(name, mode, lines, rate, duration_s)
         why = self.criteria.failures(res)
         noisy = res.cpu_pressure is not None and res.cpu_pressure >= NOISY_PSI
+        stolen = res.cpu_steal is not None and res.cpu_steal >= NOISY_STEAL
         print(f"{res.rps:>8.0f}/s  p50 {res.p50_ms:7.2f}  p99 {res.p99_ms:8.2f}  "
               f"p99.9 {res.p999_ms:8.2f} ms  err {res.error_rate:.2%}"
               + (f"  [{'; '.join(why)}]" if why else "  [ok]")
               + (f"  ({res.acked_from_spill} from the spill)" if res.acked_from_spill else "")
-              + (f"  (cpu pressure {res.cpu_pressure:.0f}%)" if noisy else ""), flush=True)
+              + (f"  (cpu pressure {res.cpu_pressure:.0f}%)" if noisy else "")
+              + (f"  (steal {res.cpu_steal:.0f}%)" if stolen else ""), flush=True)
         if why and res.error_samples:
             print(f"{'':>10}errors: {' | '.join(res.error_samples)}", flush=True)
         self.steps.append(res)

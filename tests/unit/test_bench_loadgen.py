@@ -13,8 +13,10 @@ from bench.loadgen import (
     Row,
     acked_vote_id,
     corrected_latencies_ns,
+    parse_cpu_times,
     parse_csv,
     percentile,
+    steal_share,
     summarize,
     targets_needed,
 )
@@ -123,3 +125,20 @@ def test_summarize_without_results() -> None:
 def test_targets_needed_covers_the_step_with_slack() -> None:
     assert targets_needed(1000, 2.0) >= 2000
     assert targets_needed(1000, 2.0) < 2100
+
+
+def test_steal_is_the_stolen_share_of_all_cpu_time_between_two_readings() -> None:
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    before = parse_cpu_times("cpu  1000 0 200 5000 10 0 5 100 300 0\n")
+    after = parse_cpu_times("cpu  1600 0 300 5200 10 0 5 500 700 0\n")
+    assert before == (100, 6315)  # guest (300) is inside user: not counted twice
+    assert after == (500, 7615)
+    assert steal_share(before, after) == round(100 * 400 / 1300, 1)  # 30.8 %
+    assert steal_share(before, before) is None  # no time passed
+    assert steal_share(None, after) is None
+
+
+def test_cpu_times_refuses_a_line_that_is_not_the_total() -> None:
+    with pytest.raises(ValueError):
+        parse_cpu_times("cpu0 1 2 3 4 5 6 7 8 9 10")
+    assert parse_cpu_times("cpu 5 0 5 90") == (0, 100)  # an old kernel: no steal field
