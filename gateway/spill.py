@@ -51,8 +51,12 @@ def _decode(value: bytes) -> tuple[bytes, bytes]:
 
 
 def try_lock(lock_path: str) -> int | None:
-    """Exclusive, non-blocking flock; the fd (kept open to hold the lock) or None."""
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    """Exclusive, non-blocking flock; the fd (kept open to hold the lock) or None, also
+    when the slot directory is gone (a live worker removed it as a drained orphan)."""
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except FileNotFoundError:
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -109,10 +113,7 @@ class SpillStore:
         for i in range(max_slots):
             slot = os.path.join(root, f"slot-{i:02d}")
             os.makedirs(slot, exist_ok=True)
-            try:
-                fd = try_lock(os.path.join(slot, "lock"))
-            except FileNotFoundError:  # a live worker removed it as a drained orphan
-                continue
+            fd = try_lock(os.path.join(slot, "lock"))
             if fd is not None:
                 return cls(slot, fd, loop, max_events)
         raise SpillUnavailable(f"all {max_slots} spill slots under {root} are held")
@@ -126,10 +127,7 @@ class SpillStore:
             slot = os.path.join(root, name)
             if not name.startswith("slot-") or not os.path.isdir(os.path.join(slot, "db")):
                 continue
-            try:
-                fd = try_lock(os.path.join(slot, "lock"))
-            except FileNotFoundError:  # another worker adopted and removed it meanwhile
-                continue
+            fd = try_lock(os.path.join(slot, "lock"))
             if fd is not None:
                 yield slot, fd
 
@@ -229,18 +227,17 @@ class SpillStore:
         moves on; one that comes after the unlink creates a new lock file (and then a
         new db), and the final rmdir fails harmlessly.
         """
-        if self._live or self._pending:
-            self.close()
-            return False
+        empty = not self._live and not self._pending
         self._close_db()
         try:
-            shutil.rmtree(os.path.join(self.path, "db"))
-            os.unlink(os.path.join(self.path, "lock"))
-            with contextlib.suppress(OSError):  # a new claimant is already inside
-                os.rmdir(self.path)
+            if empty:
+                shutil.rmtree(os.path.join(self.path, "db"))
+                os.unlink(os.path.join(self.path, "lock"))
+                with contextlib.suppress(OSError):  # a new claimant is already inside
+                    os.rmdir(self.path)
         finally:
             os.close(self._lock_fd)
-        return True
+        return empty
 
     def _close_db(self) -> None:
         with self._cond:

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from gateway.spill import SpillFull, SpillStore, SpillUnavailable
+from gateway.spill import SpillFull, SpillStore, SpillUnavailable, try_lock
 
 
 def run(coro):
@@ -175,7 +175,9 @@ def test_an_orphan_slot_is_drained_then_removed_and_never_reopened(tmp_path, mon
         dead = SpillStore.claim(str(tmp_path), loop, max_events=100)
         await _write_many(dead, 3)
         dead.close()  # its worker is gone: the lock is free, the events stay
-        idle = SpillStore(str(tmp_path / "slot-07"), _lock(tmp_path / "slot-07"), loop, 100)
+        os.makedirs(tmp_path / "slot-07")
+        idle = SpillStore(str(tmp_path / "slot-07"), try_lock(str(tmp_path / "slot-07" / "lock")),
+                          loop, 100)
         idle.close()
 
         opened_on: list[str] = []
@@ -219,7 +221,3 @@ def test_retire_keeps_a_slot_that_still_holds_events(tmp_path):
 
     run(scenario())
 
-
-def _lock(slot) -> int:
-    os.makedirs(slot, exist_ok=True)
-    return os.open(os.path.join(slot, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
