@@ -8,6 +8,7 @@ collects the reports; each poll hands the whole batch to the event loop with one
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -144,8 +145,10 @@ class KafkaSink:
         self._stop.set()
         self._thread.join(timeout=2)
         if self._reports:
+            # close() runs off the loop (in a thread): futures are resolved on the loop.
             batch, self._reports = self._reports, []
-            self._resolve(batch)
+            with contextlib.suppress(RuntimeError):  # the loop is already closed
+                self._loop.call_soon_threadsafe(self._resolve, batch)
         return remaining
 
 
