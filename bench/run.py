@@ -96,6 +96,7 @@ class Plan:
     factor: float
     precision: float
     max_steps: int
+    confirm_failures: int  # repeats of a failed search step before it counts
     timeout_s: float
     settle_s: float  # pause after a failed step: let the target drain its backlog
     half_max: bool
@@ -116,6 +117,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         factor=2.0,
         precision=0.25 if quick else 0.05,
         max_steps=8 if quick else 14,
+        confirm_failures=(args.confirm_failures if args.confirm_failures is not None
+                          else 0 if quick else 1),
         timeout_s=2.0 if quick else 5.0,
         settle_s=0.5 if quick else 3.0,
         half_max=not args.no_half_max,
@@ -324,10 +327,13 @@ class Session:
 
         self.log(f"max search: start {plan.start_rate}/s, x{plan.factor:g} then bisect to "
                  f"{plan.precision:.0%}, {plan.step_s:g}s steps; pass = errors < "
-                 f"{self.criteria.max_error_rate:.1%}, p99 <= {self.criteria.p99_bound_ms:g} ms")
+                 f"{self.criteria.max_error_rate:.1%}, p99 <= {self.criteria.p99_bound_ms:g} ms"
+                 + (f"; a failed step is run {plan.confirm_failures} more time(s) before it "
+                    "counts" if plan.confirm_failures else ""))
         for name in names:
             searches[name] = MaxSearch(start=plan.start_rate, factor=plan.factor,
-                                       precision=plan.precision, max_steps=plan.max_steps)
+                                       precision=plan.precision, max_steps=plan.max_steps,
+                                       confirm_failures=plan.confirm_failures)
         best_step: dict[str, StepResult] = {}
         for k in self._rounds():
             pending = [n for n in _rotate(names, k)
@@ -337,7 +343,8 @@ class Session:
             for name in pending:
                 rate = searches[name].next_rate()
                 assert rate is not None
-                res = self.step(vegeta, name, "search", rate, plan.step_s)
+                mode = "confirm" if searches[name].confirming else "search"
+                res = self.step(vegeta, name, mode, rate, plan.step_s)
                 if res is None:
                     continue
                 passed = self.criteria.passes(res)
@@ -546,6 +553,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=float, default=None, help="warm-up seconds (10; quick 2)")
     p.add_argument("--warmup-rate", type=int, default=300)
     p.add_argument("--start-rate", type=int, default=1000, help="first rate of the search")
+    p.add_argument("--confirm-failures", type=int, default=None,
+                   help="run a failed search step this many more times before it counts as "
+                        "the target's limit (1; quick 0)")
     p.add_argument("--p99-bound-ms", type=float, default=100.0)
     p.add_argument("--max-error-rate", type=float, default=0.001)
     p.add_argument("--no-half-max", action="store_true", help="skip the half-max runs")

@@ -7,6 +7,13 @@ show in p99). The search multiplies the rate by ``factor`` while steps pass, the
 bisects (geometric mean) between the highest pass and the lowest failure until the two
 are within ``precision`` of each other. It is a small state machine, not a loop, so the
 harness can interleave the steps of several targets.
+
+A failed step counts only once it is confirmed: the search runs the same rate again
+(``confirm_failures`` more times) before it takes it as the target's limit. On a shared
+machine one 10 s step can fail for reasons that have nothing to do with the target (the
+hypervisor's steal, another tenant, a broker's GC pause), and a single such failure
+used to cap the target's max for the whole session (2026-12-01: the gateway's step at
+2,000/s failed by 3 ms and its max was reported as 1,910/s).
 """
 
 from __future__ import annotations
@@ -54,27 +61,44 @@ class MaxSearch:
     start: int = 1000
     factor: float = 2.0
     precision: float = 0.10  # stop when lowest failure / highest pass <= 1 + precision
-    max_steps: int = 12
+    max_steps: int = 12  # distinct rates; the repeats that confirm a failure are extra
     floor: int = 25  # below this rate we give up: the target does not work at all
+    confirm_failures: int = 0  # extra steps at a failed rate before it counts
     history: list[tuple[int, bool]] = field(default_factory=list)
 
     @property
     def best(self) -> int | None:
-        """The highest rate that passed, or None."""
+        """The highest rate that passed (in any of its steps), or None."""
         passed = [r for r, ok in self.history if ok]
         return max(passed) if passed else None
 
     @property
     def lowest_failure(self) -> int | None:
-        failed = [r for r, ok in self.history if not ok]
+        """The lowest rate whose every step failed, all ``1 + confirm_failures`` of them."""
+        failed = [r for r in {r for r, ok in self.history if not ok}
+                  if self._confirmed_failure(r)]
         return min(failed) if failed else None
+
+    def _confirmed_failure(self, rate: int) -> bool:
+        outcomes = [ok for r, ok in self.history if r == rate]
+        return not any(outcomes) and len(outcomes) > self.confirm_failures
 
     def record(self, rate: int, passed: bool) -> None:
         self.history.append((rate, passed))
 
+    @property
+    def confirming(self) -> bool:
+        """The next step repeats a failed one."""
+        if not self.history:
+            return False
+        rate, passed = self.history[-1]
+        return not passed and not self._confirmed_failure(rate)
+
     def next_rate(self) -> int | None:
         """The rate of the next step, or None when the search is over."""
-        if len(self.history) >= self.max_steps:
+        if self.confirming:
+            return self.history[-1][0]  # run it again before believing it
+        if len({r for r, _ in self.history}) >= self.max_steps:
             return None
         lo, hi = self.best, self.lowest_failure
         if lo is None and hi is None:

@@ -88,3 +88,44 @@ def test_criteria() -> None:
     assert not c.passes(_step(1000, 900, 20, 0))  # answered < 95 % of offered
     assert c.failures(_step(1000, 999, float("nan"), 0))
     assert c.failures(_step(1000, 0, 1, 0, requests=0)) == ["no requests"]
+
+
+def _drive_with_noise(search: MaxSearch, capacity: float, noisy: set[int]) -> list[int]:
+    """Like ``_drive``, but the first step at each rate in ``noisy`` fails whatever the
+    target can do (a hypervisor's steal, a broker's GC pause)."""
+    rates: list[int] = []
+    while (rate := search.next_rate()) is not None:
+        hit = rate in noisy and rate not in rates
+        rates.append(rate)
+        search.record(rate, rate <= capacity and not hit)
+    return rates
+
+
+def test_one_noisy_failure_does_not_cap_the_max_when_failures_are_confirmed() -> None:
+    capacity = 5000
+    plain = MaxSearch(start=1000, precision=0.05, max_steps=14)
+    _drive_with_noise(plain, capacity, noisy={2000})
+    assert plain.best == 1910  # the noisy step at 2,000/s capped it (as on 2026-12-01)
+
+    confirmed = MaxSearch(start=1000, precision=0.05, max_steps=14, confirm_failures=1)
+    rates = _drive_with_noise(confirmed, capacity, noisy={2000})
+    assert rates[:3] == [1000, 2000, 2000]  # the failure was run again, and passed
+    assert confirmed.best is not None and 0.95 * capacity <= confirmed.best <= capacity
+    assert confirmed.lowest_failure is not None and confirmed.lowest_failure > capacity
+
+
+def test_a_confirmed_failure_repeats_each_failed_rate_and_still_converges() -> None:
+    search = MaxSearch(start=1000, precision=0.10, max_steps=14, confirm_failures=1)
+    rates = _drive(search, 3100)
+    failed = sorted({r for r in rates if r > 3100})
+    assert failed  # the bisection met failures ...
+    for rate in failed:
+        assert rates.count(rate) == 2  # ... and ran each of them twice
+    assert search.best is not None and search.best <= 3100
+    assert search.lowest_failure is not None
+    assert search.lowest_failure <= search.best * 1.10 + 10
+
+
+def test_confirming_steps_do_not_count_against_max_steps() -> None:
+    search = MaxSearch(start=1000, factor=2.0, max_steps=3, confirm_failures=1)
+    assert _drive(search, 1500) == [1000, 2000, 2000, 1410]  # 3 rates, 4 steps
