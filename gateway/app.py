@@ -46,8 +46,8 @@ _JSON = [("content-type", "application/json")]
 _VOTES_PREFIX = "/v1/elections/"
 
 
-def _status_counter(code: int) -> Any:
-    return metrics.requests_total.labels(str(code))
+def _status_counter(code: int) -> metrics.BufferedCounter:
+    return metrics.BufferedCounter(metrics.requests_total.labels(str(code)))
 
 
 class _Pending:
@@ -62,7 +62,7 @@ class _Pending:
 class VoteGateway:
     def __init__(self, settings: GatewaySettings | None = None) -> None:
         self.settings = settings or load()
-        self._counters: dict[int, Any] = {}
+        self._counters: dict[int, metrics.BufferedCounter] = {}
         self.ready = False
 
     # -- lifecycle (granian calls these in each worker) --------------------------------
@@ -104,6 +104,7 @@ class VoteGateway:
             loop.create_task(Drainer(self.spill, self.sink).run()),
             loop.create_task(self._watch_kafka()),
             loop.create_task(self._adopt_orphans_forever()),
+            loop.create_task(self._flush_metrics_forever()),
         ]
         # Everything loaded so far (modules, keys, elections) lives as long as the worker:
         # move it out of the collector's sight so a full collection only walks what
@@ -119,6 +120,7 @@ class VoteGateway:
         for task in getattr(self, "_tasks", []):
             task.cancel()
         await asyncio.gather(*getattr(self, "_tasks", []), return_exceptions=True)
+        metrics.flush()
         if hasattr(self, "sink"):
             # Votes still queued in librdkafka were acknowledged from the spill (or not
             # acknowledged at all): flushing here is an optimisation, not a guarantee.
@@ -135,6 +137,11 @@ class VoteGateway:
             await asyncio.to_thread(self.sink.check_metadata)
             self.ready = self.sink.metadata_ok and self.elections.healthy()
             await asyncio.sleep(2.0)
+
+    async def _flush_metrics_forever(self) -> None:
+        while True:
+            await asyncio.sleep(metrics.FLUSH_INTERVAL_S)
+            metrics.flush()
 
     async def _adopt_orphans_forever(self) -> None:
         s = self.settings

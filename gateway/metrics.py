@@ -3,11 +3,20 @@
 granian runs several worker processes, so these use prometheus_client's multiprocess
 mode: ``python -m gateway`` points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory
 before any worker imports this module, and serves the merged view on the metrics port.
+
+The few updates every vote makes go through ``Buffered*`` wrappers, which count in plain
+Python and add their counts to the shared values once a second (``flush``).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
+
+# How often the app adds the buffered counts to the shared values: what a scrape can lag.
+FLUSH_INTERVAL_S = 1.0
 
 # Buckets sized for an ack budget of well under 100 ms.
 _ACK_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05,
@@ -44,8 +53,78 @@ token_rejections_total = Counter(
     "vote_token_rejections_total", "Tokens refused, by reason", ["reason"]
 )
 
-ack_kafka = ack_seconds.labels("kafka")
-ack_spill = ack_seconds.labels("spill")
+
+class BufferedCounter:
+    """A counter child's increments, held in this process until ``flush``.
+
+    In multiprocess mode every ``inc`` of prometheus_client writes an mmap'd file (pid
+    check, struct pack, two stores): 2.5 µs on the bench VM, and a ``Histogram.observe``
+    5.4 µs. A vote made three such updates. Counting in a Python int costs ~0.1 µs; the
+    loop adds the total once a second. Only for metrics updated from the event loop's
+    thread: there is no lock.
+    """
+
+    __slots__ = ("_child", "_pending")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self._pending = 0
+        _BUFFERS.append(self)
+
+    def inc(self) -> None:
+        self._pending += 1
+
+    def flush(self) -> None:
+        if self._pending:
+            pending, self._pending = self._pending, 0
+            self._child.inc(pending)
+
+
+class BufferedHistogram:
+    """A histogram child's observations, held in this process until ``flush``.
+
+    Finds the bucket as ``Histogram.observe`` does (the first upper bound >= the value)
+    and on ``flush`` adds each bucket's count and the sum to the child's values —
+    prometheus_client 0.26's ``_upper_bounds``, ``_buckets`` and ``_sum``.
+    tests/unit/test_gateway_metrics_buffer.py checks the result against ``observe``.
+    """
+
+    __slots__ = ("_bounds", "_child", "_counts", "_sum")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self._bounds = list(child._upper_bounds)  # ends with +inf: every value has a bucket
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        _BUFFERS.append(self)
+
+    def observe(self, amount: float) -> None:
+        self._counts[bisect_left(self._bounds, amount)] += 1
+        self._sum += amount
+
+    def flush(self) -> None:
+        if not any(self._counts):
+            return
+        counts, self._counts = self._counts, [0] * len(self._bounds)
+        total, self._sum = self._sum, 0.0
+        self._child._sum.inc(total)
+        for bucket, n in zip(self._child._buckets, counts, strict=True):
+            if n:
+                bucket.inc(n)
+
+
+_BUFFERS: list[BufferedCounter | BufferedHistogram] = []
+
+
+def flush() -> None:
+    """Add every buffered count to the shared values (call it on the event loop)."""
+    for buffer in _BUFFERS:
+        buffer.flush()
+
+
+ack_kafka = BufferedHistogram(ack_seconds.labels("kafka"))
+ack_spill = BufferedHistogram(ack_seconds.labels("spill"))
+kafka_delivery = BufferedHistogram(kafka_delivery_seconds)
 
 # A collection of the oldest generation stops every request in flight; operators need to
 # see it to tell a GC pause from a slow Kafka in the ack tail.

@@ -116,7 +116,7 @@ class KafkaSink:
 
     def _resolve(self, batch: list[Report]) -> None:
         ok = False
-        observe_latency = metrics.kafka_delivery_seconds.observe
+        observe_latency = metrics.kafka_delivery.observe
         for future, err, latency in batch:
             if err is not None:
                 metrics.kafka_delivery_errors_total.inc()

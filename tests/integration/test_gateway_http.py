@@ -213,7 +213,13 @@ def test_metrics_are_exposed(gateway_stack: GatewayStack):
     assert answer.status_code == 202
     # A refused token too, so that this test does not depend on others having sent one.
     _problem(_vote(gateway_stack, "metrics-forger", token="not.a.token"), 401)
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    # Per-request counts reach the shared values once a second (metrics.FLUSH_INTERVAL_S).
+    deadline = time.monotonic() + 10
+    while True:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        if 'vote_requests_total{code="202"}' in text or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     for name in (
         "vote_requests_total",
         "vote_ack_seconds_bucket",

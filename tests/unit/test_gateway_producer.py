@@ -116,11 +116,13 @@ def test_confirmed_deliveries_feed_the_delivery_latency_histogram(
 
     async def scenario() -> None:
         with running_sink() as (sink, fake):
+            producer_mod.metrics.flush()  # what earlier tests left in the buffer
             before = observed()
             futures = [sink.produce(b"k", b"v") for _ in range(3)]
             with fake.lock:
                 fake.deliver += [0, 1, 2]
             await asyncio.wait_for(asyncio.gather(*futures), 5)
+            producer_mod.metrics.flush()  # what the app does once a second
             count, total = observed()
             assert count - before[0] == 3
             assert total - before[1] == pytest.approx(3 * FakeMessage().latency())

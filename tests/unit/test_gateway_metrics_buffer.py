@@ -1,0 +1,74 @@
+"""gateway.metrics' buffered wrappers: after ``flush`` a scrape shows exactly what the
+same updates made straight through prometheus_client would show.
+
+prometheus_client's own ``Histogram.observe`` / ``Counter.inc`` are the oracle; the
+buffered histogram reaches into its private fields, so this also catches a library
+upgrade that moves them.
+"""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from gateway import metrics
+
+BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.1, 1.0)
+
+# Values on, just below and just above every bound, besides arbitrary ones.
+_edges = [v for b in BUCKETS for v in (b, math.nextafter(b, 0), math.nextafter(b, 2))]
+amounts = st.one_of(st.sampled_from(_edges),
+                    st.floats(min_value=0, max_value=50, allow_nan=False))
+
+
+def _samples(registry: CollectorRegistry) -> dict[tuple[str, tuple], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in registry.collect() for s in family.samples
+            if not s.name.endswith("_created")}
+
+
+def _histograms() -> tuple[CollectorRegistry, Histogram, CollectorRegistry, Histogram]:
+    plain_reg, buffered_reg = CollectorRegistry(), CollectorRegistry()
+    plain = Histogram("h", "h", ["d"], buckets=BUCKETS, registry=plain_reg)
+    buffered = Histogram("h", "h", ["d"], buckets=BUCKETS, registry=buffered_reg)
+    return plain_reg, plain, buffered_reg, buffered
+
+
+@given(st.lists(st.lists(amounts, max_size=40), min_size=1, max_size=4))
+def test_a_buffered_histogram_scrapes_like_observe(rounds: list[list[float]]) -> None:
+    plain_reg, plain, buffered_reg, buffered = _histograms()
+    direct = plain.labels("kafka")
+    buffer = metrics.BufferedHistogram(buffered.labels("kafka"))
+    for batch in rounds:  # several flushes, as the app makes once a second
+        for amount in batch:
+            direct.observe(amount)
+            buffer.observe(amount)
+        buffer.flush()
+        want, got = _samples(plain_reg), _samples(buffered_reg)
+        assert want.keys() == got.keys()
+        for key, value in want.items():
+            if key[0] == "h_sum":  # one addition per flush instead of one per value
+                assert math.isclose(got[key], value, rel_tol=1e-9, abs_tol=1e-12)
+            else:
+                assert got[key] == value, key
+
+
+def test_nothing_reaches_the_shared_values_before_flush() -> None:
+    _, _, buffered_reg, buffered = _histograms()
+    buffer = metrics.BufferedHistogram(buffered.labels("spill"))
+    registry = CollectorRegistry()
+    counter = metrics.BufferedCounter(
+        Counter("c", "c", ["code"], registry=registry).labels("202"))
+    for _ in range(3):
+        buffer.observe(0.003)
+        counter.inc()
+    assert _samples(buffered_reg)[("h_count", (("d", "spill"),))] == 0
+    assert _samples(registry)[("c_total", (("code", "202"),))] == 0
+    metrics.flush()  # the module-level flush reaches every buffer
+    assert _samples(buffered_reg)[("h_count", (("d", "spill"),))] == 3
+    assert _samples(registry)[("c_total", (("code", "202"),))] == 3
+    metrics.flush()  # and a second one adds nothing twice
+    assert _samples(registry)[("c_total", (("code", "202"),))] == 3
