@@ -11,6 +11,9 @@ they never clash with a gateway someone runs on :8080.
 * ``go-peer``      — net/http + franz-go with the gateway's semantics.
 * ``granian-floor`` — granian serving an RSGI app that only reads the body and answers
   202: the framework's own ceiling (optional; not in the default set).
+* ``granian-kafka-floor`` — the gateway's required parts (granian, msgspec, its Kafka
+  producer) with none of its vote work: the ceiling of any gateway built on them
+  (optional; not in the default set).
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ import httpx
 from bench.env import REPO, ensure_go_peer, ensure_nginx, python_exe, stack_dir
 from core.event import TOPIC
 
-TARGETS = ("gateway", "nginx-204", "fastapi-peer", "go-peer", "granian-floor")
+TARGETS = ("gateway", "nginx-204", "fastapi-peer", "go-peer", "granian-floor",
+           "granian-kafka-floor")
 DEFAULT_TARGETS = ("gateway", "nginx-204", "fastapi-peer", "go-peer")
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
 
@@ -175,6 +179,14 @@ def _pinned(argv: list[str], cpus: str | None) -> list[str]:
     return ["taskset", "-c", cpus, *argv] if cpus else argv
 
 
+def _granian_argv(app: str, port: int, cfg: TargetConfig) -> list[str]:
+    """granian's CLI with the gateway's server settings, serving ``bench.peers.<app>``."""
+    return [python_exe(), "-m", "granian", "--interface", "rsgi", "--loop", "uvloop",
+            "--host", "127.0.0.1", "--port", str(port), "--workers", str(cfg.workers),
+            "--backlog", "4096", "--no-access-log", "--log-level", "warning",
+            f"bench.peers.{app}"]
+
+
 def make_target(name: str, election: str, cfg: TargetConfig) -> Target:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -212,11 +224,8 @@ def make_target(name: str, election: str, cfg: TargetConfig) -> Target:
         svc = Service(name, _pinned(argv, cfg.cpus), env, log, ready_url=f"{base}/readyz")
         return Target(name, base, election, svc, produces=False, fresh_votes=False)
     if name == "granian-floor":
-        argv = [python_exe(), "-m", "granian", "--interface", "rsgi", "--loop", "uvloop",
-                "--host", "127.0.0.1", "--port", str(port), "--workers", str(cfg.workers),
-                "--backlog", "4096", "--no-access-log", "--log-level", "warning",
-                "bench.peers.granian_floor:app"]
-        svc = Service(name, _pinned(argv, cfg.cpus), env, log, ready_url=f"{base}/readyz")
+        svc = Service(name, _pinned(_granian_argv("granian_floor:app", port, cfg), cfg.cpus),
+                      env, log, ready_url=f"{base}/readyz")
         return Target(name, base, election, svc, produces=False, fresh_votes=False)
     peer_env = {
         "PEER_KAFKA_BOOTSTRAP": cfg.env["VOTE_KAFKA_BOOTSTRAP"],
@@ -232,6 +241,10 @@ def make_target(name: str, election: str, cfg: TargetConfig) -> Target:
                 "--host", "127.0.0.1", "--port", str(port), "--workers", str(cfg.workers),
                 "--loop", "uvloop", "--http", "httptools", "--no-access-log",
                 "--log-level", "warning"]
+        svc = Service(name, _pinned(argv, cfg.cpus), env, log, ready_url=f"{base}/readyz")
+        return Target(name, base, election, svc, produces=True, fresh_votes=False)
+    if name == "granian-kafka-floor":
+        argv = _granian_argv("granian_kafka_floor:app", port, cfg)
         svc = Service(name, _pinned(argv, cfg.cpus), env, log, ready_url=f"{base}/readyz")
         return Target(name, base, election, svc, produces=True, fresh_votes=False)
     if name == "go-peer":
