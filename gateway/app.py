@@ -101,7 +101,7 @@ class VoteGateway:
             await self.results.start()
         report_spill_size()
         self._tasks = [
-            loop.create_task(Drainer(self.spill, self.sink).run()),
+            loop.create_task(Drainer(self.spill, self.sink, held=self.durability.held).run()),
             loop.create_task(self._watch_kafka()),
             loop.create_task(self._adopt_orphans_forever()),
             loop.create_task(self._flush_metrics_forever()),

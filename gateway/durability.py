@@ -43,6 +43,13 @@ class DurabilityPipeline:
         self.spill = spill
         self.deadline_s = deadline_s
         self._loop = asyncio.get_running_loop()
+        # Spilled events whose first produce is still queued in librdkafka, which keeps
+        # retrying it (up to message.timeout.ms). The drainer leaves them alone: sending
+        # them again would double Kafka's work for every vote of a slow spell, just when
+        # Kafka is slowest. Each leaves this set when its report comes: delivered, the
+        # spilled copy is deleted; failed, the drainer sends the copy. Only this process
+        # knows of them: after a crash the successor drains the whole slot.
+        self.held: set[bytes] = set()
 
     @property
     def kafka_bypassed(self) -> bool:
@@ -80,18 +87,32 @@ class DurabilityPipeline:
         report_spill_size()
         if delivery is not None:
             # Kafka was only slow: when its report arrives after all, the spilled copy
-            # is redundant. (If the drainer re-produced it meanwhile, the processor
-            # drops the duplicate.)
-            def forget_if_delivered(f: asyncio.Future) -> None:
+            # is redundant; when it reports a failure, the copy is the drainer's to send.
+            def on_first_report(f: asyncio.Future) -> None:
+                self.held.discard(seq)
                 if f.result() is None:
                     self.spill.delete(seq)
                     report_spill_size()
 
             if delivery.done():
-                forget_if_delivered(delivery)
+                on_first_report(delivery)
             else:
-                delivery.add_done_callback(forget_if_delivered)
+                self.held.add(seq)
+                delivery.add_done_callback(on_first_report)
         return "spill"
+
+
+class _Either:
+    """Membership in either of two sets, without building their union for every read."""
+
+    __slots__ = ("first", "second")
+
+    def __init__(self, first: set[bytes], second: set[bytes]) -> None:
+        self.first = first
+        self.second = second
+
+    def __contains__(self, item: object) -> bool:
+        return item in self.first or item in self.second
 
 
 class Drainer:
@@ -104,15 +125,21 @@ class Drainer:
     most ``batch`` events per turn of the loop. (It used to take up to ``max_in_flight``
     at once: 2,000 produce calls held the loop for 20-40 ms (measured) right after a
     Kafka stall, and could send more votes past the spill deadline.)
+
+    ``held`` is ``DurabilityPipeline.held``: events whose first produce librdkafka still
+    retries. The drainer skips them, and reads the store only when it holds an event
+    that is neither held nor in flight, so a long held backlog is not scanned again and
+    again.
     """
 
     def __init__(self, spill: SpillStore, sink: KafkaSink, *, max_in_flight: int = 2000,
-                 batch: int = 64, idle_s: float = 0.05) -> None:
+                 batch: int = 64, idle_s: float = 0.05, held: set[bytes] | None = None) -> None:
         self.spill = spill
         self.sink = sink
         self.max_in_flight = max_in_flight
         self.batch = batch
         self.idle_s = idle_s
+        self.held = held if held is not None else set()
         self._in_flight: set[bytes] = set()
         self._healthy = True
         self._cursor = b""
@@ -127,12 +154,18 @@ class Drainer:
                     return
                 await asyncio.sleep(self.idle_s)
                 continue
+            if len(self.spill) <= len(self._in_flight) + len(self.held):
+                # Every stored event is in flight or held: nothing to read. (A held event
+                # is never in flight: the drainer skips it until it is released.)
+                await asyncio.sleep(self.idle_s)
+                continue
             limit = self.max_in_flight if self._healthy else 1
             budget = limit - len(self._in_flight)
             if budget <= 0:
                 await asyncio.sleep(self.idle_s if self._healthy else 0.5)
                 continue
-            entries = self.spill.read(self._cursor, min(budget, self.batch), self._in_flight)
+            skip = _Either(self._in_flight, self.held) if self.held else self._in_flight
+            entries = self.spill.read(self._cursor, min(budget, self.batch), skip)
             if not entries:
                 self._cursor = b""  # wrap around: pick up events whose retry failed
                 await asyncio.sleep(self.idle_s)
@@ -153,6 +186,10 @@ class Drainer:
         if delivery.result() is None:
             self._healthy = True
             self.spill.delete(seq)
+            # Read in the moment between its write and its hold (so sent twice after
+            # all): it is in Kafka now, and holding it longer would only make the check
+            # in run() count an event that is gone.
+            self.held.discard(seq)
         else:
             self._healthy = False
             if seq < self._cursor or not self._cursor:

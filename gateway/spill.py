@@ -26,7 +26,7 @@ import os
 import shutil
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 
 import rocksdict
 
@@ -185,7 +185,8 @@ class SpillStore:
 
     # -- draining ------------------------------------------------------------------
 
-    def read(self, after: bytes, limit: int, skip: set[bytes]) -> list[tuple[bytes, bytes, bytes]]:
+    def read(self, after: bytes, limit: int,
+             skip: Container[bytes]) -> list[tuple[bytes, bytes, bytes]]:
         """Up to ``limit`` live entries with a key > ``after`` in order: (seq, key, event)."""
         out: list[tuple[bytes, bytes, bytes]] = []
         it = self._db.iter()

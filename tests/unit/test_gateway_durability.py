@@ -195,3 +195,56 @@ def test_the_drainer_gives_the_loop_back_between_small_batches() -> None:
         assert 0 < most_between_turns <= 64
 
     run(scenario)
+
+
+class DrainableSpill(FakeSpill):
+    """FakeSpill with the Drainer's read interface."""
+
+    def read(self, after: bytes, limit: int, skip: object) -> list[tuple[bytes, bytes, bytes]]:
+        seqs = [s for s in sorted(self.events) if s > after and s not in skip][:limit]  # type: ignore[operator]
+        return [(s, b"k", self.events[s]) for s in seqs]
+
+
+async def _spill_one_while_kafka_is_slow() -> tuple[FakeSink, DrainableSpill,
+                                                      DurabilityPipeline, asyncio.Task]:
+    """One vote whose report misses the deadline, and a drainer running beside it."""
+    sink, spill = FakeSink(), DrainableSpill()
+    pipeline = DurabilityPipeline(sink, spill, DEADLINE_S)  # type: ignore[arg-type]
+    sink.up = False
+    assert await pipeline.persist(b"k", b"slow") == "spill"
+    assert len(spill) == 1 and len(pipeline.held) == 1
+    drainer = Drainer(spill, sink, idle_s=0.005, held=pipeline.held)  # type: ignore[arg-type]
+    task = asyncio.ensure_future(drainer.run())
+    await asyncio.sleep(0.1)  # twenty turns of the drainer
+    return sink, spill, pipeline, task
+
+
+def test_the_drainer_does_not_send_again_what_librdkafka_still_retries() -> None:
+    """Kafka only slow: the spilled copy waits for the first produce's report, and is
+    deleted when that report says delivered. Kafka gets the vote once."""
+
+    async def scenario() -> None:
+        sink, spill, pipeline, drainer = await _spill_one_while_kafka_is_slow()
+        assert sink.produced == 1  # the first produce only
+        sink.up = True
+        sink.pending[0].set_result(None)  # librdkafka's retry got through
+        await asyncio.sleep(0.05)
+        assert len(spill) == 0 and not pipeline.held
+        assert sink.produced == 1
+        drainer.cancel()
+
+    run(scenario)
+
+
+def test_the_drainer_sends_the_copy_when_the_first_produce_fails() -> None:
+    async def scenario() -> None:
+        sink, spill, pipeline, drainer = await _spill_one_while_kafka_is_slow()
+        sink.up = True
+        sink.pending[0].set_result("message timed out")  # librdkafka gave up
+        await asyncio.sleep(0.05)
+        assert not pipeline.held
+        assert sink.produced == 2  # the drainer sent the copy ...
+        assert len(spill) == 0  # ... and deleted it once Kafka confirmed
+        drainer.cancel()
+
+    run(scenario)
