@@ -8,7 +8,9 @@ or as soon as librdkafka reports every broker down, votes skip Kafka and go to t
 at once until Kafka confirms a delivery again.
 
 ``Drainer`` re-produces spilled events and deletes each one only after Kafka confirms
-it; it also adopts the slots of dead workers.
+it; it also adopts the slots of dead workers. A vote spilled while its first produce is
+still queued in librdkafka is left to that produce: its copy is deleted when the report
+says delivered and re-produced only when it says failed.
 """
 
 from __future__ import annotations
