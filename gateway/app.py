@@ -196,12 +196,17 @@ class VoteGateway:
             self._problem(protocol, p.Problem(f"internal error (request {request_id})"), path,
                           request_id)
 
-    def _send(self, protocol: Any, status: int, body: bytes,
-              headers: list[tuple[str, str]] = _JSON) -> None:
+    def _count(self, status: int) -> None:
+        """One answer with ``status`` for vote_requests_total. One buffered counter per
+        status for the worker's life: each registers itself for ``metrics.flush``."""
         counter = self._counters.get(status)
         if counter is None:
             counter = self._counters[status] = _status_counter(status)
         counter.inc()
+
+    def _send(self, protocol: Any, status: int, body: bytes,
+              headers: list[tuple[str, str]] = _JSON) -> None:
+        self._count(status)
         protocol.response_bytes(status, headers, body)
 
     def _problem(self, protocol: Any, problem: p.Problem, instance: str,
@@ -383,7 +388,7 @@ class VoteGateway:
         if self.results is None:
             raise p.Unavailable("results are not available", retry_after=5)
         await self._election(election_id)
-        _status_counter(200).inc()
+        self._count(200)
         transport = protocol.response_stream(200, [
             ("content-type", "text/event-stream"),
             ("cache-control", "no-cache"),

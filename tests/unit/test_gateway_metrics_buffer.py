@@ -72,3 +72,44 @@ def test_nothing_reaches_the_shared_values_before_flush() -> None:
     assert _samples(registry)[("c_total", (("code", "202"),))] == 3
     metrics.flush()  # and a second one adds nothing twice
     assert _samples(registry)[("c_total", (("code", "202"),))] == 3
+
+
+def test_results_streams_share_one_buffered_counter() -> None:
+    """Every buffered counter stays registered for ``flush``, so the app must keep one
+    per status: one per SSE stream opened would grow without bound."""
+    import asyncio
+
+    from gateway.app import VoteGateway
+    from gateway.config import GatewaySettings
+
+    class Results:
+        async def stream(self, _election_id: str):  # type: ignore[no-untyped-def]
+            return
+            yield
+
+    class Transport:
+        async def send_bytes(self, _frame: bytes) -> None:
+            pass
+
+    class Protocol:
+        def response_stream(self, _status: int, _headers: list) -> Transport:
+            return Transport()
+
+        async def client_disconnect(self) -> None:
+            await asyncio.sleep(0)
+
+    gateway = VoteGateway(GatewaySettings())
+    gateway.results = Results()
+
+    async def no_lookup(_election_id: str) -> None:
+        return None
+
+    gateway._election = no_lookup  # type: ignore[method-assign]
+
+    async def open_streams() -> None:
+        for _ in range(5):
+            await gateway.stream_results(Protocol(), "e1")
+
+    before = len(metrics._BUFFERS)
+    asyncio.run(open_streams())
+    assert len(metrics._BUFFERS) - before <= 1
