@@ -28,7 +28,6 @@ from gateway import _fast, metrics
 from gateway import problems as p
 from gateway.config import GatewaySettings, load
 from gateway.durability import (
-    Drainer,
     DurabilityPipeline,
     NotDurable,
     adopt_orphans,
@@ -101,7 +100,7 @@ class VoteGateway:
             await self.results.start()
         report_spill_size()
         self._tasks = [
-            loop.create_task(Drainer(self.spill, self.sink, held=self.durability.held).run()),
+            loop.create_task(self.durability.drainer.run()),
             loop.create_task(self._watch_kafka()),
             loop.create_task(self._adopt_orphans_forever()),
             loop.create_task(self._flush_metrics_forever()),

@@ -45,13 +45,9 @@ class DurabilityPipeline:
         self.spill = spill
         self.deadline_s = deadline_s
         self._loop = asyncio.get_running_loop()
-        # Spilled events whose first produce is still queued in librdkafka, which keeps
-        # retrying it (up to message.timeout.ms). The drainer leaves them alone: sending
-        # them again would double Kafka's work for every vote of a slow spell, just when
-        # Kafka is slowest. Each leaves this set when its report comes: delivered, the
-        # spilled copy is deleted; failed, the drainer sends the copy. Only this process
-        # knows of them: after a crash the successor drains the whole slot.
-        self.held: set[bytes] = set()
+        # The spill's one drainer: the app runs it; _spill hands it the copies whose
+        # first produce is still pending.
+        self.drainer = Drainer(spill, sink)
 
     @property
     def kafka_bypassed(self) -> bool:
@@ -88,19 +84,8 @@ class DurabilityPipeline:
         metrics.spill_writes_total.inc()
         report_spill_size()
         if delivery is not None:
-            # Kafka was only slow: when its report arrives after all, the spilled copy
-            # is redundant; when it reports a failure, the copy is the drainer's to send.
-            def on_first_report(f: asyncio.Future) -> None:
-                self.held.discard(seq)
-                if f.result() is None:
-                    self.spill.delete(seq)
-                    report_spill_size()
-
-            if delivery.done():
-                on_first_report(delivery)
-            else:
-                self.held.add(seq)
-                delivery.add_done_callback(on_first_report)
+            # Kafka was only slow: its report may still come.
+            self.drainer.hold(seq, delivery)
         return "spill"
 
 
@@ -128,26 +113,43 @@ class Drainer:
     at once: 2,000 produce calls held the loop for 20-40 ms (measured) right after a
     Kafka stall, and could send more votes past the spill deadline.)
 
-    ``held`` is ``DurabilityPipeline.held``: events whose first produce librdkafka still
-    retries. The drainer skips them, and reads the store only when it holds an event
-    that is neither held nor in flight, so a long held backlog is not scanned again and
-    again.
+    It reads the store only when it holds an event that is neither in flight nor held
+    (``hold``), so a long held backlog is not scanned again and again.
     """
 
     def __init__(self, spill: SpillStore, sink: KafkaSink, *, max_in_flight: int = 2000,
-                 batch: int = 64, idle_s: float = 0.05, held: set[bytes] | None = None) -> None:
+                 batch: int = 64, idle_s: float = 0.05) -> None:
         self.spill = spill
         self.sink = sink
         self.max_in_flight = max_in_flight
         self.batch = batch
         self.idle_s = idle_s
-        self.held = held if held is not None else set()
+        # Spilled events whose first produce is still queued in librdkafka, which keeps
+        # retrying it (up to message.timeout.ms). Sending them again would double
+        # Kafka's work for every vote of a slow spell, just when Kafka is slowest. Only
+        # this process knows of them: after a crash the successor drains the whole slot.
+        self.held: set[bytes] = set()
         self._in_flight: set[bytes] = set()
         self._healthy = True
         self._cursor = b""
 
     def idle(self) -> bool:
         return not self._in_flight and len(self.spill) == 0
+
+    def hold(self, seq: bytes, first_delivery: asyncio.Future) -> None:
+        """Leave spilled ``seq`` to its first produce: when that report says delivered
+        the copy is deleted, when it says failed the copy is sent like any other."""
+        if first_delivery.done():
+            self._on_first_report(seq, first_delivery)
+        else:
+            self.held.add(seq)
+            first_delivery.add_done_callback(lambda f: self._on_first_report(seq, f))
+
+    def _on_first_report(self, seq: bytes, delivery: asyncio.Future) -> None:
+        self.held.discard(seq)
+        if delivery.result() is None:
+            self.spill.delete(seq)
+            report_spill_size()
 
     async def run(self, until_empty: bool = False) -> None:
         while True:

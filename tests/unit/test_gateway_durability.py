@@ -212,9 +212,9 @@ async def _spill_one_while_kafka_is_slow() -> tuple[FakeSink, DrainableSpill,
     pipeline = DurabilityPipeline(sink, spill, DEADLINE_S)  # type: ignore[arg-type]
     sink.up = False
     assert await pipeline.persist(b"k", b"slow") == "spill"
-    assert len(spill) == 1 and len(pipeline.held) == 1
-    drainer = Drainer(spill, sink, idle_s=0.005, held=pipeline.held)  # type: ignore[arg-type]
-    task = asyncio.ensure_future(drainer.run())
+    assert len(spill) == 1 and len(pipeline.drainer.held) == 1
+    pipeline.drainer.idle_s = 0.005
+    task = asyncio.ensure_future(pipeline.drainer.run())
     await asyncio.sleep(0.1)  # twenty turns of the drainer
     return sink, spill, pipeline, task
 
@@ -229,7 +229,7 @@ def test_the_drainer_does_not_send_again_what_librdkafka_still_retries() -> None
         sink.up = True
         sink.pending[0].set_result(None)  # librdkafka's retry got through
         await asyncio.sleep(0.05)
-        assert len(spill) == 0 and not pipeline.held
+        assert len(spill) == 0 and not pipeline.drainer.held
         assert sink.produced == 1
         drainer.cancel()
 
@@ -242,7 +242,7 @@ def test_the_drainer_sends_the_copy_when_the_first_produce_fails() -> None:
         sink.up = True
         sink.pending[0].set_result("message timed out")  # librdkafka gave up
         await asyncio.sleep(0.05)
-        assert not pipeline.held
+        assert not pipeline.drainer.held
         assert sink.produced == 2  # the drainer sent the copy ...
         assert len(spill) == 0  # ... and deleted it once Kafka confirmed
         drainer.cancel()
