@@ -14,7 +14,7 @@ INSTALLED := $(VENV)/.installed
 run: prepare
 	deploy/local/run
 
-test: prepare
+test: prepare lint
 	$(STACK) env > .stack/env.sh
 	source .stack/env.sh && $(PY) -m pytest tests -q -p no:cacheprovider
 
@@ -57,8 +57,10 @@ status:
 down:
 	$(STACK) down
 
+# Lint and formatting are part of `make test`: a tree that is not ruff-clean does not pass.
 lint: venv
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 clean: down
 	rm -rf .stack build *.egg-info gateway/_fast/*.so gateway/_fast/_core.c

@@ -1,10 +1,10 @@
 """``python -m bench <command> ...``: dispatch to the bench subcommands.
 
-    corpus    pre-sign N votes into a vegeta targets file        (bench/corpus.py)
-    gateway   open-loop load on the gateway and its peers        (bench/run.py)
-    fastpath  micro-benchmarks of gateway._fast                  (bench/fastpath.py)
-    processor drain N preloaded events vs a plain binary COPY     (bench/processor.py)
-    batchcost PostgreSQL CPU of one small / large batch, by phase  (bench/batchcost.py)
+corpus    pre-sign N votes into a vegeta targets file        (bench/corpus.py)
+gateway   open-loop load on the gateway and its peers        (bench/run.py)
+fastpath  micro-benchmarks of gateway._fast                  (bench/fastpath.py)
+processor drain N preloaded events vs a plain binary COPY     (bench/processor.py)
+batchcost PostgreSQL CPU of one small / large batch, by phase  (bench/batchcost.py)
 """
 
 from __future__ import annotations

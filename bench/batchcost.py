@@ -94,8 +94,9 @@ def _batches(
 def run(dsn: str, args: argparse.Namespace) -> dict[str, Any]:
     election = f"bench-{uuid.uuid4().hex[:8]}"
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("INSERT INTO elections (election_id, policy) VALUES (%s, 'first_wins')",
-                     (election,))
+        conn.execute(
+            "INSERT INTO elections (election_id, policy) VALUES (%s, 'first_wins')", (election,)
+        )
         for c in CANDIDATES:
             conn.execute("INSERT INTO candidates VALUES (%s, %s, %s)", (election, c, c))
     kw = {} if args.lookup_threshold is None else {"lookup_threshold": args.lookup_threshold}
@@ -115,9 +116,14 @@ def run(dsn: str, args: argparse.Namespace) -> dict[str, Any]:
     store.conn.execute("VACUUM ANALYZE")  # as autovacuum would have by now
     pos = args.preload
     timer = _Timer(store.conn.info.backend_pid)
-    for name, attr in (("fence", "_fence"), ("lookups", "_lookups"), ("votes", "_write_votes"),
-                       ("rejections", "_write_rejections"), ("voters", "_write_voters"),
-                       ("tallies", "_write_tallies")):
+    for name, attr in (
+        ("fence", "_fence"),
+        ("lookups", "_lookups"),
+        ("votes", "_write_votes"),
+        ("rejections", "_write_rejections"),
+        ("voters", "_write_voters"),
+        ("tallies", "_write_tallies"),
+    ):
         setattr(store, attr, timer.wrap(name, getattr(store, attr)))
     sizes: list[dict[str, Any]] = []
     for size in args.sizes:
@@ -139,8 +145,13 @@ def run(dsn: str, args: argparse.Namespace) -> dict[str, Any]:
             cpu = dict(timer.cpu)
             cpu["commit"] = c1 - mark[0]
             cpu["other"] = (c1 - c0) - sum(cpu.values())
-            rows.append({"cpu_ms": (c1 - c0) / 1e6, "wall_ms": (w1 - w0) * 1e3,
-                         "phase_cpu_ms": {k: v / 1e6 for k, v in cpu.items()}})
+            rows.append(
+                {
+                    "cpu_ms": (c1 - c0) / 1e6,
+                    "wall_ms": (w1 - w0) * 1e3,
+                    "phase_cpu_ms": {k: v / 1e6 for k, v in cpu.items()},
+                }
+            )
         med = {
             "size": size,
             "batches": len(rows),
@@ -158,10 +169,14 @@ def run(dsn: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench batchcost", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="200,15000",
-                    help="comma-separated events per batch (default 200,15000)")
+    ap = argparse.ArgumentParser(
+        prog="python -m bench batchcost",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--sizes", default="200,15000", help="comma-separated events per batch (default 200,15000)"
+    )
     ap.add_argument("--batches", type=int, default=40, help="batches per size (default 40)")
     ap.add_argument("--preload", type=int, default=200_000)
     ap.add_argument("--lookup-threshold", type=int, default=None)
@@ -179,14 +194,21 @@ def main(argv: list[str]) -> int:
         scratchdb.drop(admin_dsn, db)
     result["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     result["command"] = "python -m bench batchcost " + " ".join(argv)
-    result["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
-                         "postgresql": version, "speed": speed}
+    result["machine"] = {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "postgresql": version,
+        "speed": speed,
+    }
     print(f"# {result['command']}  ({result['date']})")
     print("| events | batches | PG CPU ms | wall ms | " + " | ".join(PHASES) + " |")
     print("|--:|--:|--:|--:|" + "--:|" * len(PHASES))
     for s in result["sizes"]:
-        print(f"| {s['size']} | {s['batches']} | {s['cpu_ms']:.2f} | {s['wall_ms']:.2f} | "
-              + " | ".join(f"{s['phase_cpu_ms'][p]:.2f}" for p in PHASES) + " |")
+        print(
+            f"| {s['size']} | {s['batches']} | {s['cpu_ms']:.2f} | {s['wall_ms']:.2f} | "
+            + " | ".join(f"{s['phase_cpu_ms'][p]:.2f}" for p in PHASES)
+            + " |"
+        )
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(result, indent=1) + "\n")
     return 0

@@ -37,8 +37,9 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def _send_all(base: str, election: str, votes: list[dict[str, str]], concurrency: int
-                    ) -> tuple[dict[str, int], list[float], Counter, float]:
+async def _send_all(
+    base: str, election: str, votes: list[dict[str, str]], concurrency: int
+) -> tuple[dict[str, int], list[float], Counter, float]:
     acked: dict[str, int] = {}
     latencies: list[float] = []
     codes: Counter = Counter()
@@ -51,8 +52,10 @@ async def _send_all(base: str, election: str, votes: list[dict[str, str]], concu
     async def worker(client: httpx.AsyncClient) -> None:
         while not queue.empty():
             vote = queue.get_nowait()
-            headers = {"authorization": f"Bearer {vote['token']}",
-                       "content-type": "application/json"}
+            headers = {
+                "authorization": f"Bearer {vote['token']}",
+                "content-type": "application/json",
+            }
             for attempt in range(5):
                 started = time.perf_counter()
                 try:
@@ -77,8 +80,7 @@ async def _send_all(base: str, election: str, votes: list[dict[str, str]], concu
     return acked, latencies, codes, elapsed
 
 
-def _send_open_loop(base: str, election: str, votes: list[dict[str, str]], rate: int
-                    ) -> StepResult:
+def _send_open_loop(base: str, election: str, votes: list[dict[str, str]], rate: int) -> StepResult:
     """All votes at ``rate``/s through vegeta (percentiles corrected for the generator's
     own lateness, see bench.loadgen)."""
     from bench.corpus import vegeta_target
@@ -98,26 +100,43 @@ def _wait_stored(dsn: str, election: str, expected: int, timeout_s: float) -> tu
         while True:
             stored, rows = conn.execute(
                 "SELECT count(DISTINCT vote_id), count(*) FROM votes WHERE election_id = %s",
-                (election,)).fetchone()
+                (election,),
+            ).fetchone()
             if stored >= expected or time.monotonic() > deadline:
                 return stored, rows - stored
             time.sleep(0.2)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.burst", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.burst",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--votes", type=int, default=10_000)
-    parser.add_argument("--rate", type=int, default=None,
-                        help="send with vegeta at this many votes/s (open loop)")
-    parser.add_argument("--concurrency", type=int, default=64,
-                        help="connections of the closed-loop httpx client (without --rate)")
-    parser.add_argument("--retries", type=int, default=200,
-                        help="how many acknowledged votes to send again with the same vote_id")
+    parser.add_argument(
+        "--rate", type=int, default=None, help="send with vegeta at this many votes/s (open loop)"
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=64,
+        help="connections of the closed-loop httpx client (without --rate)",
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=200,
+        help="how many acknowledged votes to send again with the same vote_id",
+    )
     parser.add_argument("--gateway", default=None, help="default http://VOTE_HTTP_HOST:PORT")
     parser.add_argument("--election", default=None)
-    parser.add_argument("--timeout", type=float, default=120.0,
-                        help="seconds to wait for the processor to store every vote")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        help="seconds to wait for the processor to store every vote",
+    )
     args = parser.parse_args(argv)
     settings = settings_mod.load(GatewaySettings)
     base = args.gateway or f"http://{settings.http_host}:{settings.http_port}"
@@ -128,8 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     issuer = os.path.join(admin.keys_dir(settings), "issuer.json")
     t0 = time.perf_counter()
     votes = list(admin.mint_votes(issuer, election, args.votes, candidates=candidates))
-    print(f"election {election}: {len(votes)} votes of distinct voters signed in "
-          f"{time.perf_counter() - t0:.1f}s", flush=True)
+    print(
+        f"election {election}: {len(votes)} votes of distinct voters signed in "
+        f"{time.perf_counter() - t0:.1f}s",
+        flush=True,
+    )
 
     open_loop: StepResult | None = None
     if args.rate:
@@ -144,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         codes = Counter({int(k) if k.isdigit() else k: v for k, v in open_loop.codes.items()})
     else:
         acked, latencies, codes, elapsed = asyncio.run(
-            _send_all(base, election, votes, args.concurrency))
+            _send_all(base, election, votes, args.concurrency)
+        )
     # Retries of the same vote_id must get 202 again and must not add a vote.
     resent = [v for v in votes if v["vote_id"] in acked][: args.retries]
     re_acked, _, re_codes, _ = asyncio.run(_send_all(base, election, resent, 16))
@@ -154,29 +177,41 @@ def main(argv: list[str] | None = None) -> int:
     ok = stored == len(acked) == len(votes) and extra_rows == 0 and len(re_acked) == len(resent)
     print()
     if open_loop is not None:
-        print(f"requests/s:     {open_loop.rate:,} offered, open loop ({open_loop.requests} "
-              f"requests in {open_loop.duration_s:.2f}s with vegeta: "
-              f"{open_loop.command.split(' -targets')[0]} ...)")
-        print(f"ack latency:    p50 {open_loop.p50_ms:.1f} ms   p99 {open_loop.p99_ms:.1f} ms   "
-              f"p99.9 {open_loop.p999_ms:.1f} ms")
+        print(
+            f"requests/s:     {open_loop.rate:,} offered, open loop ({open_loop.requests} "
+            f"requests in {open_loop.duration_s:.2f}s with vegeta: "
+            f"{open_loop.command.split(' -targets')[0]} ...)"
+        )
+        print(
+            f"ack latency:    p50 {open_loop.p50_ms:.1f} ms   p99 {open_loop.p99_ms:.1f} ms   "
+            f"p99.9 {open_loop.p999_ms:.1f} ms"
+        )
     else:
-        print(f"requests/s:     {len(latencies) / elapsed:,.0f} "
-              f"({len(latencies)} requests in {elapsed:.2f}s, {args.concurrency} connections,"
-              " closed loop, httpx client on the same 2 cores)")
-        print(f"ack latency:    p50 {_percentile(latencies, 0.50) * 1000:.1f} ms   "
-              f"p99 {_percentile(latencies, 0.99) * 1000:.1f} ms   "
-              f"mean {statistics.fmean(latencies) * 1000:.1f} ms")
+        print(
+            f"requests/s:     {len(latencies) / elapsed:,.0f} "
+            f"({len(latencies)} requests in {elapsed:.2f}s, {args.concurrency} connections,"
+            " closed loop, httpx client on the same 2 cores)"
+        )
+        print(
+            f"ack latency:    p50 {_percentile(latencies, 0.50) * 1000:.1f} ms   "
+            f"p99 {_percentile(latencies, 0.99) * 1000:.1f} ms   "
+            f"mean {statistics.fmean(latencies) * 1000:.1f} ms"
+        )
     print(f"status codes:   {dict(codes)}")
-    print(f"retries:        {len(resent)} re-sent with the same vote_id -> "
-          f"{dict(re_codes)} (no new votes)")
+    print(
+        f"retries:        {len(resent)} re-sent with the same vote_id -> "
+        f"{dict(re_codes)} (no new votes)"
+    )
     print(f"acknowledged: {len(acked)}")
     print(f"stored: {stored}")
     print(f"duplicates:     {extra_rows}")
     print(f"live tally:     {tally}")
     print(f"results:        {base}/v1/elections/{election}/results")
     print(f"results (SSE):  {base}/v1/elections/{election}/results/stream")
-    print(f"metrics:        http://{settings.http_host}:{settings.metrics_port}/metrics "
-          "(gateway), http://127.0.0.1:9101/metrics (processor)")
+    print(
+        f"metrics:        http://{settings.http_host}:{settings.metrics_port}/metrics "
+        "(gateway), http://127.0.0.1:9101/metrics (processor)"
+    )
     print(f"openapi:        {base}/openapi.json")
     if not ok:
         print("FAILED: acknowledged and stored votes differ", file=sys.stderr)
@@ -188,8 +223,11 @@ def _results(base: str, election: str) -> object:
         resp = httpx.get(f"{base}/v1/elections/{election}/results", timeout=5)
         if resp.status_code == 200:
             doc = resp.json()
-            return {"tallies": doc.get("tallies"), "total": doc.get("total"),
-                    "source": doc.get("source")}
+            return {
+                "tallies": doc.get("tallies"),
+                "total": doc.get("total"),
+                "source": doc.get("source"),
+            }
         return f"HTTP {resp.status_code}"
     except httpx.HTTPError as exc:
         return f"unavailable ({exc})"

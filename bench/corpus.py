@@ -39,8 +39,7 @@ def target_tail(vote: dict[str, str]) -> str:
     without decoding and re-encoding JSON per request.
     """
     body = base64.b64encode(vote["body"].encode()).decode()
-    header = {"Authorization": [f"Bearer {vote['token']}"],
-              "Content-Type": ["application/json"]}
+    header = {"Authorization": [f"Bearer {vote['token']}"], "Content-Type": ["application/json"]}
     return '","body":"' + body + '","header":' + json.dumps(header, separators=(",", ":")) + "}"
 
 
@@ -60,9 +59,14 @@ def parse_target(line: str) -> dict[str, object]:
     auth = doc["header"]["Authorization"][0]
     if not auth.startswith("Bearer "):
         raise ValueError("target without a bearer token")
-    return {"method": doc["method"], "url": doc["url"], "vote_id": body["vote_id"],
-            "choice": body["choice"], "token": auth[len("Bearer "):],
-            "content_type": doc["header"]["Content-Type"][0]}
+    return {
+        "method": doc["method"],
+        "url": doc["url"],
+        "vote_id": body["vote_id"],
+        "choice": body["choice"],
+        "token": auth[len("Bearer ") :],
+        "content_type": doc["header"]["Content-Type"][0],
+    }
 
 
 class VotePool:
@@ -75,8 +79,9 @@ class VotePool:
     every request of a step is still distinct while the step needs fewer than ``cap``.
     """
 
-    def __init__(self, votes: Iterator[dict[str, str]], url: str, *, fresh: bool,
-                 cap: int = 50_000) -> None:
+    def __init__(
+        self, votes: Iterator[dict[str, str]], url: str, *, fresh: bool, cap: int = 50_000
+    ) -> None:
         self._votes = votes
         self.url = url
         self.fresh = fresh
@@ -122,14 +127,21 @@ def write_targets(path: Path, lines: Iterable[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench corpus", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench corpus",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--voters", type=int, required=True, help="votes of distinct voters")
     parser.add_argument("--election", required=True)
-    parser.add_argument("--out", type=Path, default=None,
-                        help="default bench/out/corpus-<election>.targets.jsonl")
-    parser.add_argument("--url", default=None,
-                        help="gateway base URL (default http://VOTE_HTTP_HOST:VOTE_HTTP_PORT)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="default bench/out/corpus-<election>.targets.jsonl"
+    )
+    parser.add_argument(
+        "--url",
+        default=None,
+        help="gateway base URL (default http://VOTE_HTTP_HOST:VOTE_HTTP_PORT)",
+    )
     parser.add_argument("--candidates", default=",".join(DEFAULT_CANDIDATES))
     parser.add_argument("--policy", default="first_wins")
     parser.add_argument("--alg", default="HS256", choices=("HS256", "EdDSA"))
@@ -149,24 +161,39 @@ def main(argv: list[str] | None = None) -> int:
     url = (args.url or f"http://{settings.http_host}:{settings.http_port}").rstrip("/")
     candidates = [c for c in args.candidates.split(",") if c]
     out: Path = args.out or Path(__file__).parent / "out" / (
-        f"corpus-{args.election}.targets.jsonl")
+        f"corpus-{args.election}.targets.jsonl"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
 
     keys = admin.init_keys(settings)
-    admin.create_election(settings.pg_dsn, args.election, candidates, args.policy,
-                          title="bench corpus")
+    admin.create_election(
+        settings.pg_dsn, args.election, candidates, args.policy, title="bench corpus"
+    )
     started = time.perf_counter()
     full_url = url + votes_path(args.election)
-    votes = admin.mint_votes(keys["issuer"], args.election, args.voters, args.alg, args.seed,
-                             candidates)
+    votes = admin.mint_votes(
+        keys["issuer"], args.election, args.voters, args.alg, args.seed, candidates
+    )
     count = write_targets(out, (vegeta_target(full_url, v) for v in votes))
     seconds = time.perf_counter() - started
-    meta = {"election": args.election, "voters": count, "alg": args.alg, "url": full_url,
-            "candidates": candidates, "policy": args.policy, "format": "vegeta-json",
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "jwks": keys["jwks"]}
+    meta = {
+        "election": args.election,
+        "voters": count,
+        "alg": args.alg,
+        "url": full_url,
+        "candidates": candidates,
+        "policy": args.policy,
+        "format": "vegeta-json",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "jwks": keys["jwks"],
+    }
     Path(str(out) + ".meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    print(f"{count} signed votes of distinct voters for election {args.election!r} "
-          f"in {seconds:.1f}s -> {os.path.relpath(out)}")
-    print(f"replay: .stack/bin/vegeta attack -format=json -targets={os.path.relpath(out)} "
-          "-rate=1000/1s -duration=10s | .stack/bin/vegeta report")
+    print(
+        f"{count} signed votes of distinct voters for election {args.election!r} "
+        f"in {seconds:.1f}s -> {os.path.relpath(out)}"
+    )
+    print(
+        f"replay: .stack/bin/vegeta attack -format=json -targets={os.path.relpath(out)} "
+        "-rate=1000/1s -duration=10s | .stack/bin/vegeta report"
+    )
     return 0

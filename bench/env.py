@@ -53,8 +53,12 @@ def stack_env() -> dict[str, str]:
     if STACK_SCRIPT.exists():
         try:
             text = subprocess.run(
-                [str(STACK_SCRIPT), "env"], capture_output=True, text=True, check=True,
-                timeout=30, cwd=REPO,
+                [str(STACK_SCRIPT), "env"],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=30,
+                cwd=REPO,
             ).stdout
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
             raise BenchError(f"`deploy/local/stack env` failed: {exc}") from exc
@@ -77,16 +81,19 @@ def preflight(env: dict[str, str], *, kafka: bool = True, postgres: bool = True)
             try:
                 socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
             except OSError as exc:
-                raise BenchError(f"Kafka at {hostport} does not answer ({exc}): "
-                                 "is the stack up? (deploy/local/stack status)") from exc
+                raise BenchError(
+                    f"Kafka at {hostport} does not answer ({exc}): "
+                    "is the stack up? (deploy/local/stack status)"
+                ) from exc
     if postgres:
         import psycopg
 
         try:
             psycopg.connect(env["VOTE_PG_DSN"], connect_timeout=10).close()
         except psycopg.Error as exc:
-            raise BenchError(f"PostgreSQL does not answer ({exc}): is the stack up? "
-                             "(deploy/local/stack status)") from exc
+            raise BenchError(
+                f"PostgreSQL does not answer ({exc}): is the stack up? (deploy/local/stack status)"
+            ) from exc
 
 
 def stack_dir(env: dict[str, str]) -> Path:
@@ -101,8 +108,9 @@ def bench_dir(env: dict[str, str]) -> Path:
 
 
 def go_binary() -> str:
-    found = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists()
-                                   else None)
+    found = shutil.which("go") or (
+        "/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None
+    )
     if not found:
         raise BenchError("the Go toolchain is needed (vegeta, go-peer): install Go >= 1.22")
     return found
@@ -123,8 +131,12 @@ def ensure_vegeta(env: dict[str, str]) -> Path:
         return exe
     gobin.mkdir(parents=True, exist_ok=True)
     print(f"installing vegeta {VEGETA_VERSION} into {gobin} (first use) ...", flush=True)
-    subprocess.run([go_binary(), "install", f"{VEGETA_MODULE}@{VEGETA_VERSION}"],
-                   env=_go_env(env, gobin), check=True, cwd=REPO)
+    subprocess.run(
+        [go_binary(), "install", f"{VEGETA_MODULE}@{VEGETA_VERSION}"],
+        env=_go_env(env, gobin),
+        check=True,
+        cwd=REPO,
+    )
     return exe
 
 
@@ -138,15 +150,20 @@ def ensure_go_peer(env: dict[str, str]) -> Path:
         return exe
     gobin.mkdir(parents=True, exist_ok=True)
     print(f"building go-peer into {exe} ...", flush=True)
-    subprocess.run([go_binary(), "build", "-trimpath", "-o", str(exe), "."],
-                   env=_go_env(env, gobin), check=True, cwd=GO_PEER_DIR)
+    subprocess.run(
+        [go_binary(), "build", "-trimpath", "-o", str(exe), "."],
+        env=_go_env(env, gobin),
+        check=True,
+        cwd=GO_PEER_DIR,
+    )
     return exe
 
 
 def ensure_nginx() -> str:
     """The nginx binary, apt-installed on first use (without starting the system service)."""
-    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists()
-                                      else None)
+    found = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
     if found:
         return found
     print("installing nginx with apt (first use) ...", flush=True)

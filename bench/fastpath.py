@@ -54,16 +54,32 @@ class Case:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", metavar="FILE", type=Path,
-                        help="also write the results as JSON to FILE")
-    parser.add_argument("--quick", action="store_true",
-                        help="5 rounds of ~20 ms per case (a smoke run, noisier figures)")
-    parser.add_argument("--repeat", type=int, default=None,
-                        help="timed rounds per case (default 9, or 5 with --quick; min 5)")
-    parser.add_argument("--target", type=float, default=None,
-                        help="seconds per timed run (default 0.2, or 0.02 with --quick)")
-    parser.add_argument("--only", metavar="SUBSTRING", default=None,
-                        help="run only the cases whose name contains SUBSTRING")
+    parser.add_argument(
+        "--json", metavar="FILE", type=Path, help="also write the results as JSON to FILE"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="5 rounds of ~20 ms per case (a smoke run, noisier figures)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="timed rounds per case (default 9, or 5 with --quick; min 5)",
+    )
+    parser.add_argument(
+        "--target",
+        type=float,
+        default=None,
+        help="seconds per timed run (default 0.2, or 0.02 with --quick)",
+    )
+    parser.add_argument(
+        "--only",
+        metavar="SUBSTRING",
+        default=None,
+        help="run only the cases whose name contains SUBSTRING",
+    )
 
 
 def _b64(data: bytes) -> str:
@@ -84,15 +100,26 @@ def build_cases() -> list[Case]:
     secret = hashlib.sha256(b"bench hs256 secret").digest()
     signer = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"bench ed25519").digest())
     public = signer.public_key()
-    jwks = {"keys": [
-        {"kid": "hs-2026-1", "kty": "oct", "k": _b64(secret)},
-        {"kid": "ed-2026-1", "kty": "OKP", "crv": "Ed25519",
-         "x": _b64(public.public_bytes(Encoding.Raw, PublicFormat.Raw))},
-    ]}
+    jwks = {
+        "keys": [
+            {"kid": "hs-2026-1", "kty": "oct", "k": _b64(secret)},
+            {
+                "kid": "ed-2026-1",
+                "kty": "OKP",
+                "crv": "Ed25519",
+                "x": _b64(public.public_bytes(Encoding.Raw, PublicFormat.Raw)),
+            },
+        ]
+    }
     # A token as the identity service would issue it: every claim the gateway checks.
-    claims = {"sub": "voter-0012345678", "aud": AUDIENCE, "exp": int(NOW) + 3600,
-              "nbf": int(NOW) - 60, "iat": int(NOW) - 60,
-              "jti": "3f1c2a9e-5b7d-4e8f-9a0b-1c2d3e4f5a6b"}
+    claims = {
+        "sub": "voter-0012345678",
+        "aud": AUDIENCE,
+        "exp": int(NOW) + 3600,
+        "nbf": int(NOW) - 60,
+        "iat": int(NOW) - 60,
+        "jti": "3f1c2a9e-5b7d-4e8f-9a0b-1c2d3e4f5a6b",
+    }
     hs_token = jwt.encode(claims, secret, algorithm="HS256", headers={"kid": "hs-2026-1"})
     ed_token = jwt.encode(claims, signer, algorithm="EdDSA", headers={"kid": "ed-2026-1"})
     signing_input, _, ed_sig = ed_token.rpartition(".")
@@ -103,8 +130,14 @@ def build_cases() -> list[Case]:
             assert module.verify_token(token, keys, AUDIENCE, NOW, LEEWAY) == expected
 
     common = {"aud": AUDIENCE, "now": NOW, "leeway": LEEWAY, "hs": hs_token, "ed": ed_token}
-    vote = ("01JD3X9V6ZKQ8M4T2W7Y5R1N0P", AUDIENCE, "voter-0012345678", "candidate-07",
-            1_764_000_000_123_456, "gateway-a-3")
+    vote = (
+        "01JD3X9V6ZKQ8M4T2W7Y5R1N0P",
+        AUDIENCE,
+        "voter-0012345678",
+        "candidate-07",
+        1_764_000_000_123_456,
+        "gateway-a-3",
+    )
     receipt_key = hashlib.sha256(b"bench receipt key").digest()
     # 10k-entry maps: big enough to be realistic per worker, small enough that the figure
     # measures the code rather than the machine's cache misses on a shared host.
@@ -116,41 +149,78 @@ def build_cases() -> list[Case]:
             cache.put(vote_id, b"d" * 32, "answer")
         # Each op: a retry check that misses (the id left the cache 10k ops ago), then
         # storing the answer; the cache is full, so every put also evicts the oldest entry.
-        return Case(name, "k = nxt(); c.get(k); c.put(k, d, a)",
-                    {"c": cache, "nxt": itertools.cycle(vote_ids).__next__, "d": b"d" * 32,
-                     "a": "answer"})
+        return Case(
+            name,
+            "k = nxt(); c.get(k); c.put(k, d, a)",
+            {"c": cache, "nxt": itertools.cycle(vote_ids).__next__, "d": b"d" * 32, "a": "answer"},
+        )
 
     def limiter_case(module: Any, name: str) -> Case:
         limiter = module.RateLimiter(100.0, 20, 10_000)
         keys = [f"10.0.{i >> 8 & 255}.{i & 255}" for i in range(5_000)]
-        return Case(name, "l.acquire(nxt(), now)",
-                    {"l": limiter, "nxt": itertools.cycle(keys).__next__, "now": NOW})
+        return Case(
+            name,
+            "l.acquire(nxt(), now)",
+            {"l": limiter, "nxt": itertools.cycle(keys).__next__, "now": NOW},
+        )
 
     cases = [
-        Case("fast.verify_hs256", "v(hs, keys, aud, now, leeway)",
-             {**common, "v": fast.verify_token, "keys": fast_keys}),
-        Case("reference.verify_hs256", "v(hs, keys, aud, now, leeway)",
-             {**common, "v": reference.verify_token, "keys": ref_keys}),
-        Case("pyjwt.verify_hs256", "d(hs, secret, algorithms=algs, audience=aud, leeway=30)",
-             {**common, "d": jwt.decode, "secret": secret, "algs": ["HS256"]}),
-        Case("fast.verify_eddsa", "v(ed, keys, aud, now, leeway)",
-             {**common, "v": fast.verify_token, "keys": fast_keys}),
-        Case("reference.verify_eddsa", "v(ed, keys, aud, now, leeway)",
-             {**common, "v": reference.verify_token, "keys": ref_keys}),
-        Case("pyjwt.verify_eddsa", "d(ed, pub, algorithms=algs, audience=aud, leeway=30)",
-             {**common, "d": jwt.decode, "pub": public, "algs": ["EdDSA"]}),
-        Case("cryptography.ed25519_verify", "verify(sig, data)",
-             {"verify": public.verify, "sig": fast.b64url_decode(ed_sig),
-              "data": signing_input.encode()}),
+        Case(
+            "fast.verify_hs256",
+            "v(hs, keys, aud, now, leeway)",
+            {**common, "v": fast.verify_token, "keys": fast_keys},
+        ),
+        Case(
+            "reference.verify_hs256",
+            "v(hs, keys, aud, now, leeway)",
+            {**common, "v": reference.verify_token, "keys": ref_keys},
+        ),
+        Case(
+            "pyjwt.verify_hs256",
+            "d(hs, secret, algorithms=algs, audience=aud, leeway=30)",
+            {**common, "d": jwt.decode, "secret": secret, "algs": ["HS256"]},
+        ),
+        Case(
+            "fast.verify_eddsa",
+            "v(ed, keys, aud, now, leeway)",
+            {**common, "v": fast.verify_token, "keys": fast_keys},
+        ),
+        Case(
+            "reference.verify_eddsa",
+            "v(ed, keys, aud, now, leeway)",
+            {**common, "v": reference.verify_token, "keys": ref_keys},
+        ),
+        Case(
+            "pyjwt.verify_eddsa",
+            "d(ed, pub, algorithms=algs, audience=aud, leeway=30)",
+            {**common, "d": jwt.decode, "pub": public, "algs": ["EdDSA"]},
+        ),
+        Case(
+            "cryptography.ed25519_verify",
+            "verify(sig, data)",
+            {
+                "verify": public.verify,
+                "sig": fast.b64url_decode(ed_sig),
+                "data": signing_input.encode(),
+            },
+        ),
         Case("fast.encode_event", "enc(*vote)", {"enc": fast.encode_event, "vote": vote}),
-        Case("reference.encode_event", "enc(*vote)",
-             {"enc": reference.encode_event, "vote": vote}),
-        Case("msgspec.encode_event", "enc(VoteEvent(1, *vote))",
-             {"enc": event.encode, "VoteEvent": event.VoteEvent, "vote": vote}),
-        Case("fast.sign_receipt", "sign(key, *vote[:5])",
-             {"sign": fast.sign_receipt, "key": receipt_key, "vote": vote}),
-        Case("reference.sign_receipt", "sign(key, *vote[:5])",
-             {"sign": reference.sign_receipt, "key": receipt_key, "vote": vote}),
+        Case("reference.encode_event", "enc(*vote)", {"enc": reference.encode_event, "vote": vote}),
+        Case(
+            "msgspec.encode_event",
+            "enc(VoteEvent(1, *vote))",
+            {"enc": event.encode, "VoteEvent": event.VoteEvent, "vote": vote},
+        ),
+        Case(
+            "fast.sign_receipt",
+            "sign(key, *vote[:5])",
+            {"sign": fast.sign_receipt, "key": receipt_key, "vote": vote},
+        ),
+        Case(
+            "reference.sign_receipt",
+            "sign(key, *vote[:5])",
+            {"sign": reference.sign_receipt, "key": receipt_key, "vote": vote},
+        ),
         cache_case(fast, "fast.idempotency_get_put"),
         cache_case(reference, "reference.idempotency_get_put"),
         limiter_case(fast, "fast.rate_limit_acquire"),
@@ -170,10 +240,11 @@ RATIOS: dict[str, tuple[str, str]] = {
     "encode_event.msgspec_over_fast": ("msgspec.encode_event", "fast.encode_event"),
     "encode_event.reference_over_fast": ("reference.encode_event", "fast.encode_event"),
     "sign_receipt.reference_over_fast": ("reference.sign_receipt", "fast.sign_receipt"),
-    "idempotency.reference_over_fast": ("reference.idempotency_get_put",
-                                        "fast.idempotency_get_put"),
-    "rate_limit.reference_over_fast": ("reference.rate_limit_acquire",
-                                       "fast.rate_limit_acquire"),
+    "idempotency.reference_over_fast": (
+        "reference.idempotency_get_put",
+        "fast.idempotency_get_put",
+    ),
+    "rate_limit.reference_over_fast": ("reference.rate_limit_acquire", "fast.rate_limit_acquire"),
 }
 
 
@@ -188,8 +259,9 @@ def _calibrate(case: Case, target: float) -> None:
     case.loops = max(1, int(loops * target / max(elapsed, 1e-9)))
 
 
-def run(cases: list[Case], repeat: int, target: float,
-        progress: Callable[[str], None] = lambda _: None) -> None:
+def run(
+    cases: list[Case], repeat: int, target: float, progress: Callable[[str], None] = lambda _: None
+) -> None:
     for case in cases:  # warm-up and calibration
         case.timer().timeit(max(1, 10))
         _calibrate(case, target)
@@ -251,8 +323,14 @@ def _fmt_ns(ns: float) -> str:
 
 def report(cases: list[Case]) -> tuple[list[dict[str, Any]], dict[str, float]]:
     results = [
-        {"name": c.name, "ns_per_op": statistics.median(c.samples), "min_ns": min(c.samples),
-         "max_ns": max(c.samples), "rounds": len(c.samples), "loops": c.loops}
+        {
+            "name": c.name,
+            "ns_per_op": statistics.median(c.samples),
+            "min_ns": min(c.samples),
+            "max_ns": max(c.samples),
+            "rounds": len(c.samples),
+            "loops": c.loops,
+        }
         for c in cases
     ]
     by_name = {r["name"]: r["ns_per_op"] for r in results}
@@ -267,8 +345,10 @@ def report(cases: list[Case]) -> tuple[list[dict[str, Any]], dict[str, float]]:
 def render(results: list[dict[str, Any]], ratios: dict[str, float]) -> str:
     lines = ["| case | ns/op (median) | min | max | ops/s |", "|---|---:|---:|---:|---:|"]
     for r in results:
-        lines.append(f"| {r['name']} | {_fmt_ns(r['ns_per_op'])} | {_fmt_ns(r['min_ns'])} | "
-                     f"{_fmt_ns(r['max_ns'])} | {1e9 / r['ns_per_op']:,.0f} |")
+        lines.append(
+            f"| {r['name']} | {_fmt_ns(r['ns_per_op'])} | {_fmt_ns(r['min_ns'])} | "
+            f"{_fmt_ns(r['max_ns'])} | {1e9 / r['ns_per_op']:,.0f} |"
+        )
     lines += ["", "| ratio | value |", "|---|---:|"]
     lines += [f"| {name} | {value:.2f}x |" for name, value in ratios.items()]
     return "\n".join(lines)
@@ -286,11 +366,14 @@ def main(argv: list[str]) -> int:
         cases = [c for c in cases if args.only in c.name]
     machine = machine_info()
     print(f"# gateway._fast micro-benchmarks — {machine['date']}", flush=True)
-    print(f"{machine['cpu']}, {machine['cores']} cores, load {machine['loadavg']}, "
-          f"Python {machine['python']}, Cython {machine['cython']}, "
-          f"{machine['openssl_linked_by_gateway_fast']} (gateway._fast) / "
-          f"{machine['openssl_of_cryptography']} (cryptography {machine['cryptography']}), "
-          f"PyJWT {machine['pyjwt']}", flush=True)
+    print(
+        f"{machine['cpu']}, {machine['cores']} cores, load {machine['loadavg']}, "
+        f"Python {machine['python']}, Cython {machine['cython']}, "
+        f"{machine['openssl_linked_by_gateway_fast']} (gateway._fast) / "
+        f"{machine['openssl_of_cryptography']} (cryptography {machine['cryptography']}), "
+        f"PyJWT {machine['pyjwt']}",
+        flush=True,
+    )
     machine["speed"] = probe.announced_speed(sys.stdout)
     run(cases, repeat, target, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     results, ratios = report(cases)
@@ -300,8 +383,14 @@ def main(argv: list[str]) -> int:
     print(render(results, ratios))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        doc = {"machine": machine, "command": command, "repeat": repeat, "target_s": target,
-               "results": results, "ratios": ratios}
+        doc = {
+            "machine": machine,
+            "command": command,
+            "repeat": repeat,
+            "target_s": target,
+            "results": results,
+            "ratios": ratios,
+        }
         args.json.write_text(json.dumps(doc, indent=2) + "\n")
         print(f"\nwrote {args.json}")
     return 0

@@ -158,8 +158,15 @@ class StepResult:
         return doc
 
 
-def summarize(target: str, mode: str, rate: int, duration_s: float, rows: Sequence[Row],
-              command: str = "", started_at: str = "") -> StepResult:
+def summarize(
+    target: str,
+    mode: str,
+    rate: int,
+    duration_s: float,
+    rows: Sequence[Row],
+    command: str = "",
+    started_at: str = "",
+) -> StepResult:
     """Reduce the per-request rows of one step to a ``StepResult`` (pure)."""
     n = len(rows)
     ok_rows = [r for r in rows if is_ok(r)]
@@ -178,7 +185,9 @@ def summarize(target: str, mode: str, rate: int, duration_s: float, rows: Sequen
     codes = Counter(str(r.code) for r in rows)
     samples = Counter(
         f"{r.code} {r.error or r.body[:160].decode('utf-8', 'replace')}".strip()
-        for r in rows if not is_ok(r))
+        for r in rows
+        if not is_ok(r)
+    )
     errors = n - len(ok_rows)
 
     def ms(v: float) -> float:
@@ -187,16 +196,27 @@ def summarize(target: str, mode: str, rate: int, duration_s: float, rows: Sequen
     acks = [_ack(r) for r in ok_rows]
 
     return StepResult(
-        target=target, mode=mode, rate=rate, duration_s=duration_s, requests=n,
-        ok=len(ok_rows), errors=errors, error_rate=round(errors / n, 6) if n else 1.0,
-        rps=round(rps, 1), send_rate=round(send_rate, 1),
-        p50_ms=ms(percentile(lat, 50)), p90_ms=ms(percentile(lat, 90)),
-        p99_ms=ms(percentile(lat, 99)), p999_ms=ms(percentile(lat, 99.9)),
+        target=target,
+        mode=mode,
+        rate=rate,
+        duration_s=duration_s,
+        requests=n,
+        ok=len(ok_rows),
+        errors=errors,
+        error_rate=round(errors / n, 6) if n else 1.0,
+        rps=round(rps, 1),
+        send_rate=round(send_rate, 1),
+        p50_ms=ms(percentile(lat, 50)),
+        p90_ms=ms(percentile(lat, 90)),
+        p99_ms=ms(percentile(lat, 99)),
+        p999_ms=ms(percentile(lat, 99.9)),
         max_ms=ms(float(lat[-1])) if lat else math.nan,
         service_p99_ms=ms(percentile(service, 99)),
         send_lag_p99_ms=ms(percentile(sorted(lags), 99)),
-        codes=dict(codes), error_samples=[f"{c}x {s}" for s, c in samples.most_common(3)],
-        command=command, started_at=started_at,
+        codes=dict(codes),
+        error_samples=[f"{c}x {s}" for s, c in samples.most_common(3)],
+        command=command,
+        started_at=started_at,
         acked_from_spill=sum(1 for _, durability in acks if durability == "spill"),
         acked_ids=[vote_id for vote_id, _ in acks if vote_id is not None],
     )
@@ -205,8 +225,15 @@ def summarize(target: str, mode: str, rate: int, duration_s: float, rows: Sequen
 class Vegeta:
     """Runs ``vegeta attack`` for one step at a time and reads its results back."""
 
-    def __init__(self, exe: Path, workdir: Path, *, cpus: str | None = None,
-                 max_workers: int = 4096, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        exe: Path,
+        workdir: Path,
+        *,
+        cpus: str | None = None,
+        max_workers: int = 4096,
+        timeout_s: float = 5.0,
+    ) -> None:
         self.exe = exe
         self.workdir = workdir
         self.cpus = cpus
@@ -214,18 +241,29 @@ class Vegeta:
         self.timeout_s = timeout_s
         self._n = 0
 
-    def attack_argv(self, targets_file: Path, out_file: Path, rate: int, duration_s: float,
-                    name: str) -> list[str]:
-        argv = [str(self.exe), "attack", "-format=json", f"-targets={targets_file}",
-                f"-rate={rate}/1s", f"-duration={duration_s:g}s",
-                f"-timeout={self.timeout_s:g}s", f"-max-workers={self.max_workers}",
-                "-max-body=4096", f"-name={name}", f"-output={out_file}"]
+    def attack_argv(
+        self, targets_file: Path, out_file: Path, rate: int, duration_s: float, name: str
+    ) -> list[str]:
+        argv = [
+            str(self.exe),
+            "attack",
+            "-format=json",
+            f"-targets={targets_file}",
+            f"-rate={rate}/1s",
+            f"-duration={duration_s:g}s",
+            f"-timeout={self.timeout_s:g}s",
+            f"-max-workers={self.max_workers}",
+            "-max-body=4096",
+            f"-name={name}",
+            f"-output={out_file}",
+        ]
         if self.cpus:
             argv = ["taskset", "-c", self.cpus, *argv]
         return argv
 
-    def step(self, target: str, mode: str, lines: list[str], rate: int,
-             duration_s: float) -> StepResult:
+    def step(
+        self, target: str, mode: str, lines: list[str], rate: int, duration_s: float
+    ) -> StepResult:
         """Send ``lines`` (vegeta JSON targets, at least rate*duration) at ``rate``/s."""
         self._n += 1
         stem = self.workdir / f"{self._n:04d}-{target}-{mode}-{rate}"
@@ -241,17 +279,23 @@ class Vegeta:
             res = subprocess.run(argv, capture_output=True, text=True)
             times_after = cpu_times()
             if res.returncode != 0:
-                raise RuntimeError(f"vegeta attack failed ({res.returncode}): "
-                                   f"{res.stderr.strip()[-500:]}")
-            enc = subprocess.run([str(self.exe), "encode", "--to", "csv", str(out_file)],
-                                 capture_output=True, text=True, check=True)
+                raise RuntimeError(
+                    f"vegeta attack failed ({res.returncode}): {res.stderr.strip()[-500:]}"
+                )
+            enc = subprocess.run(
+                [str(self.exe), "encode", "--to", "csv", str(out_file)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             rows = parse_csv(io.StringIO(enc.stdout))
         finally:
             for path in (targets_file, out_file):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
-        res = summarize(target, mode, rate, duration_s, rows,
-                        command=shlex.join(argv), started_at=started_at)
+        res = summarize(
+            target, mode, rate, duration_s, rows, command=shlex.join(argv), started_at=started_at
+        )
         res.cpu_pressure = cpu_pressure()
         res.cpu_steal = steal_share(times_before, times_after)
         return res
@@ -278,8 +322,7 @@ def parse_cpu_times(line: str) -> tuple[int, int]:
     return values[7], sum(values)
 
 
-def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None
-                ) -> float | None:
+def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
     """Percent of the CPU time between two ``cpu_times()`` readings that was stolen."""
     if before is None or after is None or after[1] <= before[1]:
         return None

@@ -66,8 +66,7 @@ class MemorySampler:
         """Growth from the first sample at or after ``baseline_s`` to the last sample."""
         if not self.samples:
             return {"error": "no samples"}
-        base_t, base = next(((t, b) for t, b in self.samples if t >= baseline_s),
-                            self.samples[-1])
+        base_t, base = next(((t, b) for t, b in self.samples if t >= baseline_s), self.samples[-1])
         end_t, end = self.samples[-1]
         mib = 2**20
         return {

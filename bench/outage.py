@@ -43,8 +43,14 @@ def stop_kafka(env: dict[str, str], timeout_s: float = 30.0) -> None:
 def start_kafka(env: dict[str, str], timeout_s: float = 900.0) -> float:
     """``deploy/local/stack up``; returns the seconds it took."""
     started = time.monotonic()
-    done = subprocess.run([str(STACK_SCRIPT), "up"], env=env, cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout_s)
+    done = subprocess.run(
+        [str(STACK_SCRIPT), "up"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
     if done.returncode != 0:
         raise BenchError(f"`deploy/local/stack up` failed:\n{done.stderr[-2000:]}")
     return time.monotonic() - started

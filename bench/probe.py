@@ -47,8 +47,9 @@ def wakeup_roundtrip_us(round_trips: int = 2000, warmup: int = 200) -> dict[str,
     cpus = sorted(os.sched_getaffinity(0))
     pinned = len(cpus) > 1
     samples = []
-    with subprocess.Popen([sys.executable, "-c", _ECHO], stdin=subprocess.PIPE,
-                          stdout=subprocess.PIPE, bufsize=0) as child:
+    with subprocess.Popen(
+        [sys.executable, "-c", _ECHO], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0
+    ) as child:
         assert child.stdin is not None and child.stdout is not None
         try:
             if pinned:  # the child on one CPU, this thread on the others: every hop crosses
@@ -65,16 +66,21 @@ def wakeup_roundtrip_us(round_trips: int = 2000, warmup: int = 200) -> dict[str,
                 os.sched_setaffinity(0, set(cpus))
             child.stdin.close()  # the child's read returns b"" and it exits
     timed = sorted(samples[warmup:])
-    return {"p50": round(timed[len(timed) // 2] / 1000, 1),
-            "p99": round(timed[int(len(timed) * 0.99)] / 1000, 1)}
+    return {
+        "p50": round(timed[len(timed) // 2] / 1000, 1),
+        "p99": round(timed[int(len(timed) * 0.99)] / 1000, 1),
+    }
 
 
 def speed() -> dict[str, object]:
     """The probes above, for a report's ``machine`` section (~1 s)."""
     # The pressure first: the probes' own second of work would show in its 10 s average.
     pressure = cpu_pressure()
-    return {"python_loop_ms": python_loop_ms(), "wakeup_roundtrip_us": wakeup_roundtrip_us(),
-            "cpu_pressure_avg10": pressure}
+    return {
+        "python_loop_ms": python_loop_ms(),
+        "wakeup_roundtrip_us": wakeup_roundtrip_us(),
+        "cpu_pressure_avg10": pressure,
+    }
 
 
 def announced_speed(stream: TextIO | None = None) -> dict[str, object]:
@@ -90,6 +96,8 @@ def describe(probe: dict[str, object]) -> str:
     wake = probe["wakeup_roundtrip_us"]
     assert isinstance(wake, dict)
     pressure = probe.get("cpu_pressure_avg10")
-    return (f"machine speed: python loop {probe['python_loop_ms']} ms (10M iterations), "
-            f"wake-up round trip p50 {wake['p50']} us p99 {wake['p99']} us"
-            + (f", cpu pressure {pressure:g}%" if pressure is not None else ""))
+    return (
+        f"machine speed: python loop {probe['python_loop_ms']} ms (10M iterations), "
+        f"wake-up round trip p50 {wake['p50']} us p99 {wake['p99']} us"
+        + (f", cpu pressure {pressure:g}%" if pressure is not None else "")
+    )

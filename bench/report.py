@@ -32,38 +32,47 @@ from bench import probe
 from bench.env import VEGETA_VERSION
 from bench.loadgen import StepResult
 
-MEDIAN_FIELDS = ("rps", "send_rate", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms",
-                 "service_p99_ms", "send_lag_p99_ms", "cpu_pressure", "cpu_steal")
+MEDIAN_FIELDS = (
+    "rps",
+    "send_rate",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "p999_ms",
+    "max_ms",
+    "service_p99_ms",
+    "send_lag_p99_ms",
+    "cpu_pressure",
+    "cpu_steal",
+)
 
 
-def median_run(target: str, mode: str, rate: int, steps: Sequence[StepResult]
-               ) -> dict[str, object]:
+def median_run(target: str, mode: str, rate: int, steps: Sequence[StepResult]) -> dict[str, object]:
     """One ``runs`` record from the repeats of one (target, mode, rate)."""
-    run: dict[str, object] = {"target": target, "mode": mode, "rate": rate,
-                              "repeats": len(steps)}
+    run: dict[str, object] = {"target": target, "mode": mode, "rate": rate, "repeats": len(steps)}
     if not steps:
         run.update({f: None for f in MEDIAN_FIELDS})
         run.update({"errors": None, "acked": None, "requests": 0, "error_rate": None})
         return run
     for name in MEDIAN_FIELDS:
-        values = [v for s in steps
-                  if (v := getattr(s, name)) is not None and not math.isnan(v)]
+        values = [v for s in steps if (v := getattr(s, name)) is not None and not math.isnan(v)]
         run[name] = round(statistics.median(values), 3) if values else None
     requests = sum(s.requests for s in steps)
     errors = sum(s.errors for s in steps)
-    run.update({
-        "requests": requests,
-        "errors": errors,
-        "error_rate": round(errors / requests, 6) if requests else None,
-        "acked": sum(s.ok for s in steps),
-        "samples": {"rps": [s.rps for s in steps], "p99_ms": [s.p99_ms for s in steps]},
-        "command": steps[0].command,
-    })
+    run.update(
+        {
+            "requests": requests,
+            "errors": errors,
+            "error_rate": round(errors / requests, 6) if requests else None,
+            "acked": sum(s.ok for s in steps),
+            "samples": {"rps": [s.rps for s in steps], "p99_ms": [s.p99_ms for s in steps]},
+            "command": steps[0].command,
+        }
+    )
     return run
 
 
-def find_run(runs: Iterable[dict[str, object]], target: str, mode: str
-             ) -> dict[str, object] | None:
+def find_run(runs: Iterable[dict[str, object]], target: str, mode: str) -> dict[str, object] | None:
     return next((r for r in runs if r["target"] == target and r["mode"] == mode), None)
 
 
@@ -86,10 +95,12 @@ def ratios(runs: Sequence[dict[str, object]], base: str = "gateway") -> dict[str
     others = sorted({str(r["target"]) for r in runs} - {base})
     for other in others:
         entry: dict[str, float | None] = {}
-        for mode, field, key in (("max", "rps", "max_rps"),
-                                 ("half-max", "p99_ms", "half_max_p99"),
-                                 ("rate", "rps", "rate_rps"),
-                                 ("rate", "p99_ms", "rate_p99")):
+        for mode, field, key in (
+            ("max", "rps", "max_rps"),
+            ("half-max", "p99_ms", "half_max_p99"),
+            ("rate", "rps", "rate_rps"),
+            ("rate", "p99_ms", "rate_p99"),
+        ):
             mine, theirs = find_run(runs, base, mode), find_run(runs, other, mode)
             if mine and theirs:
                 entry[key] = _ratio(mine.get(field), theirs.get(field))
@@ -113,42 +124,55 @@ def markdown(doc: dict[str, object]) -> str:
     runs: list[dict[str, object]] = doc["runs"]  # type: ignore[assignment]
     # "passed": how many of the run's repeats met the pass criteria of the search (a max
     # found with short steps does not always hold for longer runs; say so in the table).
-    lines = ["| target | mode | offered req/s | answered req/s | p50 ms | p90 ms | p99 ms |"
-             " p99.9 ms | errors | acked | passed / repeats |",
-             "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    lines = [
+        "| target | mode | offered req/s | answered req/s | p50 ms | p90 ms | p99 ms |"
+        " p99.9 ms | errors | acked | passed / repeats |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
     for r in runs:
         passed = r.get("passed")
-        repeats = (f"{sum(passed)} / {len(passed)}" if isinstance(passed, list)
-                   else r.get("repeats", ""))
+        repeats = (
+            f"{sum(passed)} / {len(passed)}" if isinstance(passed, list) else r.get("repeats", "")
+        )
         lines.append(
             f"| {r['target']} | {r['mode']} | {_fmt(r['rate'])} | {_fmt(r['rps'], 0)} | "
             f"{_fmt(r['p50_ms'], 2)} | {_fmt(r['p90_ms'], 2)} | {_fmt(r['p99_ms'], 2)} | "
             f"{_fmt(r['p999_ms'], 2)} | {_fmt(r['errors'])} | {_fmt(r['acked'])} | "
-            f"{repeats} |")
+            f"{repeats} |"
+        )
     verify: dict[str, dict] = doc.get("verify") or {}  # type: ignore[assignment]
     if verify:
-        lines += ["", "| target | acked | stored | missing | duplicates | stored, not acked |",
-                  "|---|--:|--:|--:|--:|--:|"]
+        lines += [
+            "",
+            "| target | acked | stored | missing | duplicates | stored, not acked |",
+            "|---|--:|--:|--:|--:|--:|",
+        ]
         for target, v in verify.items():
             if "error" in v:
                 lines.append(f"| {target} | {v['error']} | | | | |")
                 continue
-            lines.append(f"| {target} | {_fmt(v['acked'])} | {_fmt(v['stored'])} | "
-                         f"{_fmt(v['missing'])} | {_fmt(v['duplicates'])} | "
-                         f"{_fmt(v['unacked_stored'])} |")
+            lines.append(
+                f"| {target} | {_fmt(v['acked'])} | {_fmt(v['stored'])} | "
+                f"{_fmt(v['missing'])} | {_fmt(v['duplicates'])} | "
+                f"{_fmt(v['unacked_stored'])} |"
+            )
     rat: dict[str, dict] = doc.get("ratios") or {}  # type: ignore[assignment]
     if rat:
         keys = sorted({k for v in rat.values() for k in v})
-        lines += ["", "| ratio | " + " | ".join(keys) + " |",
-                  "|---|" + "--:|" * len(keys)]
+        lines += ["", "| ratio | " + " | ".join(keys) + " |", "|---|" + "--:|" * len(keys)]
         for name, v in rat.items():
             lines.append(f"| {name} | " + " | ".join(_fmt(v.get(k), 3) for k in keys) + " |")
     lines += ["", f"command: `{doc.get('command', '')}`"]
     return "\n".join(lines)
 
 
-def plot(path: Path, steps: Sequence[dict[str, object]], runs: Sequence[dict[str, object]],
-         p99_bound_ms: float | None = None, title: str = "") -> None:
+def plot(
+    path: Path,
+    steps: Sequence[dict[str, object]],
+    runs: Sequence[dict[str, object]],
+    p99_bound_ms: float | None = None,
+    title: str = "",
+) -> None:
     """Latency percentiles vs offered rate, one panel per target (PNG)."""
     import matplotlib
 
@@ -161,30 +185,43 @@ def plot(path: Path, steps: Sequence[dict[str, object]], runs: Sequence[dict[str
     cols = 2 if len(targets) > 1 else 1
     rows = math.ceil(len(targets) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols, 4.2 * rows), squeeze=False)
-    percentiles = (("p50_ms", "p50"), ("p90_ms", "p90"), ("p99_ms", "p99"),
-                   ("p999_ms", "p99.9"))
+    percentiles = (("p50_ms", "p50"), ("p90_ms", "p90"), ("p99_ms", "p99"), ("p999_ms", "p99.9"))
     for ax, target in zip(axes.flat, targets, strict=False):
-        mine = sorted((s for s in steps if s["target"] == target and s["mode"] != "warmup"),
-                      key=lambda s: s["rate"])  # type: ignore[arg-type, return-value]
+        mine = sorted(
+            (s for s in steps if s["target"] == target and s["mode"] != "warmup"),
+            key=lambda s: s["rate"],
+        )  # type: ignore[arg-type, return-value]
         for field, label in percentiles:
             xs = [s["rate"] for s in mine if s.get(field) is not None]
-            ys = [max(float(s[field]), 0.01) for s in mine  # type: ignore[arg-type]
-                  if s.get(field) is not None]
+            ys = [
+                max(float(s[field]), 0.01)
+                for s in mine  # type: ignore[arg-type]
+                if s.get(field) is not None
+            ]
             ax.plot(xs, ys, marker="o", markersize=3, linewidth=1, label=label)
         best = find_run(runs, target, "max")
         if best and best.get("rate"):
-            ax.axvline(float(best["rate"]), color="grey", linestyle=":",  # type: ignore[arg-type]
-                       label=f"max {best['rate']}/s")
+            ax.axvline(
+                float(best["rate"]),
+                color="grey",
+                linestyle=":",  # type: ignore[arg-type]
+                label=f"max {best['rate']}/s",
+            )
         if p99_bound_ms:
-            ax.axhline(p99_bound_ms, color="red", linestyle="--", linewidth=0.8,
-                       label=f"p99 bound {p99_bound_ms:g} ms")
+            ax.axhline(
+                p99_bound_ms,
+                color="red",
+                linestyle="--",
+                linewidth=0.8,
+                label=f"p99 bound {p99_bound_ms:g} ms",
+            )
         ax.set_yscale("log")
         ax.set_title(target)
         ax.set_xlabel("offered rate (req/s, open loop)")
         ax.set_ylabel("latency (ms)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(targets):]:
+    for ax in list(axes.flat)[len(targets) :]:
         ax.set_visible(False)
     if title:
         fig.suptitle(title, fontsize=9)
@@ -216,8 +253,9 @@ def _run(argv: list[str]) -> str:
     return text.splitlines()[0] if text else ""
 
 
-def machine(env: dict[str, str], vegeta: Path | None = None, go: str | None = None
-            ) -> dict[str, object]:
+def machine(
+    env: dict[str, str], vegeta: Path | None = None, go: str | None = None
+) -> dict[str, object]:
     """What the figures depend on: CPU, memory, kernel, versions of everything measured."""
     lscpu = {}
     for line in _run_all(["lscpu"]).splitlines():
@@ -227,9 +265,23 @@ def machine(env: dict[str, str], vegeta: Path | None = None, go: str | None = No
     os_name = re.search(r'PRETTY_NAME="([^"]+)"', _read("/etc/os-release"))
     versions: dict[str, str | None] = {
         "python": platform.python_version(),
-        **{p: _pkg(p) for p in ("granian", "uvloop", "msgspec", "confluent-kafka", "fastapi",
-                                "uvicorn", "aiokafka", "pydantic", "PyJWT", "httptools",
-                                "psycopg", "matplotlib")},
+        **{
+            p: _pkg(p)
+            for p in (
+                "granian",
+                "uvloop",
+                "msgspec",
+                "confluent-kafka",
+                "fastapi",
+                "uvicorn",
+                "aiokafka",
+                "pydantic",
+                "PyJWT",
+                "httptools",
+                "psycopg",
+                "matplotlib",
+            )
+        },
         "vegeta": VEGETA_VERSION if vegeta else None,
         "nginx": _run(["/usr/sbin/nginx", "-v"]).replace("nginx version: ", ""),
         "go": _run([go, "version"]) if go else None,
@@ -239,8 +291,10 @@ def machine(env: dict[str, str], vegeta: Path | None = None, go: str | None = No
 
         versions["librdkafka"] = confluent_kafka.libversion()[0]
     gomod = _read(str(Path(__file__).parent / "peers" / "go" / "go.mod"))
-    for mod, label in (("github.com/twmb/franz-go", "franz-go"),
-                       ("github.com/golang-jwt/jwt/v5", "golang-jwt")):
+    for mod, label in (
+        ("github.com/twmb/franz-go", "franz-go"),
+        ("github.com/golang-jwt/jwt/v5", "golang-jwt"),
+    ):
         m = re.search(re.escape(mod) + r" (v\S+)", gomod)
         versions[label] = m.group(1) if m else None
     stack = Path(env.get("VOTE_STACK_DIR", ""))

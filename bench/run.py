@@ -117,8 +117,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
         factor=2.0,
         precision=0.25 if quick else 0.05,
         max_steps=8 if quick else 14,
-        confirm_failures=(args.confirm_failures if args.confirm_failures is not None
-                          else 0 if quick else 1),
+        confirm_failures=(
+            args.confirm_failures if args.confirm_failures is not None else 0 if quick else 1
+        ),
         timeout_s=2.0 if quick else 5.0,
         settle_s=0.5 if quick else 3.0,
         half_max=not args.no_half_max,
@@ -149,8 +150,7 @@ class Session:
         self.args = args
         self.plan = make_plan(args)
         self.command = shlex.join([os.path.basename(sys.executable), "-m", "bench", *argv])
-        self.criteria = Criteria(max_error_rate=args.max_error_rate,
-                                 p99_bound_ms=args.p99_bound_ms)
+        self.criteria = Criteria(max_error_rate=args.max_error_rate, p99_bound_ms=args.p99_bound_ms)
         self.targets: dict[str, Target] = {}
         self.pools: dict[str, VotePool] = {}
         self.steps: list[StepResult] = []
@@ -172,8 +172,9 @@ class Session:
 
     # -- one step ---------------------------------------------------------------------
 
-    def step(self, vegeta: Vegeta, name: str, mode: str, rate: int, duration_s: float
-             ) -> StepResult | None:
+    def step(
+        self, vegeta: Vegeta, name: str, mode: str, rate: int, duration_s: float
+    ) -> StepResult | None:
         target = self.targets[name]
         if name in self.dead:
             return None
@@ -182,18 +183,25 @@ class Session:
             self.log(f"{name} is not running any more; dropping it\n{target.service.log_tail()}")
             return None
         lines = self.pools[name].take(targets_needed(rate, duration_s))
-        print(f"[{time.monotonic() - self.started:6.1f}s] {name:<12} {mode:<8} "
-              f"{rate:>7}/s x {duration_s:g}s ... ", end="", flush=True)
+        print(
+            f"[{time.monotonic() - self.started:6.1f}s] {name:<12} {mode:<8} "
+            f"{rate:>7}/s x {duration_s:g}s ... ",
+            end="",
+            flush=True,
+        )
         res = vegeta.step(name, mode, lines, rate, duration_s)
         why = self.criteria.failures(res)
         noisy = res.cpu_pressure is not None and res.cpu_pressure >= NOISY_PSI
         stolen = res.cpu_steal is not None and res.cpu_steal >= NOISY_STEAL
-        print(f"{res.rps:>8.0f}/s  p50 {res.p50_ms:7.2f}  p99 {res.p99_ms:8.2f}  "
-              f"p99.9 {res.p999_ms:8.2f} ms  err {res.error_rate:.2%}"
-              + (f"  [{'; '.join(why)}]" if why else "  [ok]")
-              + (f"  ({res.acked_from_spill} from the spill)" if res.acked_from_spill else "")
-              + (f"  (cpu pressure {res.cpu_pressure:.0f}%)" if noisy else "")
-              + (f"  (steal {res.cpu_steal:.0f}%)" if stolen else ""), flush=True)
+        print(
+            f"{res.rps:>8.0f}/s  p50 {res.p50_ms:7.2f}  p99 {res.p99_ms:8.2f}  "
+            f"p99.9 {res.p999_ms:8.2f} ms  err {res.error_rate:.2%}"
+            + (f"  [{'; '.join(why)}]" if why else "  [ok]")
+            + (f"  ({res.acked_from_spill} from the spill)" if res.acked_from_spill else "")
+            + (f"  (cpu pressure {res.cpu_pressure:.0f}%)" if noisy else "")
+            + (f"  (steal {res.cpu_steal:.0f}%)" if stolen else ""),
+            flush=True,
+        )
         if why and res.error_samples:
             print(f"{'':>10}errors: {' | '.join(res.error_samples)}", flush=True)
         self.steps.append(res)
@@ -210,8 +218,9 @@ class Session:
         names = [t.strip() for t in args.targets.split(",") if t.strip()]
         for flag, on in (("--kafka-stopped", args.kafka_stopped), ("--memory", args.memory)):
             if on and (names != ["gateway"] or not args.rate):
-                raise BenchError(f"{flag} measures the gateway alone: it needs "
-                                 "--targets gateway and --rate R")
+                raise BenchError(
+                    f"{flag} measures the gateway alone: it needs --targets gateway and --rate R"
+                )
         needs_stack = any(n not in ("nginx-204", "granian-floor") for n in names)
         preflight(env, kafka=needs_stack, postgres=needs_stack)
         _raise_nofile()
@@ -222,8 +231,7 @@ class Session:
         settings = settings_mod.load(GatewaySettings, env)
         unknown = [n for n in names if n not in TARGETS]
         if unknown:
-            raise BenchError(f"unknown target(s) {', '.join(unknown)}; known: "
-                             f"{', '.join(TARGETS)}")
+            raise BenchError(f"unknown target(s) {', '.join(unknown)}; known: {', '.join(TARGETS)}")
         vegeta_exe = ensure_vegeta(env)
         if "go-peer" in names:
             ensure_go_peer(env)
@@ -238,15 +246,23 @@ class Session:
         self.log(probe.describe(machine["speed"]))
         psi = machine["speed"]["cpu_pressure_avg10"]
         if psi is not None and psi >= NOISY_PSI:
-            self.log(f"WARNING: the machine is busy (CPU pressure {psi:.0f}% over the last "
-                     "10 s): other processes compete with the targets; figures will be low "
-                     "and noisy")
+            self.log(
+                f"WARNING: the machine is busy (CPU pressure {psi:.0f}% over the last "
+                "10 s): other processes compete with the targets; figures will be low "
+                "and noisy"
+            )
         self.log(f"{self.command}\n         run {run_id}: {plan}\n         logs in {run_dir}")
 
-        cfg = TargetConfig(env=env, run_dir=run_dir, workers=args.workers,
-                           cpus=args.target_cpus, topic=settings.topic,
-                           linger_ms=settings.kafka_linger_ms, jwks_file=keys["jwks"],
-                           receipt_key_file=keys["receipt"])
+        cfg = TargetConfig(
+            env=env,
+            run_dir=run_dir,
+            workers=args.workers,
+            cpus=args.target_cpus,
+            topic=settings.topic,
+            linger_ms=settings.kafka_linger_ms,
+            jwks_file=keys["jwks"],
+            receipt_key_file=keys["receipt"],
+        )
         candidates = list(DEFAULT_CANDIDATES)
         verify_results: dict[str, dict] = {}
         verify_counts: dict[str, dict[str, int]] = {}
@@ -254,15 +270,18 @@ class Session:
         # round trip when they are already applied.
         migrate(env)
         settled_s = settle_database(settings.pg_dsn)
-        self.log(f"vacuumed and analyzed the vote tables in {settled_s:.1f} s "
-                 "(so that autovacuum does not start during a run)")
+        self.log(
+            f"vacuumed and analyzed the vote tables in {settled_s:.1f} s "
+            "(so that autovacuum does not start during a run)"
+        )
         with contextlib.ExitStack() as stack:
             for name in names:
                 target = make_target(name, f"{run_id}-{name}", cfg)
                 self.targets[name] = target
                 if target.produces:
-                    admin.create_election(settings.pg_dsn, target.election, candidates,
-                                          title=f"bench {run_id} {name}")
+                    admin.create_election(
+                        settings.pg_dsn, target.election, candidates, title=f"bench {run_id} {name}"
+                    )
             if any(t.produces for t in self.targets.values()):
                 self._ensure_processor(env, run_dir, stack)
             for target in self.targets.values():
@@ -270,16 +289,18 @@ class Session:
                 stack.callback(self._stop, target.service)
             for target in self.targets.values():
                 target.service.wait_ready(60.0)
-                self.log(f"{target.name} ready at {target.base_url} "
-                         f"(election {target.election})")
-                votes = admin.mint_votes(keys["issuer"], target.election, 10**9, args.alg,
-                                         None, candidates)
+                self.log(f"{target.name} ready at {target.base_url} (election {target.election})")
+                votes = admin.mint_votes(
+                    keys["issuer"], target.election, 10**9, args.alg, None, candidates
+                )
                 self.pools[target.name] = VotePool(
-                    votes, target.base_url + votes_path(target.election),
-                    fresh=target.fresh_votes, cap=args.pool)
+                    votes,
+                    target.base_url + votes_path(target.election),
+                    fresh=target.fresh_votes,
+                    cap=args.pool,
+                )
 
-            vegeta = Vegeta(vegeta_exe, run_dir, cpus=args.loadgen_cpus,
-                            timeout_s=plan.timeout_s)
+            vegeta = Vegeta(vegeta_exe, run_dir, cpus=args.loadgen_cpus, timeout_s=plan.timeout_s)
             searches = self._measure(vegeta, names)
 
             # Peers first: the gateway keeps running while we wait, so that anything it
@@ -287,28 +308,40 @@ class Session:
             for name in names:
                 if name != "gateway":
                     self._stop(self.targets[name].service)
-            to_verify = [n for n in names if self.targets[n].produces
-                         and (n == "gateway" or args.verify_peers) and not args.no_verify]
+            to_verify = [
+                n
+                for n in names
+                if self.targets[n].produces
+                and (n == "gateway" or args.verify_peers)
+                and not args.no_verify
+            ]
             for name in to_verify:
                 verify_results[name], verify_counts[name] = self._verify(env, name)
             if plan.mode == "rate" and "gateway" in to_verify:
                 # Every acknowledged vote is stored now: the histogram holds them all.
                 self.ack_to_visible = ack_to_visible(
-                    self._visible_before, ack_to_count_buckets(self.processor_metrics))
+                    self._visible_before, ack_to_count_buckets(self.processor_metrics)
+                )
                 if self.ack_to_visible:
-                    self.log(f"acknowledged -> visible in results (processor's "
-                             f"vote_ack_to_count_seconds over the runs): "
-                             f"p50 <= {self.ack_to_visible['p50_le_s']} s, "
-                             f"p99 <= {self.ack_to_visible['p99_le_s']} s "
-                             f"({self.ack_to_visible['count']} sampled votes)")
+                    self.log(
+                        f"acknowledged -> visible in results (processor's "
+                        f"vote_ack_to_count_seconds over the runs): "
+                        f"p50 <= {self.ack_to_visible['p50_le_s']} s, "
+                        f"p99 <= {self.ack_to_visible['p99_le_s']} s "
+                        f"({self.ack_to_visible['count']} sampled votes)"
+                    )
             # ExitStack stops the rest (gateway, our processor) here.
 
         doc = self._document(machine, searches, verify_results, verify_counts, json_path)
         report.write_json(json_path, doc)
         png = json_path.with_suffix(".png")
-        report.plot(png, doc["steps"], doc["runs"], self.criteria.p99_bound_ms,
-                    title=f"{self.command}  ({doc['date']}, {machine['cpu']}, "
-                          f"{machine['cpus']} CPUs)")
+        report.plot(
+            png,
+            doc["steps"],
+            doc["runs"],
+            self.criteria.p99_bound_ms,
+            title=f"{self.command}  ({doc['date']}, {machine['cpu']}, {machine['cpus']} CPUs)",
+        )
         print()
         print(report.markdown(doc))
         print(f"\nwrote {json_path} and {png} in {time.monotonic() - self.started:.0f}s")
@@ -325,19 +358,31 @@ class Session:
             self._measure_rate(vegeta, names)
             return searches
 
-        self.log(f"max search: start {plan.start_rate}/s, x{plan.factor:g} then bisect to "
-                 f"{plan.precision:.0%}, {plan.step_s:g}s steps; pass = errors < "
-                 f"{self.criteria.max_error_rate:.1%}, p99 <= {self.criteria.p99_bound_ms:g} ms"
-                 + (f"; a failed step is run {plan.confirm_failures} more time(s) before it "
-                    "counts" if plan.confirm_failures else ""))
+        self.log(
+            f"max search: start {plan.start_rate}/s, x{plan.factor:g} then bisect to "
+            f"{plan.precision:.0%}, {plan.step_s:g}s steps; pass = errors < "
+            f"{self.criteria.max_error_rate:.1%}, p99 <= {self.criteria.p99_bound_ms:g} ms"
+            + (
+                f"; a failed step is run {plan.confirm_failures} more time(s) before it counts"
+                if plan.confirm_failures
+                else ""
+            )
+        )
         for name in names:
-            searches[name] = MaxSearch(start=plan.start_rate, factor=plan.factor,
-                                       precision=plan.precision, max_steps=plan.max_steps,
-                                       confirm_failures=plan.confirm_failures)
+            searches[name] = MaxSearch(
+                start=plan.start_rate,
+                factor=plan.factor,
+                precision=plan.precision,
+                max_steps=plan.max_steps,
+                confirm_failures=plan.confirm_failures,
+            )
         best_step: dict[str, StepResult] = {}
         for k in self._rounds():
-            pending = [n for n in _rotate(names, k)
-                       if n not in self.dead and searches[n].next_rate() is not None]
+            pending = [
+                n
+                for n in _rotate(names, k)
+                if n not in self.dead and searches[n].next_rate() is not None
+            ]
             if not pending:
                 break
             for name in pending:
@@ -352,8 +397,7 @@ class Session:
                 if passed and (name not in best_step or rate > best_step[name].rate):
                     best_step[name] = res
         for name in names:
-            self.log(f"{name}: max {searches[name].best}/s "
-                     f"(steps {searches[name].history})")
+            self.log(f"{name}: max {searches[name].best}/s (steps {searches[name].history})")
 
         if plan.repeat == 1:
             # --quick: the search's best step is the max run (same duration, same rate).
@@ -381,8 +425,9 @@ class Session:
         assert plan.rate is not None
         mode = "kafka-stopped" if self.args.kafka_stopped else "rate"
         self._visible_before = ack_to_count_buckets(self.processor_metrics)
-        sampler = (MemorySampler(self.targets["gateway"].service.proc.pid)
-                   if self.args.memory else None)
+        sampler = (
+            MemorySampler(self.targets["gateway"].service.proc.pid) if self.args.memory else None
+        )
         if self.args.kafka_stopped:
             self.log("stopping Kafka (SIGKILL of the stack's broker)")
             stop_kafka(self.env)
@@ -400,9 +445,11 @@ class Session:
                 self._restore_kafka()
         if sampler is not None:
             m = self.memory = sampler.summary(self.args.memory_baseline_s)
-            self.log(f"memory: {m['baseline_mib']} MiB at {m['baseline_at_s']}s -> "
-                     f"{m['end_mib']} MiB at {m['end_at_s']}s "
-                     f"({m['growth_after_baseline_pct']:+.2f}%)")
+            self.log(
+                f"memory: {m['baseline_mib']} MiB at {m['baseline_at_s']}s -> "
+                f"{m['end_mib']} MiB at {m['end_at_s']}s "
+                f"({m['growth_after_baseline_pct']:+.2f}%)"
+            )
 
     def _restore_kafka(self) -> None:
         """Restart the broker and wait until the gateway's spill has drained into it."""
@@ -414,10 +461,15 @@ class Session:
         restart_s = start_kafka(self.env)
         wait_spill_drained(url)
         drained_s = time.monotonic() - started
-        self.outage.update(spilled_events=spilled, kafka_restart_s=round(restart_s, 1),
-                           drained_after_s=round(drained_s, 1))
-        self.log(f"Kafka answered again after {restart_s:.1f}s; the spill was empty "
-                 f"{drained_s:.1f}s after the restart began")
+        self.outage.update(
+            spilled_events=spilled,
+            kafka_restart_s=round(restart_s, 1),
+            drained_after_s=round(drained_s, 1),
+        )
+        self.log(
+            f"Kafka answered again after {restart_s:.1f}s; the spill was empty "
+            f"{drained_s:.1f}s after the restart began"
+        )
 
     def _rounds(self) -> Iterator[int]:
         k = 0
@@ -437,8 +489,9 @@ class Session:
             self.log(f"stopping {service.name}")
         service.stop()
 
-    def _ensure_processor(self, env: dict[str, str], run_dir: Path,
-                          stack: contextlib.ExitStack) -> None:
+    def _ensure_processor(
+        self, env: dict[str, str], run_dir: Path, stack: contextlib.ExitStack
+    ) -> None:
         pid = processor_running(env)
         if pid:
             self.log(f"using the stack's processor (pid {pid})")
@@ -448,7 +501,8 @@ class Session:
         self.log("no processor running: starting one for this session")
         svc = processor_service(env, run_dir)
         self.processor_metrics = (
-            f"http://127.0.0.1:{svc.env['VOTE_PROCESSOR_METRICS_PORT']}/metrics")
+            f"http://127.0.0.1:{svc.env['VOTE_PROCESSOR_METRICS_PORT']}/metrics"
+        )
         svc.start()
         stack.callback(self._stop, svc)
         svc.wait_ready(5.0)
@@ -458,52 +512,77 @@ class Session:
 
         target = self.targets[name]
         acked = self.acked[name]
-        self.log(f"{name}: waiting for the processor to store {len(acked)} acknowledged "
-                 "votes ...")
+        self.log(f"{name}: waiting for the processor to store {len(acked)} acknowledged votes ...")
         try:
             result, counts = check_election(
-                env["VOTE_PG_DSN"], target.election, acked,
-                timeout_s=self.args.verify_timeout, stall_s=min(30.0, self.args.verify_timeout),
-                progress=lambda n: None)
+                env["VOTE_PG_DSN"],
+                target.election,
+                acked,
+                timeout_s=self.args.verify_timeout,
+                stall_s=min(30.0, self.args.verify_timeout),
+                progress=lambda n: None,
+            )
         except Exception as exc:  # report, do not lose the measurements
             self.log(f"{name}: verification failed: {exc!r}")
             return {"election": target.election, "error": repr(exc)}, {}
-        self.log(f"{name}: acked {result['acked']} stored {result['stored']} missing "
-                 f"{result['missing']} duplicates {result['duplicates']} "
-                 f"(stored but not acked {result['unacked_stored']}, {result['wait_s']}s)")
+        self.log(
+            f"{name}: acked {result['acked']} stored {result['stored']} missing "
+            f"{result['missing']} duplicates {result['duplicates']} "
+            f"(stored but not acked {result['unacked_stored']}, {result['wait_s']}s)"
+        )
         return result, counts
 
     # -- output -----------------------------------------------------------------------
 
-    def _document(self, machine: dict[str, object], searches: dict[str, MaxSearch],
-                  verify_results: dict[str, dict], verify_counts: dict[str, dict[str, int]],
-                  json_path: Path) -> dict[str, object]:
+    def _document(
+        self,
+        machine: dict[str, object],
+        searches: dict[str, MaxSearch],
+        verify_results: dict[str, dict],
+        verify_counts: dict[str, dict[str, int]],
+        json_path: Path,
+    ) -> dict[str, object]:
         from bench.verify import compare
 
         runs = []
         order = {"max": 0, "half-max": 1, "rate": 2, "kafka-stopped": 3}
-        for (name, mode), steps in sorted(self.run_steps.items(),
-                                          key=lambda kv: (order.get(kv[0][1], 9),
-                                                          list(self.targets).index(kv[0][0]))):
+        for (name, mode), steps in sorted(
+            self.run_steps.items(),
+            key=lambda kv: (order.get(kv[0][1], 9), list(self.targets).index(kv[0][0])),
+        ):
             run = report.median_run(name, mode, steps[0].rate, steps)
             run["passed"] = [self.criteria.passes(s) for s in steps]
             if name in verify_counts:
                 ids = {v for s in steps for v in s.acked_ids}
-                run.update({k: v for k, v in compare(ids, verify_counts[name]).items()
-                            if k in ("stored", "missing", "duplicates")})
+                run.update(
+                    {
+                        k: v
+                        for k, v in compare(ids, verify_counts[name]).items()
+                        if k in ("stored", "missing", "duplicates")
+                    }
+                )
             runs.append(run)
         for name, search in searches.items():
             if search.best is None:
-                runs.append({**report.median_run(name, "max", 0, []),
-                             "note": self.dead.get(name, "no step passed")})
+                runs.append(
+                    {
+                        **report.median_run(name, "max", 0, []),
+                        "note": self.dead.get(name, "no step passed"),
+                    }
+                )
         return {
             "date": report.now_iso(),
             "command": self.command,
             "machine": {**machine, "loadavg_at_end": Path("/proc/loadavg").read_text().split()[:3]},
-            "settings": {**asdict(self.plan), **asdict(self.criteria),
-                         "workers": self.args.workers, "loadgen_cpus": self.args.loadgen_cpus,
-                         "target_cpus": self.args.target_cpus, "alg": self.args.alg,
-                         "elections": {n: t.election for n, t in self.targets.items()}},
+            "settings": {
+                **asdict(self.plan),
+                **asdict(self.criteria),
+                "workers": self.args.workers,
+                "loadgen_cpus": self.args.loadgen_cpus,
+                "target_cpus": self.args.target_cpus,
+                "alg": self.args.alg,
+                "elections": {n: t.election for n, t in self.targets.items()},
+            },
             "runs": runs,
             "ratios": report.ratios(runs),
             "search": {n: s.history for n, s in searches.items()},
@@ -533,51 +612,88 @@ class Session:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench gateway", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
-                   help=f"comma-separated, of {', '.join(TARGETS)} "
-                        f"(default: {','.join(DEFAULT_TARGETS)})")
+    p = argparse.ArgumentParser(
+        prog="python -m bench gateway",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--targets",
+        default=",".join(DEFAULT_TARGETS),
+        help=f"comma-separated, of {', '.join(TARGETS)} (default: {','.join(DEFAULT_TARGETS)})",
+    )
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--max", action="store_true",
-                      help="find each target's highest passing rate (default)")
+    mode.add_argument(
+        "--max", action="store_true", help="find each target's highest passing rate (default)"
+    )
     mode.add_argument("--rate", type=int, default=None, help="offered requests/s, open loop")
-    p.add_argument("--quick", action="store_true",
-                   help="short steps and one repeat: about 1.5 minutes with the stack up")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="short steps and one repeat: about 1.5 minutes with the stack up",
+    )
     p.add_argument("--json", default=None, help="write results here (PNG plot beside it)")
     p.add_argument("--repeat", type=int, default=None, help="runs per measurement (3; quick 1)")
-    p.add_argument("--duration", type=float, default=None,
-                   help="seconds of each measured run (20; quick 3)")
-    p.add_argument("--step-duration", type=float, default=None,
-                   help="seconds of each --max search step (10; quick 2)")
+    p.add_argument(
+        "--duration", type=float, default=None, help="seconds of each measured run (20; quick 3)"
+    )
+    p.add_argument(
+        "--step-duration",
+        type=float,
+        default=None,
+        help="seconds of each --max search step (10; quick 2)",
+    )
     p.add_argument("--warmup", type=float, default=None, help="warm-up seconds (10; quick 2)")
     p.add_argument("--warmup-rate", type=int, default=300)
     p.add_argument("--start-rate", type=int, default=1000, help="first rate of the search")
-    p.add_argument("--confirm-failures", type=int, default=None,
-                   help="run a failed search step this many more times before it counts as "
-                        "the target's limit (1; quick 0)")
+    p.add_argument(
+        "--confirm-failures",
+        type=int,
+        default=None,
+        help="run a failed search step this many more times before it counts as "
+        "the target's limit (1; quick 0)",
+    )
     p.add_argument("--p99-bound-ms", type=float, default=100.0)
     p.add_argument("--max-error-rate", type=float, default=0.001)
     p.add_argument("--no-half-max", action="store_true", help="skip the half-max runs")
-    p.add_argument("--workers", type=int, default=1,
-                   help="worker processes of gateway, fastapi-peer and nginx (default 1)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes of gateway, fastapi-peer and nginx (default 1)",
+    )
     p.add_argument("--loadgen-cpus", default=None, help="taskset -c list for vegeta")
     p.add_argument("--target-cpus", default=None, help="taskset -c list for the targets")
     p.add_argument("--alg", default="HS256", choices=("HS256", "EdDSA"))
-    p.add_argument("--pool", type=int, default=60_000,
-                   help="distinct votes per peer before they are reused (gateway: never)")
-    p.add_argument("--kafka-stopped", action="store_true",
-                   help="kill the stack's Kafka after the warm-up and measure the gateway "
-                        "answering from its spill (with --rate R --targets gateway); then "
-                        "restart Kafka, wait for the spill to drain, check exactly-once")
-    p.add_argument("--memory", action="store_true",
-                   help="sample the gateway workers' RSS during the --rate runs and report "
-                        "its growth after --memory-baseline-s (with --targets gateway)")
-    p.add_argument("--memory-baseline-s", type=float, default=120.0,
-                   help="seconds into the measured runs taken as the end of warm-up")
+    p.add_argument(
+        "--pool",
+        type=int,
+        default=60_000,
+        help="distinct votes per peer before they are reused (gateway: never)",
+    )
+    p.add_argument(
+        "--kafka-stopped",
+        action="store_true",
+        help="kill the stack's Kafka after the warm-up and measure the gateway "
+        "answering from its spill (with --rate R --targets gateway); then "
+        "restart Kafka, wait for the spill to drain, check exactly-once",
+    )
+    p.add_argument(
+        "--memory",
+        action="store_true",
+        help="sample the gateway workers' RSS during the --rate runs and report "
+        "its growth after --memory-baseline-s (with --targets gateway)",
+    )
+    p.add_argument(
+        "--memory-baseline-s",
+        type=float,
+        default=120.0,
+        help="seconds into the measured runs taken as the end of warm-up",
+    )
     p.add_argument("--no-verify", action="store_true", help="skip the PostgreSQL check")
-    p.add_argument("--verify-peers", action="store_true",
-                   help="also check the peers' votes in PostgreSQL")
+    p.add_argument(
+        "--verify-peers", action="store_true", help="also check the peers' votes in PostgreSQL"
+    )
     p.add_argument("--verify-timeout", type=float, default=180.0)
     return p
 

@@ -75,8 +75,7 @@ class MaxSearch:
     @property
     def lowest_failure(self) -> int | None:
         """The lowest rate whose every step failed, all ``1 + confirm_failures`` of them."""
-        failed = [r for r in {r for r, ok in self.history if not ok}
-                  if self._confirmed_failure(r)]
+        failed = [r for r in {r for r, ok in self.history if not ok} if self._confirmed_failure(r)]
         return min(failed) if failed else None
 
     def _confirmed_failure(self, rate: int) -> bool:

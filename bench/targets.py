@@ -34,8 +34,14 @@ import httpx
 from bench.env import REPO, ensure_go_peer, ensure_nginx, python_exe, stack_dir
 from core.event import TOPIC
 
-TARGETS = ("gateway", "nginx-204", "fastapi-peer", "go-peer", "granian-floor",
-           "granian-kafka-floor")
+TARGETS = (
+    "gateway",
+    "nginx-204",
+    "fastapi-peer",
+    "go-peer",
+    "granian-floor",
+    "granian-kafka-floor",
+)
 DEFAULT_TARGETS = ("gateway", "nginx-204", "fastapi-peer", "go-peer")
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
 
@@ -85,9 +91,15 @@ class Service:
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, stdout=log,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv,
+                env=self.env,
+                cwd=self.cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -97,8 +109,10 @@ class Service:
         last = "no answer yet"
         while time.monotonic() < deadline:
             if not self.alive():
-                raise RuntimeError(f"{self.name} exited ({self.proc and self.proc.returncode})"
-                                   f" before it was ready:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"{self.name} exited ({self.proc and self.proc.returncode})"
+                    f" before it was ready:\n{self.log_tail()}"
+                )
             if self.ready_url is None:
                 return
             try:
@@ -109,8 +123,9 @@ class Service:
             except httpx.HTTPError as exc:
                 last = repr(exc)
             time.sleep(0.2)
-        raise RuntimeError(f"{self.name} not ready after {timeout_s:g}s ({last}):\n"
-                           f"{self.log_tail()}")
+        raise RuntimeError(
+            f"{self.name} not ready after {timeout_s:g}s ({last}):\n{self.log_tail()}"
+        )
 
     def stop(self, grace_s: float = 15.0) -> None:
         """SIGTERM the process group, SIGKILL it after ``grace_s``; reap the leader."""
@@ -181,10 +196,27 @@ def _pinned(argv: list[str], cpus: str | None) -> list[str]:
 
 def _granian_argv(app: str, port: int, cfg: TargetConfig) -> list[str]:
     """granian's CLI with the gateway's server settings, serving ``bench.peers.<app>``."""
-    return [python_exe(), "-m", "granian", "--interface", "rsgi", "--loop", "uvloop",
-            "--host", "127.0.0.1", "--port", str(port), "--workers", str(cfg.workers),
-            "--backlog", "4096", "--no-access-log", "--log-level", "warning",
-            f"bench.peers.{app}"]
+    return [
+        python_exe(),
+        "-m",
+        "granian",
+        "--interface",
+        "rsgi",
+        "--loop",
+        "uvloop",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(cfg.workers),
+        "--backlog",
+        "4096",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+        f"bench.peers.{app}",
+    ]
 
 
 def make_target(name: str, election: str, cfg: TargetConfig) -> Target:
@@ -193,39 +225,52 @@ def make_target(name: str, election: str, cfg: TargetConfig) -> Target:
     log = cfg.run_dir / f"{name}.log"
     env = dict(cfg.env)
     if name == "gateway":
-        env.update({
-            "VOTE_HTTP_HOST": "127.0.0.1",
-            "VOTE_HTTP_PORT": str(port),
-            "VOTE_METRICS_PORT": str(free_port()),
-            "VOTE_WORKERS": str(cfg.workers),
-            "VOTE_TOPIC": cfg.topic,
-            "VOTE_KAFKA_LINGER_MS": f"{cfg.linger_ms:g}",
-            # One load generator on one address stands in for millions of voters: the
-            # per-address limit would measure the limiter, not the gateway.
-            "VOTE_RATE_IP_PER_S": "1000000000",
-            "VOTE_RATE_IP_BURST": "1000000000",
-            "VOTE_SPILL_DIR": str(stack_dir(cfg.env) / "bench" / "spill"),
-            "VOTE_GATEWAY_ID": "bench-gateway",
-            "VOTE_LOG_LEVEL": "WARNING",
-        })
+        env.update(
+            {
+                "VOTE_HTTP_HOST": "127.0.0.1",
+                "VOTE_HTTP_PORT": str(port),
+                "VOTE_METRICS_PORT": str(free_port()),
+                "VOTE_WORKERS": str(cfg.workers),
+                "VOTE_TOPIC": cfg.topic,
+                "VOTE_KAFKA_LINGER_MS": f"{cfg.linger_ms:g}",
+                # One load generator on one address stands in for millions of voters: the
+                # per-address limit would measure the limiter, not the gateway.
+                "VOTE_RATE_IP_PER_S": "1000000000",
+                "VOTE_RATE_IP_BURST": "1000000000",
+                "VOTE_SPILL_DIR": str(stack_dir(cfg.env) / "bench" / "spill"),
+                "VOTE_GATEWAY_ID": "bench-gateway",
+                "VOTE_LOG_LEVEL": "WARNING",
+            }
+        )
         if cfg.jwks_file:
             env["VOTE_JWKS_FILE"] = cfg.jwks_file
-        svc = Service(name, _pinned([python_exe(), "-m", "gateway"], cfg.cpus), env, log,
-                      ready_url=f"{base}/readyz")
+        svc = Service(
+            name,
+            _pinned([python_exe(), "-m", "gateway"], cfg.cpus),
+            env,
+            log,
+            ready_url=f"{base}/readyz",
+        )
         return Target(name, base, election, svc, produces=True, fresh_votes=True)
     if name == "nginx-204":
         prefix = cfg.run_dir / "nginx"
         (prefix / "tmp").mkdir(parents=True, exist_ok=True)
         conf = prefix / "nginx.conf"
         text = Template((PEERS_DIR / "nginx-204.conf").read_text()).substitute(
-            workers=cfg.workers, port=port, prefix=prefix)
+            workers=cfg.workers, port=port, prefix=prefix
+        )
         conf.write_text(text)
         argv = [ensure_nginx(), "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
         svc = Service(name, _pinned(argv, cfg.cpus), env, log, ready_url=f"{base}/readyz")
         return Target(name, base, election, svc, produces=False, fresh_votes=False)
     if name == "granian-floor":
-        svc = Service(name, _pinned(_granian_argv("granian_floor:app", port, cfg), cfg.cpus),
-                      env, log, ready_url=f"{base}/readyz")
+        svc = Service(
+            name,
+            _pinned(_granian_argv("granian_floor:app", port, cfg), cfg.cpus),
+            env,
+            log,
+            ready_url=f"{base}/readyz",
+        )
         return Target(name, base, election, svc, produces=False, fresh_votes=False)
     peer_env = {
         "PEER_KAFKA_BOOTSTRAP": cfg.env["VOTE_KAFKA_BOOTSTRAP"],
@@ -237,10 +282,25 @@ def make_target(name: str, election: str, cfg: TargetConfig) -> Target:
     }
     env.update(peer_env)
     if name == "fastapi-peer":
-        argv = [python_exe(), "-m", "uvicorn", "bench.peers.fastapi_peer:app",
-                "--host", "127.0.0.1", "--port", str(port), "--workers", str(cfg.workers),
-                "--loop", "uvloop", "--http", "httptools", "--no-access-log",
-                "--log-level", "warning"]
+        argv = [
+            python_exe(),
+            "-m",
+            "uvicorn",
+            "bench.peers.fastapi_peer:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(cfg.workers),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
         svc = Service(name, _pinned(argv, cfg.cpus), env, log, ready_url=f"{base}/readyz")
         return Target(name, base, election, svc, produces=True, fresh_votes=False)
     if name == "granian-kafka-floor":
@@ -273,13 +333,18 @@ def processor_service(env: dict[str, str], run_dir: Path) -> Service:
     # vote_ack_to_count_seconds from it.
     penv["VOTE_PROCESSOR_METRICS_PORT"] = str(free_port())
     penv.setdefault("VOTE_PROCESSOR_LOG_LEVEL", "WARNING")
-    return Service("processor", [python_exe(), "-m", "processor"], penv,
-                   run_dir / "processor.log")
+    return Service("processor", [python_exe(), "-m", "processor"], penv, run_dir / "processor.log")
 
 
 def migrate(env: dict[str, str]) -> None:
-    subprocess.run([python_exe(), "-m", "processor", "migrate"], env=env, cwd=REPO,
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [python_exe(), "-m", "processor", "migrate"],
+        env=env,
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
 
 
 # The tables every produced vote grows. Autovacuum analyzes a table once 10 % of it

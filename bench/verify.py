@@ -24,14 +24,21 @@ def compare(acked: Iterable[str], stored_counts: Mapping[str, int]) -> dict[str,
         "duplicates": duplicates,
         "unacked_stored": sum(1 for v in stored_counts if v not in acked_set),
         "duplicates_unacked": sum(
-            n - 1 for v, n in stored_counts.items() if n > 1 and v not in acked_set),
+            n - 1 for v, n in stored_counts.items() if n > 1 and v not in acked_set
+        ),
     }
 
 
-def wait_caught_up(count: Callable[[], int], expected: int, *, timeout_s: float,
-                   stall_s: float, clock: Callable[[], float] = time.monotonic,
-                   sleep: Callable[[float], None] = time.sleep,
-                   progress: Callable[[int], None] | None = None) -> int:
+def wait_caught_up(
+    count: Callable[[], int],
+    expected: int,
+    *,
+    timeout_s: float,
+    stall_s: float,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    progress: Callable[[int], None] | None = None,
+) -> int:
     """Poll ``count()`` until it reaches ``expected``, stops growing for ``stall_s``
     (after having reached it is not required: a lost vote must not hang the harness), or
     ``timeout_s`` passes. Returns the last count."""
@@ -50,10 +57,15 @@ def wait_caught_up(count: Callable[[], int], expected: int, *, timeout_s: float,
     return last
 
 
-def check_election(dsn: str, election_id: str, acked: Iterable[str], *,
-                   timeout_s: float = 180.0, stall_s: float = 30.0,
-                   progress: Callable[[int], None] | None = None
-                   ) -> tuple[dict[str, object], dict[str, int]]:
+def check_election(
+    dsn: str,
+    election_id: str,
+    acked: Iterable[str],
+    *,
+    timeout_s: float = 180.0,
+    stall_s: float = 30.0,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[dict[str, object], dict[str, int]]:
     """Wait for the processor, then compare ``votes`` of one election with ``acked``.
 
     Returns the summary and ``vote_id -> rows`` (for per-run breakdowns with ``compare``).
@@ -63,19 +75,24 @@ def check_election(dsn: str, election_id: str, acked: Iterable[str], *,
     acked_set = set(acked)
     started = time.monotonic()
     with psycopg.connect(dsn, autocommit=True) as conn:
+
         def count() -> int:
-            row = conn.execute("SELECT count(DISTINCT vote_id) FROM votes WHERE election_id = %s",
-                               (election_id,)).fetchone()
+            row = conn.execute(
+                "SELECT count(DISTINCT vote_id) FROM votes WHERE election_id = %s", (election_id,)
+            ).fetchone()
             return int(row[0]) if row else 0
 
-        wait_caught_up(count, len(acked_set), timeout_s=timeout_s, stall_s=stall_s,
-                       progress=progress)
+        wait_caught_up(
+            count, len(acked_set), timeout_s=timeout_s, stall_s=stall_s, progress=progress
+        )
         rows = conn.execute(
             "SELECT vote_id, count(*) FROM votes WHERE election_id = %s GROUP BY vote_id",
-            (election_id,)).fetchall()
+            (election_id,),
+        ).fetchall()
         rejections = conn.execute(
-            "SELECT reason, count(*) FROM vote_rejections WHERE election_id = %s"
-            " GROUP BY reason", (election_id,)).fetchall()
+            "SELECT reason, count(*) FROM vote_rejections WHERE election_id = %s GROUP BY reason",
+            (election_id,),
+        ).fetchall()
     counts = {str(v): int(n) for v, n in rows}
     result: dict[str, object] = {"election": election_id}
     result.update(compare(acked_set, counts))

@@ -27,8 +27,7 @@ def ack_to_count_buckets(metrics_url: str | None) -> dict[float, float]:
     return {float(s.labels["le"]): s.value for s in found if s.name == METRIC + "_bucket"}
 
 
-def ack_to_visible(before: dict[float, float], after: dict[float, float]
-                   ) -> dict[str, object]:
+def ack_to_visible(before: dict[float, float], after: dict[float, float]) -> dict[str, object]:
     if not after:
         return {}
     bounds = sorted(after)

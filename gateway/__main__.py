@@ -64,10 +64,16 @@ def _serve_metrics(settings: GatewaySettings) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gateway", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the settings read from VOTE_* (secrets masked) and exit")
+    parser = argparse.ArgumentParser(
+        prog="python -m gateway",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the settings read from VOTE_* (secrets masked) and exit",
+    )
     args = parser.parse_args(argv)
     try:
         settings = settings_mod.load(GatewaySettings)

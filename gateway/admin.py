@@ -47,8 +47,11 @@ def init_keys(settings: GatewaySettings, *, rotate: bool = False) -> dict[str, s
     os.makedirs(directory, mode=0o700, exist_ok=True)
     issuer_file = os.path.join(directory, "issuer.json")
     if os.path.exists(issuer_file) and not rotate:
-        return {"jwks": settings.jwks_file, "issuer": issuer_file,
-                "receipt": settings.receipt_key_file}
+        return {
+            "jwks": settings.jwks_file,
+            "issuer": issuer_file,
+            "receipt": settings.receipt_key_file,
+        }
     issuer: dict[str, Any] = {"keys": []}
     if os.path.exists(issuer_file):
         with open(issuer_file) as fh:
@@ -56,14 +59,30 @@ def init_keys(settings: GatewaySettings, *, rotate: bool = False) -> dict[str, s
     generation = len(issuer["keys"]) // 2 + 1
     ed = Ed25519PrivateKey.generate()
     issuer["keys"] += [
-        {"kid": f"hs-{generation}", "kty": "oct", "alg": "HS256",
-         "k": b64url_encode(os.urandom(32))},
-        {"kid": f"ed-{generation}", "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA",
-         "x": b64url_encode(ed.public_key().public_bytes(serialization.Encoding.Raw,
-                                                         serialization.PublicFormat.Raw)),
-         "d": b64url_encode(ed.private_bytes(serialization.Encoding.Raw,
-                                             serialization.PrivateFormat.Raw,
-                                             serialization.NoEncryption()))},
+        {
+            "kid": f"hs-{generation}",
+            "kty": "oct",
+            "alg": "HS256",
+            "k": b64url_encode(os.urandom(32)),
+        },
+        {
+            "kid": f"ed-{generation}",
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "alg": "EdDSA",
+            "x": b64url_encode(
+                ed.public_key().public_bytes(
+                    serialization.Encoding.Raw, serialization.PublicFormat.Raw
+                )
+            ),
+            "d": b64url_encode(
+                ed.private_bytes(
+                    serialization.Encoding.Raw,
+                    serialization.PrivateFormat.Raw,
+                    serialization.NoEncryption(),
+                )
+            ),
+        },
     ]
     # The gateway's file holds no Ed25519 private part. (HS256 is symmetric: its
     # secret is necessarily in both.)
@@ -72,8 +91,7 @@ def init_keys(settings: GatewaySettings, *, rotate: bool = False) -> dict[str, s
     _write_private(settings.jwks_file, json.dumps(public, indent=2).encode())
     if not os.path.exists(settings.receipt_key_file):
         _write_private(settings.receipt_key_file, os.urandom(32))
-    return {"jwks": settings.jwks_file, "issuer": issuer_file,
-            "receipt": settings.receipt_key_file}
+    return {"jwks": settings.jwks_file, "issuer": issuer_file, "receipt": settings.receipt_key_file}
 
 
 def _write_private(path: str, data: bytes) -> None:
@@ -84,9 +102,16 @@ def _write_private(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def create_election(dsn: str, election_id: str, candidates: Sequence[str],
-                    policy: str = "first_wins", *, title: str = "",
-                    opens_at: float | None = None, closes_at: float | None = None) -> None:
+def create_election(
+    dsn: str,
+    election_id: str,
+    candidates: Sequence[str],
+    policy: str = "first_wins",
+    *,
+    title: str = "",
+    opens_at: float | None = None,
+    closes_at: float | None = None,
+) -> None:
     """Create or update an election and its candidates (upsert)."""
     if policy not in POLICIES and not policy.startswith("max_votes:"):
         raise ValueError(f"unknown policy {policy!r}")
@@ -122,23 +147,44 @@ def _signing_key(jwk: dict[str, Any]) -> Any:
     return Ed25519PrivateKey.from_private_bytes(b64url_decode(jwk["d"]))
 
 
-def mint_token(issuer_file: str, election_id: str, voter_id: str, *, alg: str = "HS256",
-               ttl_s: int = 3600, now: float | None = None) -> str:
+def mint_token(
+    issuer_file: str,
+    election_id: str,
+    voter_id: str,
+    *,
+    alg: str = "HS256",
+    ttl_s: int = 3600,
+    now: float | None = None,
+) -> str:
     jwk = _load_issuer(issuer_file)[alg]
-    return _mint(jwk, _signing_key(jwk), election_id, voter_id, ttl_s,
-                 time.time() if now is None else now)
+    return _mint(
+        jwk, _signing_key(jwk), election_id, voter_id, ttl_s, time.time() if now is None else now
+    )
 
 
-def _mint(jwk: dict[str, Any], key: Any, election_id: str, voter_id: str, ttl_s: int,
-          now: float) -> str:
-    claims = {"sub": voter_id, "aud": election_id, "iat": int(now), "nbf": int(now) - 1,
-              "exp": int(now) + ttl_s, "jti": uuid.uuid4().hex}
+def _mint(
+    jwk: dict[str, Any], key: Any, election_id: str, voter_id: str, ttl_s: int, now: float
+) -> str:
+    claims = {
+        "sub": voter_id,
+        "aud": election_id,
+        "iat": int(now),
+        "nbf": int(now) - 1,
+        "exp": int(now) + ttl_s,
+        "jti": uuid.uuid4().hex,
+    }
     return jwt.encode(claims, key, algorithm=jwk["alg"], headers={"kid": jwk["kid"]})
 
 
-def mint_votes(issuer_file: str, election_id: str, voters: int, alg: str = "HS256",
-               seed: int | None = None, candidates: Sequence[str] | None = None,
-               ttl_s: int = 6 * 3600) -> Iterator[dict[str, str]]:
+def mint_votes(
+    issuer_file: str,
+    election_id: str,
+    voters: int,
+    alg: str = "HS256",
+    seed: int | None = None,
+    candidates: Sequence[str] | None = None,
+    ttl_s: int = 6 * 3600,
+) -> Iterator[dict[str, str]]:
     """N distinct voters, one signed vote each: {voter_id, vote_id, choice, token, body}."""
     rng = random.Random(seed)
     jwk = _load_issuer(issuer_file)[alg]
@@ -161,22 +207,26 @@ def mint_votes(issuer_file: str, election_id: str, voters: int, alg: str = "HS25
 
 def election_candidates(dsn: str, election_id: str) -> list[str]:
     with psycopg.connect(dsn) as conn:
-        rows = conn.execute("SELECT candidate_id FROM candidates WHERE election_id = %s"
-                            " ORDER BY candidate_id", (election_id,)).fetchall()
+        rows = conn.execute(
+            "SELECT candidate_id FROM candidates WHERE election_id = %s ORDER BY candidate_id",
+            (election_id,),
+        ).fetchall()
     return [r[0] for r in rows]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gateway.admin", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m gateway.admin",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     keys = sub.add_parser("init-keys", help="create signing/verification/receipt keys")
     keys.add_argument("--rotate", action="store_true", help="add a new kid of each kind")
     ce = sub.add_parser("create-election", help="create or update an election")
     ce.add_argument("--election", required=True)
     ce.add_argument("--candidates", required=True, help="comma-separated candidate ids")
-    ce.add_argument("--policy", default="first_wins",
-                    help="first_wins | last_wins | max_votes:N")
+    ce.add_argument("--policy", default="first_wins", help="first_wins | last_wins | max_votes:N")
     ce.add_argument("--title", default="")
     ce.add_argument("--opens-in", type=float, default=None, help="seconds from now")
     ce.add_argument("--closes-in", type=float, default=None, help="seconds from now")
@@ -200,20 +250,26 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "create-election":
         now = time.time()
         create_election(
-            settings.pg_dsn, args.election,
-            [c for c in args.candidates.split(",") if c], args.policy, title=args.title,
+            settings.pg_dsn,
+            args.election,
+            [c for c in args.candidates.split(",") if c],
+            args.policy,
+            title=args.title,
             opens_at=None if args.opens_in is None else now + args.opens_in,
-            closes_at=None if args.closes_in is None else now + args.closes_in)
+            closes_at=None if args.closes_in is None else now + args.closes_in,
+        )
         print(f"election {args.election} ready")
     elif args.command == "mint":
         candidates = election_candidates(settings.pg_dsn, args.election)
         if not candidates:
-            print(f"election {args.election!r} has no candidates (create it first)",
-                  file=sys.stderr)
+            print(
+                f"election {args.election!r} has no candidates (create it first)", file=sys.stderr
+            )
             return 2
         with open(args.out, "w") as fh:
-            for vote in mint_votes(issuer_file, args.election, args.voters, args.alg,
-                                   args.seed, candidates):
+            for vote in mint_votes(
+                issuer_file, args.election, args.voters, args.alg, args.seed, candidates
+            ):
                 fh.write(json.dumps(vote) + "\n")
         print(f"{args.voters} votes written to {args.out}")
     elif args.command == "token":

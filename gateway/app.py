@@ -83,18 +83,23 @@ class VoteGateway:
         await self.elections.refresh()
         self.elections.start()
         self.sink = KafkaSink(
-            s.kafka_bootstrap, s.topic, loop,
-            linger_ms=s.kafka_linger_ms, queue_max_messages=s.kafka_queue_max_messages,
+            s.kafka_bootstrap,
+            s.topic,
+            loop,
+            linger_ms=s.kafka_linger_ms,
+            queue_max_messages=s.kafka_queue_max_messages,
         )
         self.sink.start()
         self.spill = SpillStore.claim(s.spill_dir, loop, s.spill_max_events)
         self.gateway_id = f"{s.gateway_id}-{os.path.basename(self.spill.path)}"
         self.durability = DurabilityPipeline(self.sink, self.spill, s.spill_deadline_ms / 1000)
         self.idempotency = _fast.IdempotencyCache(s.idempotency_capacity)
-        self.ip_limiter = _fast.RateLimiter(s.rate_ip_per_s, s.rate_ip_burst,
-                                            s.rate_limiter_capacity)
-        self.voter_limiter = _fast.RateLimiter(s.rate_voter_per_s, s.rate_voter_burst,
-                                               s.rate_limiter_capacity)
+        self.ip_limiter = _fast.RateLimiter(
+            s.rate_ip_per_s, s.rate_ip_burst, s.rate_limiter_capacity
+        )
+        self.voter_limiter = _fast.RateLimiter(
+            s.rate_voter_per_s, s.rate_voter_burst, s.rate_limiter_capacity
+        )
         self.results = _results_reader(s)
         if self.results is not None:
             await self.results.start()
@@ -110,10 +115,15 @@ class VoteGateway:
         # requests create.
         gc.freeze()
         metrics.observe_gc_pauses()
-        log.info("worker ready", extra={"gateway_id": self.gateway_id,
-                                        "spill_slot": self.spill.path,
-                                        "spilled": len(self.spill),
-                                        "elections": len(self.elections._elections)})
+        log.info(
+            "worker ready",
+            extra={
+                "gateway_id": self.gateway_id,
+                "spill_slot": self.spill.path,
+                "spilled": len(self.spill),
+                "elections": len(self.elections._elections),
+            },
+        )
 
     async def shutdown(self) -> None:
         for task in getattr(self, "_tasks", []):
@@ -160,7 +170,7 @@ class VoteGateway:
         path = scope.path
         try:
             if path.startswith(_VOTES_PREFIX):
-                parts = path[len(_VOTES_PREFIX):].split("/")
+                parts = path[len(_VOTES_PREFIX) :].split("/")
                 if len(parts) == 2 and parts[1] == "votes":
                     if scope.method != "POST":
                         raise p.MethodNotAllowed(f"{scope.method} is not allowed here")
@@ -192,8 +202,9 @@ class VoteGateway:
         except Exception:
             request_id = _request_id(scope)
             log.exception("unhandled error", extra={"path": path, "request_id": request_id})
-            self._problem(protocol, p.Problem(f"internal error (request {request_id})"), path,
-                          request_id)
+            self._problem(
+                protocol, p.Problem(f"internal error (request {request_id})"), path, request_id
+            )
 
     def _count(self, status: int) -> None:
         """One answer with ``status`` for vote_requests_total. One buffered counter per
@@ -203,20 +214,31 @@ class VoteGateway:
             counter = self._counters[status] = _status_counter(status)
         counter.inc()
 
-    def _send(self, protocol: Any, status: int, body: bytes,
-              headers: list[tuple[str, str]] = _JSON) -> None:
+    def _send(
+        self, protocol: Any, status: int, body: bytes, headers: list[tuple[str, str]] = _JSON
+    ) -> None:
         self._count(status)
         protocol.response_bytes(status, headers, body)
 
-    def _problem(self, protocol: Any, problem: p.Problem, instance: str,
-                 request_id: str) -> None:
+    def _problem(self, protocol: Any, problem: p.Problem, instance: str, request_id: str) -> None:
         # The id goes into the answer (header and document) and the log line, so a voter's
         # support ticket leads to the gateway's log. Successful votes have their receipt.
         if problem.status >= 500:
-            log.warning("problem", extra={"status": problem.status, "detail": problem.detail,
-                                          "path": instance, "request_id": request_id})
-        self._send(protocol, problem.status, problem.body(instance, request_id),
-                   [*problem.headers(), ("x-request-id", request_id)])
+            log.warning(
+                "problem",
+                extra={
+                    "status": problem.status,
+                    "detail": problem.detail,
+                    "path": instance,
+                    "request_id": request_id,
+                },
+            )
+        self._send(
+            protocol,
+            problem.status,
+            problem.body(instance, request_id),
+            [*problem.headers(), ("x-request-id", request_id)],
+        )
 
     def _readyz(self, protocol: Any) -> None:
         checks = {
@@ -225,8 +247,9 @@ class VoteGateway:
             "election_cache": self.elections.healthy(),
         }
         ok = all(checks.values())
-        body = json_encoder.encode({"status": "ready" if ok else "not-ready", "checks": checks,
-                                    "spilled": len(self.spill)})
+        body = json_encoder.encode(
+            {"status": "ready" if ok else "not-ready", "checks": checks, "spilled": len(self.spill)}
+        )
         self._send(protocol, 200 if ok else 503, body)
 
     # -- POST /v1/elections/{id}/votes -------------------------------------------------
@@ -264,11 +287,13 @@ class VoteGateway:
             metrics.rate_limited_total.labels("voter").inc()
             raise p.RateLimited("too many requests for this voter", retry_after=retry)
 
-        answer, via_kafka = await self._accept(election, voter_id, request.vote_id,
-                                               request.choice, now)
+        answer, via_kafka = await self._accept(
+            election, voter_id, request.vote_id, request.choice, now
+        )
         self._send(protocol, 202, answer)
         (metrics.ack_kafka if via_kafka else metrics.ack_spill).observe(
-            time.perf_counter() - started)
+            time.perf_counter() - started
+        )
 
     async def _read_body(self, protocol: Any, headers: Any) -> bytes:
         limit = self.settings.max_body_bytes
@@ -296,7 +321,8 @@ class VoteGateway:
             raise p.Unauthorized("missing Bearer token")
         try:
             voter_id, _jti, _exp = _fast.verify_token(
-                auth[7:], self.keys, election_id, now, self.settings.token_leeway_s)
+                auth[7:], self.keys, election_id, now, self.settings.token_leeway_s
+            )
         except _fast.TokenError as exc:
             metrics.token_rejections_total.labels(exc.reason).inc()
             if exc.reason == "wrong_audience":
@@ -304,8 +330,9 @@ class VoteGateway:
             raise p.Unauthorized(f"token refused: {exc.reason}", reason=exc.reason) from None
         return voter_id
 
-    async def _accept(self, election: Election, voter_id: str, vote_id: str, choice: str,
-                      now: float) -> tuple[bytes, bool]:
+    async def _accept(
+        self, election: Election, voter_id: str, vote_id: str, choice: str, now: float
+    ) -> tuple[bytes, bool]:
         """Make the vote durable once per vote_id; the 202 body and whether Kafka (not the
         spill) confirmed it."""
         digest = f"{election.election_id}\x1f{voter_id}\x1f{choice}".encode()
@@ -324,27 +351,36 @@ class VoteGateway:
         self.idempotency.put(vote_id, digest, pending)
         try:
             received_at_us = int(now * 1_000_000)
-            event = _fast.encode_event(vote_id, election.election_id, voter_id, choice,
-                                       received_at_us, self.gateway_id)
+            event = _fast.encode_event(
+                vote_id, election.election_id, voter_id, choice, received_at_us, self.gateway_id
+            )
             try:
                 durability = await self.durability.persist(voter_id.encode(), event)
             except NotDurable as exc:
                 raise p.Unavailable(f"vote not durable: {exc}", retry_after=1) from None
-            receipt = _fast.sign_receipt(self.receipt_key, vote_id, election.election_id,
-                                         voter_id, choice, received_at_us)
+            receipt = _fast.sign_receipt(
+                self.receipt_key, vote_id, election.election_id, voter_id, choice, received_at_us
+            )
             answer = (
-                b'{"vote_id":' + json_encoder.encode(vote_id)
-                + b',"status":"accepted","durability":"' + durability.encode()
-                + b'","received_at":"' + _iso(received_at_us).encode()
-                + b'","receipt":"' + receipt.encode() + b'"}'
+                b'{"vote_id":'
+                + json_encoder.encode(vote_id)
+                + b',"status":"accepted","durability":"'
+                + durability.encode()
+                + b'","received_at":"'
+                + _iso(received_at_us).encode()
+                + b'","receipt":"'
+                + receipt.encode()
+                + b'"}'
             )
         except BaseException as exc:
             # Not accepted: forget the vote_id so a retry is a fresh attempt.
             self.idempotency.discard(vote_id)
             if not pending.future.done():
-                pending.future.set_exception(exc if isinstance(exc, p.Problem)
-                                             else p.Unavailable("vote not accepted; retry",
-                                                                retry_after=1))
+                pending.future.set_exception(
+                    exc
+                    if isinstance(exc, p.Problem)
+                    else p.Unavailable("vote not accepted; retry", retry_after=1)
+                )
                 pending.future.exception()  # mark retrieved: followers may not exist
             raise
         self.idempotency.discard(vote_id)
@@ -356,8 +392,7 @@ class VoteGateway:
         try:
             election = await self.elections.lookup(election_id)
         except LookupFailed:
-            raise p.Unavailable("elections cannot be looked up right now",
-                                retry_after=2) from None
+            raise p.Unavailable("elections cannot be looked up right now", retry_after=2) from None
         if election is None:
             raise p.NotFound(f"unknown election {election_id!r}")
         return election
@@ -380,19 +415,26 @@ class VoteGateway:
         results = await self.results.results(election_id)
         if results is None:
             raise p.NotFound(f"unknown election {election_id!r}")
-        self._send(protocol, 200, json_encoder.encode(results),
-                   [("content-type", "application/json"), ("cache-control", "no-cache")])
+        self._send(
+            protocol,
+            200,
+            json_encoder.encode(results),
+            [("content-type", "application/json"), ("cache-control", "no-cache")],
+        )
 
     async def stream_results(self, protocol: Any, election_id: str) -> None:
         if self.results is None:
             raise p.Unavailable("results are not available", retry_after=5)
         await self._election(election_id)
         self._count(200)
-        transport = protocol.response_stream(200, [
-            ("content-type", "text/event-stream"),
-            ("cache-control", "no-cache"),
-            ("x-accel-buffering", "no"),
-        ])
+        transport = protocol.response_stream(
+            200,
+            [
+                ("content-type", "text/event-stream"),
+                ("cache-control", "no-cache"),
+                ("x-accel-buffering", "no"),
+            ],
+        )
 
         async def pump() -> None:
             async for frame in self.results.stream(election_id):
@@ -435,7 +477,8 @@ def _read_json(path: str) -> dict[str, Any]:
             return json.load(fh)
     except FileNotFoundError:
         raise SystemExit(
-            f"{path} not found: run `python -m gateway.admin init-keys` first") from None
+            f"{path} not found: run `python -m gateway.admin init-keys` first"
+        ) from None
 
 
 def _results_reader(settings: GatewaySettings) -> Any:

@@ -72,8 +72,11 @@ class DurabilityPipeline:
         timer.cancel()
         if delivery.done() and delivery.result() is None:
             return "kafka"
-        self.sink.mark_trouble(f"delivery failed: {delivery.result()}" if delivery.done()
-                               else "no delivery report within the spill deadline")
+        self.sink.mark_trouble(
+            f"delivery failed: {delivery.result()}"
+            if delivery.done()
+            else "no delivery report within the spill deadline"
+        )
         return await self._spill(key, event, delivery)
 
     async def _spill(self, key: bytes, event: bytes, delivery: asyncio.Future | None) -> str:
@@ -117,8 +120,15 @@ class Drainer:
     (``hold``), so a long held backlog is not scanned again and again.
     """
 
-    def __init__(self, spill: SpillStore, sink: KafkaSink, *, max_in_flight: int = 2000,
-                 batch: int = 64, idle_s: float = 0.05) -> None:
+    def __init__(
+        self,
+        spill: SpillStore,
+        sink: KafkaSink,
+        *,
+        max_in_flight: int = 2000,
+        batch: int = 64,
+        idle_s: float = 0.05,
+    ) -> None:
         self.spill = spill
         self.sink = sink
         self.max_in_flight = max_in_flight
@@ -201,8 +211,9 @@ class Drainer:
         report_spill_size()
 
 
-async def adopt_orphans(root: str, sink: KafkaSink, loop: asyncio.AbstractEventLoop,
-                        max_events: int) -> int:
+async def adopt_orphans(
+    root: str, sink: KafkaSink, loop: asyncio.AbstractEventLoop, max_events: int
+) -> int:
     """Drain every slot left by a dead worker, then remove it; returns how many events
     were re-produced.
 

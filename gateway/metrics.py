@@ -19,8 +19,24 @@ from prometheus_client import Counter, Gauge, Histogram
 FLUSH_INTERVAL_S = 1.0
 
 # Buckets sized for an ack budget of well under 100 ms.
-_ACK_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05,
-                0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
+_ACK_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
 
 requests_total = Counter("vote_requests_total", "HTTP requests answered, by status code", ["code"])
 ack_seconds = Histogram(

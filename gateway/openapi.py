@@ -17,9 +17,12 @@ _problem = {
 _components["Problem"] = {
     "type": "object",
     "properties": {
-        "type": {"type": "string"}, "title": {"type": "string"},
-        "status": {"type": "integer"}, "detail": {"type": "string"},
-        "instance": {"type": "string"}, "reason": {"type": "string"},
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "reason": {"type": "string"},
         "request_id": {"type": "string", "description": "also in the X-Request-Id header"},
     },
     "required": ["type", "title", "status"],
@@ -40,13 +43,19 @@ SPEC = {
                 "summary": "Cast a vote; 202 once it is durable (Kafka or the local spill)",
                 "security": _bearer,
                 "parameters": [_election],
-                "requestBody": {"required": True, "content": {"application/json": {
-                    "schema": _schemas[0]}}},
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _schemas[0]}},
+                },
                 "responses": {
-                    "202": {"description": "Accepted and durable",
-                            "content": {"application/json": {"schema": _schemas[1]}}},
-                    **{str(code): _problem for code in
-                       (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)},
+                    "202": {
+                        "description": "Accepted and durable",
+                        "content": {"application/json": {"schema": _schemas[1]}},
+                    },
+                    **{
+                        str(code): _problem
+                        for code in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
+                    },
                 },
             }
         },
@@ -54,26 +63,41 @@ SPEC = {
             "get": {
                 "summary": "Status of one of your votes: pending, counted, superseded, rejected",
                 "security": _bearer,
-                "parameters": [_election, {"name": "vote_id", "in": "path", "required": True,
-                                           "schema": {"type": "string"}}],
-                "responses": {"200": {"description": "Status"}, "401": _problem,
-                              "404": _problem},
+                "parameters": [
+                    _election,
+                    {
+                        "name": "vote_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "responses": {"200": {"description": "Status"}, "401": _problem, "404": _problem},
             }
         },
         "/v1/elections/{election_id}/results": {
-            "get": {"summary": "Live tallies", "parameters": [_election],
-                    "responses": {"200": {"description": "Tallies"}, "404": _problem}}
+            "get": {
+                "summary": "Live tallies",
+                "parameters": [_election],
+                "responses": {"200": {"description": "Tallies"}, "404": _problem},
+            }
         },
         "/v1/elections/{election_id}/results/stream": {
-            "get": {"summary": "Server-Sent Events, one per tally change",
-                    "parameters": [_election],
-                    "responses": {"200": {"description": "text/event-stream"}}}
+            "get": {
+                "summary": "Server-Sent Events, one per tally change",
+                "parameters": [_election],
+                "responses": {"200": {"description": "text/event-stream"}},
+            }
         },
-        "/livez": {"get": {"summary": "Process is alive", "responses": {"200": {
-            "description": "ok"}}}},
-        "/readyz": {"get": {"summary": "Kafka metadata, spill and election cache are good",
-                            "responses": {"200": {"description": "ready"},
-                                          "503": {"description": "not ready"}}}},
+        "/livez": {
+            "get": {"summary": "Process is alive", "responses": {"200": {"description": "ok"}}}
+        },
+        "/readyz": {
+            "get": {
+                "summary": "Kafka metadata, spill and election cache are good",
+                "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
+            }
+        },
     },
 }
 

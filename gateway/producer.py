@@ -91,8 +91,10 @@ class KafkaSink:
     def mark_trouble(self, reason: str) -> None:
         """Kafka is not to be waited for until it confirms a delivery again."""
         if self.trouble_since is None:
-            log.warning("kafka in trouble: spilling until it confirms a delivery again",
-                        extra={"reason": reason})
+            log.warning(
+                "kafka in trouble: spilling until it confirms a delivery again",
+                extra={"reason": reason},
+            )
         self.trouble_since = self._loop.time()
 
     def _on_client_error(self, err: KafkaError) -> None:

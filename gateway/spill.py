@@ -78,8 +78,9 @@ class SpillStore:
         """Events waiting in every spill store this process holds open."""
         return sum(len(store) for store in list(cls._open) if not store._closed)
 
-    def __init__(self, path: str, lock_fd: int, loop: asyncio.AbstractEventLoop,
-                 max_events: int) -> None:
+    def __init__(
+        self, path: str, lock_fd: int, loop: asyncio.AbstractEventLoop, max_events: int
+    ) -> None:
         self.path = path
         self._lock_fd = lock_fd
         self._loop = loop
@@ -98,16 +99,18 @@ class SpillStore:
         self._pending: list[tuple[bytes, bytes, asyncio.Future]] = []
         self._cond = threading.Condition()
         self._closed = False
-        self._writer = threading.Thread(target=self._write_forever, name="spill-writer",
-                                        daemon=True)
+        self._writer = threading.Thread(
+            target=self._write_forever, name="spill-writer", daemon=True
+        )
         self._writer.start()
         SpillStore._open.add(self)
 
     # -- claiming ------------------------------------------------------------------
 
     @classmethod
-    def claim(cls, root: str, loop: asyncio.AbstractEventLoop, max_events: int,
-              max_slots: int = 256) -> SpillStore:
+    def claim(
+        cls, root: str, loop: asyncio.AbstractEventLoop, max_events: int, max_slots: int = 256
+    ) -> SpillStore:
         """Open the lowest-numbered slot no live process holds."""
         os.makedirs(root, exist_ok=True)
         for i in range(max_slots):
@@ -172,8 +175,9 @@ class SpillStore:
             except RuntimeError:
                 return
 
-    def _resolve(self, batch: list[tuple[bytes, bytes, asyncio.Future]],
-                 error: Exception | None) -> None:
+    def _resolve(
+        self, batch: list[tuple[bytes, bytes, asyncio.Future]], error: Exception | None
+    ) -> None:
         for seq, _, future in batch:
             if error is None:
                 self._live.add(seq)
@@ -185,8 +189,9 @@ class SpillStore:
 
     # -- draining ------------------------------------------------------------------
 
-    def read(self, after: bytes, limit: int,
-             skip: Container[bytes]) -> list[tuple[bytes, bytes, bytes]]:
+    def read(
+        self, after: bytes, limit: int, skip: Container[bytes]
+    ) -> list[tuple[bytes, bytes, bytes]]:
         """Up to ``limit`` live entries with a key > ``after`` in order: (seq, key, event)."""
         out: list[tuple[bytes, bytes, bytes]] = []
         it = self._db.iter()

@@ -78,9 +78,11 @@ class Problem(Exception):
 
 
 def problem_response(status: int, title: str, detail: str = "") -> JSONResponse:
-    return JSONResponse({"type": "about:blank", "title": title, "status": status,
-                         "detail": detail}, status_code=status,
-                        media_type="application/problem+json")
+    return JSONResponse(
+        {"type": "about:blank", "title": title, "status": status, "detail": detail},
+        status_code=status,
+        media_type="application/problem+json",
+    )
 
 
 def verify(token: str, election_id: str) -> str:
@@ -90,9 +92,14 @@ def verify(token: str, election_id: str) -> str:
         key = KEYS.get(kid) if isinstance(kid, str) else None
         if key is None:
             raise Problem(401, "invalid token", "unknown_kid")
-        claims = jwt.decode(token, key=key.key, algorithms=[key.algorithm_name],
-                            audience=election_id, leeway=LEEWAY_S,
-                            options={"require": ["exp", "sub", "jti", "aud"]})
+        claims = jwt.decode(
+            token,
+            key=key.key,
+            algorithms=[key.algorithm_name],
+            audience=election_id,
+            leeway=LEEWAY_S,
+            options={"require": ["exp", "sub", "jti", "aud"]},
+        )
     except jwt.InvalidAudienceError:
         raise Problem(403, "token not for this election") from None
     except jwt.PyJWTError as exc:
@@ -113,9 +120,11 @@ def receipt(election_id: str, vote_id: str, voter_id: str, choice: str, at_us: i
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     producer = AIOKafkaProducer(
         bootstrap_servers=os.environ.get("PEER_KAFKA_BOOTSTRAP", "127.0.0.1:19092"),
-        acks="all", enable_idempotence=True,
+        acks="all",
+        enable_idempotence=True,
         linger_ms=float(os.environ.get("PEER_LINGER_MS", "2")),
-        client_id=GATEWAY_ID)
+        client_id=GATEWAY_ID,
+    )
     await producer.start()
     app.state.producer = producer
     try:
@@ -143,22 +152,31 @@ async def readyz() -> Response:
 
 
 @app.post("/v1/elections/{election_id}/votes", status_code=202)
-async def vote(election_id: str, body: VoteIn, request: Request,
-               authorization: Annotated[str, Header()] = "") -> VoteAccepted:
+async def vote(
+    election_id: str, body: VoteIn, request: Request, authorization: Annotated[str, Header()] = ""
+) -> VoteAccepted:
     if not authorization.startswith("Bearer "):
         raise Problem(401, "missing bearer token")
     voter_id = verify(authorization[7:], election_id)
     at_us = time.time_ns() // 1000
-    event: dict[str, Any] = {"v": 1, "vote_id": body.vote_id, "election_id": election_id,
-                             "voter_id": voter_id, "choice": body.choice,
-                             "received_at_us": at_us, "gateway_id": GATEWAY_ID}
+    event: dict[str, Any] = {
+        "v": 1,
+        "vote_id": body.vote_id,
+        "election_id": election_id,
+        "voter_id": voter_id,
+        "choice": body.choice,
+        "received_at_us": at_us,
+        "gateway_id": GATEWAY_ID,
+    }
     try:
         # send_and_wait returns once the broker acknowledged (acks=all): the delivery report.
         await request.app.state.producer.send_and_wait(
-            TOPIC, msgpack.packb(event), key=voter_id.encode())
+            TOPIC, msgpack.packb(event), key=voter_id.encode()
+        )
     except Exception as exc:  # any Kafka failure: the vote is not durable
         raise Problem(503, "vote not durable", type(exc).__name__) from None
     return VoteAccepted(
         vote_id=body.vote_id,
         received_at=datetime.fromtimestamp(at_us / 1e6, UTC).isoformat(timespec="microseconds"),
-        receipt=receipt(election_id, body.vote_id, voter_id, body.choice, at_us))
+        receipt=receipt(election_id, body.vote_id, voter_id, body.choice, at_us),
+    )

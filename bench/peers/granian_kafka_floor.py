@@ -43,8 +43,12 @@ class KafkaFloor:
         self.gateway_id = f"{os.environ.get('PEER_GATEWAY_ID', 'bench-kafka-floor')}-{os.getpid()}"
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.sink = KafkaSink(os.environ["PEER_KAFKA_BOOTSTRAP"], os.environ["PEER_TOPIC"], loop,
-                              linger_ms=float(os.environ.get("PEER_LINGER_MS", "2")))
+        self.sink = KafkaSink(
+            os.environ["PEER_KAFKA_BOOTSTRAP"],
+            os.environ["PEER_TOPIC"],
+            loop,
+            linger_ms=float(os.environ.get("PEER_LINGER_MS", "2")),
+        )
         self.sink.start()
         if not self.sink.check_metadata(timeout=30.0):
             raise SystemExit("granian-kafka-floor: no Kafka metadata for the vote topic")
@@ -60,7 +64,7 @@ class KafkaFloor:
         if path == "/readyz":
             protocol.response_bytes(200, _JSON, b'{"status":"ready"}')
             return
-        parts = path[len(_PREFIX):].split("/") if path.startswith(_PREFIX) else []
+        parts = path[len(_PREFIX) :].split("/") if path.startswith(_PREFIX) else []
         if scope.method != "POST" or len(parts) != 2 or parts[1] != "votes":
             protocol.response_bytes(404, _JSON, b'{"status":404}')
             return
@@ -69,8 +73,14 @@ class KafkaFloor:
         except msgspec.DecodeError:  # ValidationError is a DecodeError
             protocol.response_bytes(400, _JSON, b'{"status":400}')
             return
-        event = _fast.encode_event(request.vote_id, parts[0], request.vote_id, request.choice,
-                                   int(time.time() * 1_000_000), self.gateway_id)
+        event = _fast.encode_event(
+            request.vote_id,
+            parts[0],
+            request.vote_id,
+            request.choice,
+            int(time.time() * 1_000_000),
+            self.gateway_id,
+        )
         assert self.sink is not None
         try:
             error = await self.sink.produce(request.vote_id.encode(), event)
@@ -79,8 +89,13 @@ class KafkaFloor:
         if error is None:
             # The vote_id's pattern (gateway.models) needs no JSON escaping. The harness
             # reads it back to check every acknowledged vote is stored.
-            protocol.response_bytes(202, _JSON, b'{"vote_id":"' + request.vote_id.encode()
-                                    + b'","status":"accepted","durability":"kafka"}')
+            protocol.response_bytes(
+                202,
+                _JSON,
+                b'{"vote_id":"'
+                + request.vote_id.encode()
+                + b'","status":"accepted","durability":"kafka"}',
+            )
         else:
             protocol.response_bytes(503, _JSON, b'{"status":503}')
 

@@ -67,9 +67,7 @@ def b64url_decode(data: str | bytes) -> bytes:
     if b"+" in data or b"/" in data:
         raise ValueError("'+' and '/' are not base64url")
     try:
-        return base64.b64decode(
-            data + b"=" * (-len(data) % 4), altchars=b"-_", validate=True
-        )
+        return base64.b64decode(data + b"=" * (-len(data) % 4), altchars=b"-_", validate=True)
     except binascii.Error as exc:
         raise ValueError(str(exc)) from None
 
@@ -143,9 +141,7 @@ def _json_object(segment: str) -> dict[str, Any]:
     nesting deeper than MAX_JSON_DEPTH. Duplicate names: the last one wins.
     """
     try:
-        value = json.loads(
-            b64url_decode(segment).decode("utf-8"), parse_constant=_reject_constant
-        )
+        value = json.loads(b64url_decode(segment).decode("utf-8"), parse_constant=_reject_constant)
         if not isinstance(value, dict) or _deeper_than(value, MAX_JSON_DEPTH):
             raise TokenError("malformed")
     except (ValueError, RecursionError):
@@ -375,8 +371,7 @@ def sign_receipt(
     0x1f (unit separator) cannot occur in any field the gateway accepts, so two
     different votes cannot share a signed message.
     """
-    message = "\x1f".join(
-        (election_id, vote_id, voter_id, choice, str(received_at_us))
-    ).encode("utf-8")
+    message = "\x1f".join((election_id, vote_id, voter_id, choice, str(received_at_us))).encode(
+        "utf-8"
+    )
     return "r1." + b64url_encode(hmac.new(key, message, hashlib.sha256).digest())
-

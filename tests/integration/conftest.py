@@ -257,8 +257,7 @@ def start_service(stack_env: dict[str, str], tmp_path: Path) -> Iterator[Callabl
         full_env = {**os.environ, **stack_env, **(env or {})}
         full_env["PYTHONPATH"] = str(REPO)
         log_path = tmp_path / f"{module}-{len(started)}.log"
-        svc = start_process(module, [sys.executable, "-m", module, *args], full_env,
-                            log_path, REPO)
+        svc = start_process(module, [sys.executable, "-m", module, *args], full_env, log_path, REPO)
         started.append(svc)
         return svc
 

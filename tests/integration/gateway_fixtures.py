@@ -72,15 +72,17 @@ class GatewayStack:
 
     def start(self, name: str, *args: str, extra_env: dict[str, str] | None = None) -> Service:
         log_path = Path(self.env["VOTE_STACK_DIR"]) / f"{name}.log"
-        service = start_process(name, [sys.executable, *args],
-                                {**self.env, **(extra_env or {})}, log_path, REPO)
+        service = start_process(
+            name, [sys.executable, *args], {**self.env, **(extra_env or {})}, log_path, REPO
+        )
         self.services[name] = service
         return service
 
     def metric(self, name: str) -> float:
         """Sum of a gateway metric's samples over its label sets, from /metrics."""
-        text = httpx.get(f"http://127.0.0.1:{self.env['VOTE_METRICS_PORT']}/metrics",
-                         timeout=10).text
+        text = httpx.get(
+            f"http://127.0.0.1:{self.env['VOTE_METRICS_PORT']}/metrics", timeout=10
+        ).text
         return sum(
             sample.value
             for family in text_string_to_metric_families(text)
@@ -117,8 +119,9 @@ class GatewayStack:
             last = resp.text
             return resp.status_code == 200
 
-        wait_until("gateway /readyz", ready, timeout,
-                   lambda: f"last /readyz: {last}\n{gateway.log_tail()}")
+        wait_until(
+            "gateway /readyz", ready, timeout, lambda: f"last /readyz: {last}\n{gateway.log_tail()}"
+        )
 
 
 def create_topic(bootstrap: str, name: str, partitions: int = 3) -> None:

@@ -46,20 +46,31 @@ class Service:
         self.stop(signal.SIGKILL, 10)
 
 
-def start_process(name: str, argv: list[str], env: dict[str, str], log_path: Path,
-                  cwd: Path) -> Service:
+def start_process(
+    name: str, argv: list[str], env: dict[str, str], log_path: Path, cwd: Path
+) -> Service:
     with open(log_path, "ab") as log_file:  # the child keeps its own copy of the fd
-        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log_file,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     return Service(name, proc, log_path)
 
 
-def wait_until(what: str, predicate: Callable[[], bool], timeout: float = 180.0,
-               detail: Callable[[], object] = lambda: "", interval: float = 0.2) -> None:
+def wait_until(
+    what: str,
+    predicate: Callable[[], bool],
+    timeout: float = 180.0,
+    detail: Callable[[], object] = lambda: "",
+    interval: float = 0.2,
+) -> None:
     """Poll ``predicate`` until true; fail with ``detail()`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}: "
-                                 f"{detail()}")
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}: {detail()}")
         time.sleep(interval)

@@ -107,14 +107,20 @@ def gateway_workers(stack: GatewayStack) -> list[int]:
 
 def assert_acked_stored_exactly_once(stack: GatewayStack, voters: Voters) -> None:
     # The spill is empty again: everything went to Kafka...
-    wait_until("the spill to drain", lambda: stack.metric("vote_spill_events") == 0,
-               detail=lambda: f"vote_spill_events={stack.metric('vote_spill_events')}\n"
-               + stack.services["gateway"].log_tail(60))
+    wait_until(
+        "the spill to drain",
+        lambda: stack.metric("vote_spill_events") == 0,
+        detail=lambda: (
+            f"vote_spill_events={stack.metric('vote_spill_events')}\n"
+            + stack.services["gateway"].log_tail(60)
+        ),
+    )
     acked = set(voters.acked)
 
     # ...and from there into PostgreSQL, each acknowledged vote exactly once.
-    wait_until("every acknowledged vote in PostgreSQL",
-               lambda: acked <= set(stack.stored_counts()), 300)
+    wait_until(
+        "every acknowledged vote in PostgreSQL", lambda: acked <= set(stack.stored_counts()), 300
+    )
     rows = stack.stored_counts()
     assert set(rows.values()) == {1}, "a vote was stored twice"
     # Votes whose answer the client never saw (a killed worker) may be stored too; a vote
@@ -133,21 +139,31 @@ def test_kafka_frozen_and_a_worker_killed_during_spill_writes(
             os.kill(broker, signal.SIGSTOP)  # Kafka stops answering; its sockets stay open
             try:
                 spilled = stack.metric("vote_spill_writes_total")
-                wait_until("votes acknowledged from the spill",
-                           lambda: stack.metric("vote_spill_writes_total") >= spilled + 40)
+                wait_until(
+                    "votes acknowledged from the spill",
+                    lambda: stack.metric("vote_spill_writes_total") >= spilled + 40,
+                )
                 victim = gateway_workers(stack)[0]
                 os.kill(victim, signal.SIGKILL)  # mid spill writes: its flock dies with it
                 after_kill = voters.count("spill")
-                wait_until("spill acknowledgements after the kill",
-                           lambda: voters.count("spill") >= after_kill + 40)
-                wait_until("granian to respawn the worker",
-                           lambda: len(gateway_workers(stack)) == 2
-                           and victim not in gateway_workers(stack))
+                wait_until(
+                    "spill acknowledgements after the kill",
+                    lambda: voters.count("spill") >= after_kill + 40,
+                )
+                wait_until(
+                    "granian to respawn the worker",
+                    lambda: (
+                        len(gateway_workers(stack)) == 2 and victim not in gateway_workers(stack)
+                    ),
+                )
             finally:
                 os.kill(broker, signal.SIGCONT)
             resumed = voters.count("kafka")
-            wait_until("acknowledgements through Kafka again",
-                       lambda: voters.count("kafka") >= resumed + 50, 300)
+            wait_until(
+                "acknowledgements through Kafka again",
+                lambda: voters.count("kafka") >= resumed + 50,
+                300,
+            )
         assert voters.count("spill") >= 80, voters.outcomes
         assert_acked_stored_exactly_once(stack, voters)
 
@@ -160,13 +176,19 @@ def test_kafka_killed_and_restarted_mid_load(
             wait_until("votes acknowledged through Kafka", lambda: voters.count("kafka") >= 50)
             os.kill(kafka_pid(), signal.SIGKILL)
             down = voters.count("spill")
-            wait_until("acknowledgements from the spill while Kafka is down",
-                       lambda: voters.count("spill") >= down + 100)
+            wait_until(
+                "acknowledgements from the spill while Kafka is down",
+                lambda: voters.count("spill") >= down + 100,
+            )
             # `stack up` starts what is not running and waits until the broker answers.
-            restart = subprocess.run([str(STACK_SCRIPT), "up"], capture_output=True, text=True,
-                                     timeout=900)
+            restart = subprocess.run(
+                [str(STACK_SCRIPT), "up"], capture_output=True, text=True, timeout=900
+            )
             assert restart.returncode == 0, restart.stderr
             resumed = voters.count("kafka")
-            wait_until("acknowledgements through Kafka again",
-                       lambda: voters.count("kafka") >= resumed + 50, 300)
+            wait_until(
+                "acknowledgements through Kafka again",
+                lambda: voters.count("kafka") >= resumed + 50,
+                300,
+            )
         assert_acked_stored_exactly_once(stack, voters)

@@ -41,8 +41,9 @@ def _vote(
     )
 
 
-def _stored(stack: GatewayStack, voter_prefix: str, expected: int, timeout: float = 60.0
-            ) -> dict[str, int]:
+def _stored(
+    stack: GatewayStack, voter_prefix: str, expected: int, timeout: float = 60.0
+) -> dict[str, int]:
     """vote_id -> row count in `votes` for the election's voters with this prefix, once
     `expected` ids are there."""
     deadline = time.monotonic() + timeout
@@ -150,12 +151,17 @@ def test_bad_requests_get_problems_and_produce_nothing(gateway_stack: GatewaySta
     claims = {"sub": voter, "aud": stack.election, "exp": now + 60, "nbf": now - 1, "jti": "j"}
     unknown_kid = jwt.encode(claims, secret, algorithm="HS256", headers={"kid": "hs-retired"})
     assert _problem(post(good_body, unknown_kid), 401)["reason"] == "unknown_kid"
-    not_yet = jwt.encode({**claims, "nbf": now + 3600}, secret, algorithm="HS256",
-                         headers={"kid": issuer["HS256"]["kid"]})
+    not_yet = jwt.encode(
+        {**claims, "nbf": now + 3600},
+        secret,
+        algorithm="HS256",
+        headers={"kid": issuer["HS256"]["kid"]},
+    )
     assert _problem(post(good_body, not_yet), 401)["reason"] == "not_yet_valid"
     # alg confusion: HMAC keyed with the Ed25519 public key, under the Ed25519 key's kid.
-    confused = jwt.encode(claims, ed_public, algorithm="HS256",
-                          headers={"kid": issuer["EdDSA"]["kid"]})
+    confused = jwt.encode(
+        claims, ed_public, algorithm="HS256", headers={"kid": issuer["EdDSA"]["kid"]}
+    )
     assert _problem(post(good_body, confused), 401)["reason"] == "alg_mismatch"
     # 403: a valid token, but for another election.
     other = stack.token(voter, election="some-other-election")
@@ -173,8 +179,9 @@ def test_bad_requests_get_problems_and_produce_nothing(gateway_stack: GatewaySta
     # 405 for the wrong method.
     _problem(httpx.get(url), 405)
     # The load balancer's request id is kept, so its logs and ours line up.
-    traced = httpx.post(url, content="{", headers={"x-request-id": "lb-7f3a", "content-type":
-                                                   "application/json"})
+    traced = httpx.post(
+        url, content="{", headers={"x-request-id": "lb-7f3a", "content-type": "application/json"}
+    )
     assert _problem(traced, 401)["request_id"] == "lb-7f3a"
 
     assert stack.topic_end_offsets() == before, "a refused request reached Kafka"
@@ -230,7 +237,9 @@ def test_metrics_are_exposed(gateway_stack: GatewayStack):
     assert 'vote_requests_total{code="202"}' in text
     # The acknowledgement is timed under the durability its answer states.
     durability = answer.json()["durability"]
-    acks = {s.labels["durability"]: s.value
-            for s in samples(f"http://127.0.0.1:{port}/metrics", "vote_ack_seconds") or []
-            if s.name == "vote_ack_seconds_count"}
+    acks = {
+        s.labels["durability"]: s.value
+        for s in samples(f"http://127.0.0.1:{port}/metrics", "vote_ack_seconds") or []
+        if s.name == "vote_ack_seconds_count"
+    }
     assert acks.get(durability, 0) >= 1, acks

@@ -28,9 +28,16 @@ def limited_stack(
     tmp_path_factory: pytest.TempPathFactory, pg_dsn: str, kafka_bootstrap: str, redis_url: str
 ) -> Iterator[GatewayStack]:
     home: Path = tmp_path_factory.mktemp("limited")
-    with running_gateway(home, pg_dsn, kafka_bootstrap, redis_url,
-                         VOTE_RATE_IP_PER_S="5", VOTE_RATE_IP_BURST=str(IP_BURST),
-                         VOTE_RATE_VOTER_PER_S="0.5", VOTE_RATE_VOTER_BURST="3") as stack:
+    with running_gateway(
+        home,
+        pg_dsn,
+        kafka_bootstrap,
+        redis_url,
+        VOTE_RATE_IP_PER_S="5",
+        VOTE_RATE_IP_BURST=str(IP_BURST),
+        VOTE_RATE_VOTER_PER_S="0.5",
+        VOTE_RATE_VOTER_BURST="3",
+    ) as stack:
         yield stack
 
 
@@ -38,8 +45,10 @@ def _post(client: httpx.Client, stack: GatewayStack, voter: str) -> httpx.Respon
     return client.post(
         f"{stack.base_url}/v1/elections/{stack.election}/votes",
         content=json.dumps({"vote_id": str(uuid.uuid4()), "choice": "bob"}),
-        headers={"authorization": f"Bearer {stack.token(voter)}",
-                 "content-type": "application/json"},
+        headers={
+            "authorization": f"Bearer {stack.token(voter)}",
+            "content-type": "application/json",
+        },
         timeout=10,
     )
 

@@ -320,9 +320,7 @@ def test_poison_message_between_good_ones(
     # PostgreSQL text cannot hold a NUL: looking this one up by its ids used to fail the
     # batch over and over, stopping the partition.
     nul = make_event(el, "p5\x00", "a", vote_id="nul")
-    producer.send(
-        topic, [good1, b"\xc1garbage", bad_version, unknown, nul, good2], partition=0
-    )
+    producer.send(topic, [good1, b"\xc1garbage", bad_version, unknown, nul, good2], partition=0)
     port = _free_port()
     env = proc_env(pg_dsn, topic, group, dlq_topic=dlq, metrics_port=str(port))
     svc = start_service("processor", env=env)

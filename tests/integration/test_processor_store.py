@@ -269,21 +269,24 @@ def _run_sequence(
         us = "(extract(epoch FROM {}) * 1000000)::bigint"
         rows = {
             "votes": q(
-                "SELECT election_id, vote_id, voter_id, choice, " + us.format("received_at")
+                "SELECT election_id, vote_id, voter_id, choice, "
+                + us.format("received_at")
                 + ", gateway_id, kafka_partition, kafka_offset, superseded_by"
                 " FROM votes WHERE election_id = ANY(%s)",
                 ids,
             ),
             "rejections": q(
                 "SELECT election_id, vote_id, voter_id, choice, reason, detail, "
-                + us.format("received_at") + ", kafka_partition, kafka_offset"
+                + us.format("received_at")
+                + ", kafka_partition, kafka_offset"
                 " FROM vote_rejections WHERE election_id = ANY(%s) OR vote_id LIKE %s",
                 ids,
                 f"kafka:{topic}:%",
             ),
             "voters": q(
                 "SELECT election_id, voter_id, counted, current_vote_id, current_choice, "
-                + us.format("current_received_at") + " FROM voters WHERE election_id = ANY(%s)",
+                + us.format("current_received_at")
+                + " FROM voters WHERE election_id = ANY(%s)",
                 ids,
             ),
             "tallies": q(

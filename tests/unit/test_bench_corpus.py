@@ -17,10 +17,13 @@ from bench.corpus import write_targets as write
 def _votes(election: str = "e1") -> Iterator[dict[str, str]]:
     for i in itertools.count():
         vote_id = f"00000000-0000-4000-8000-{i:012d}"
-        yield {"voter_id": f"voter-{i}", "vote_id": vote_id, "choice": "alice",
-               "token": f"hdr.claims{i}.sig",
-               "body": json.dumps({"vote_id": vote_id, "choice": "alice"},
-                                  separators=(",", ":"))}
+        yield {
+            "voter_id": f"voter-{i}",
+            "vote_id": vote_id,
+            "choice": "alice",
+            "token": f"hdr.claims{i}.sig",
+            "body": json.dumps({"vote_id": vote_id, "choice": "alice"}, separators=(",", ":")),
+        }
 
 
 def test_a_target_line_is_vegeta_json_with_the_exact_body_and_headers() -> None:
@@ -30,8 +33,10 @@ def test_a_target_line_is_vegeta_json_with_the_exact_body_and_headers() -> None:
     assert doc["method"] == "POST"
     assert doc["url"] == "http://127.0.0.1:8080/v1/elections/e1/votes"
     assert base64.b64decode(doc["body"]).decode() == vote["body"]
-    assert doc["header"] == {"Authorization": [f"Bearer {vote['token']}"],
-                             "Content-Type": ["application/json"]}
+    assert doc["header"] == {
+        "Authorization": [f"Bearer {vote['token']}"],
+        "Content-Type": ["application/json"],
+    }
     assert "\n" not in line
     parsed = parse_target(line)
     assert parsed["vote_id"] == vote["vote_id"] and parsed["token"] == vote["token"]

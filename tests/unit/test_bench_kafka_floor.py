@@ -65,13 +65,16 @@ def test_a_vote_is_produced_as_the_gateways_event_and_acknowledged_after_deliver
     protocol = _post(sink, json.dumps({"vote_id": VOTE_ID, "choice": "alice"}).encode())
     [(status, body)] = protocol.answers
     assert status == 202
-    assert json.loads(body) == {"vote_id": VOTE_ID, "status": "accepted",
-                                "durability": "kafka"}
+    assert json.loads(body) == {"vote_id": VOTE_ID, "status": "accepted", "durability": "kafka"}
     [(key, value)] = sink.produced
     event = decode(value)
     assert key == VOTE_ID.encode()
     assert (event.vote_id, event.election_id, event.voter_id, event.choice) == (
-        VOTE_ID, "e1", VOTE_ID, "alice")
+        VOTE_ID,
+        "e1",
+        VOTE_ID,
+        "alice",
+    )
 
 
 def test_a_delivery_error_is_a_503() -> None:
@@ -96,8 +99,7 @@ def test_other_paths_are_404_and_produce_nothing() -> None:
 
 
 def test_the_harness_runs_it_under_granian_as_a_producing_target(tmp_path: Path) -> None:
-    cfg = TargetConfig(env={"VOTE_KAFKA_BOOTSTRAP": "127.0.0.1:19092"}, run_dir=tmp_path,
-                       workers=2)
+    cfg = TargetConfig(env={"VOTE_KAFKA_BOOTSTRAP": "127.0.0.1:19092"}, run_dir=tmp_path, workers=2)
     target = make_target("granian-kafka-floor", "e1", cfg)
     argv = target.service.argv
     assert argv[argv.index("--interface") + 1] == "rsgi"

@@ -24,18 +24,26 @@ from bench.loadgen import (
 MS = 1_000_000
 
 
-def _csv_line(ts: int, code: int, latency: int, body: bytes = b"", error: str = "",
-              seq: int = 0) -> str:
+def _csv_line(
+    ts: int, code: int, latency: int, body: bytes = b"", error: str = "", seq: int = 0
+) -> str:
     b64 = base64.b64encode(body).decode()
-    return (f"{ts},{code},{latency},52,120,{error},{b64},gateway,{seq},POST,"
-            f"http://127.0.0.1:1/v1/elections/e/votes,\n")
+    return (
+        f"{ts},{code},{latency},52,120,{error},{b64},gateway,{seq},POST,"
+        f"http://127.0.0.1:1/v1/elections/e/votes,\n"
+    )
 
 
 def test_parse_csv_reads_the_columns_vegeta_writes() -> None:
     body = json.dumps({"vote_id": "v-1", "status": "accepted"}).encode()
-    text = (_csv_line(1_700_000_000_000_000_000, 202, 3 * MS, body, seq=0)
-            + _csv_line(1_700_000_000_001_000_000, 0, 2000 * MS, b"",
-                        '"Post ""http://x"": context deadline exceeded"', seq=1))
+    text = _csv_line(1_700_000_000_000_000_000, 202, 3 * MS, body, seq=0) + _csv_line(
+        1_700_000_000_001_000_000,
+        0,
+        2000 * MS,
+        b"",
+        '"Post ""http://x"": context deadline exceeded"',
+        seq=1,
+    )
     rows = parse_csv(io.StringIO(text))
     assert rows[0] == Row(1_700_000_000_000_000_000, 202, 3 * MS, "", body, 0)
     assert rows[1].code == 0 and "deadline" in rows[1].error and rows[1].seq == 1
@@ -46,8 +54,9 @@ def test_parse_csv_refuses_short_records() -> None:
         parse_csv(io.StringIO("1,2,3\n"))
 
 
-@pytest.mark.parametrize(("q", "expected"), [(0, 1), (50, 50), (90, 90), (99, 99),
-                                             (99.9, 100), (100, 100)])
+@pytest.mark.parametrize(
+    ("q", "expected"), [(0, 1), (50, 50), (90, 90), (99, 99), (99.9, 100), (100, 100)]
+)
 def test_percentile_is_nearest_rank(q: float, expected: int) -> None:
     assert percentile(list(range(1, 101)), q) == expected
 
@@ -60,8 +69,9 @@ def test_percentile_small_samples_and_empty() -> None:
 
 
 def _rows(starts_ms: list[float], latency_ms: float = 1.0) -> list[Row]:
-    return [Row(int(t * MS), 202, int(latency_ms * MS), "", b"", i)
-            for i, t in enumerate(starts_ms)]
+    return [
+        Row(int(t * MS), 202, int(latency_ms * MS), "", b"", i) for i, t in enumerate(starts_ms)
+    ]
 
 
 def test_on_time_requests_get_no_correction() -> None:
@@ -101,8 +111,11 @@ def test_summarize_counts_errors_and_acks() -> None:
     for i in range(1000):
         code = 503 if i % 100 == 0 else 202
         durability = "spill" if i % 10 == 1 else "kafka"
-        body = (json.dumps({"vote_id": f"v{i}", "durability": durability}).encode()
-                if code == 202 else b'{"title":"x"}')
+        body = (
+            json.dumps({"vote_id": f"v{i}", "durability": durability}).encode()
+            if code == 202
+            else b'{"title":"x"}'
+        )
         rows.append(Row(1_000_000_000 + i * MS, code, (1 + i % 10) * MS, "", body, i))
     res = summarize("gateway", "search", 1000, 1.0, rows)
     assert res.requests == 1000

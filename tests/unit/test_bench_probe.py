@@ -22,22 +22,35 @@ def test_python_loop_takes_longer_for_more_iterations() -> None:
 
 
 def test_describe_names_every_probe() -> None:
-    line = probe.describe({"python_loop_ms": 210.5,
-                           "wakeup_roundtrip_us": {"p50": 16.1, "p99": 31.0},
-                           "cpu_pressure_avg10": 2.5})
-    assert line == ("machine speed: python loop 210.5 ms (10M iterations), wake-up round trip "
-                    "p50 16.1 us p99 31.0 us, cpu pressure 2.5%")
-    no_psi = probe.describe({"python_loop_ms": 1.0,
-                             "wakeup_roundtrip_us": {"p50": 1.0, "p99": 2.0},
-                             "cpu_pressure_avg10": None})
+    line = probe.describe(
+        {
+            "python_loop_ms": 210.5,
+            "wakeup_roundtrip_us": {"p50": 16.1, "p99": 31.0},
+            "cpu_pressure_avg10": 2.5,
+        }
+    )
+    assert line == (
+        "machine speed: python loop 210.5 ms (10M iterations), wake-up round trip "
+        "p50 16.1 us p99 31.0 us, cpu pressure 2.5%"
+    )
+    no_psi = probe.describe(
+        {
+            "python_loop_ms": 1.0,
+            "wakeup_roundtrip_us": {"p50": 1.0, "p99": 2.0},
+            "cpu_pressure_avg10": None,
+        }
+    )
     assert "pressure" not in no_psi
 
 
 def test_announced_speed_writes_the_line_and_returns_the_probe(monkeypatch) -> None:
     import io
 
-    fixed = {"python_loop_ms": 3.0, "wakeup_roundtrip_us": {"p50": 1.0, "p99": 2.0},
-             "cpu_pressure_avg10": None}
+    fixed = {
+        "python_loop_ms": 3.0,
+        "wakeup_roundtrip_us": {"p50": 1.0, "p99": 2.0},
+        "cpu_pressure_avg10": None,
+    }
     monkeypatch.setattr(probe, "speed", lambda: fixed)
     out = io.StringIO()
     assert probe.announced_speed(out) is fixed

@@ -66,18 +66,35 @@ def test_a_noisy_failure_below_a_pass_ends_the_search() -> None:
     assert search.best == 2000
 
 
-@pytest.mark.parametrize(("raw", "nice"), [(57, 57), (123.4, 120), (5656.9, 5660),
-                                            (1000, 1000), (14142.1, 14100)])
+@pytest.mark.parametrize(
+    ("raw", "nice"), [(57, 57), (123.4, 120), (5656.9, 5660), (1000, 1000), (14142.1, 14100)]
+)
 def test_round_rate(raw: float, nice: int) -> None:
     assert round_rate(raw) == nice
 
 
 def _step(rate: int, rps: float, p99: float, errors: int, requests: int = 10_000) -> StepResult:
-    return StepResult(target="t", mode="search", rate=rate, duration_s=1, requests=requests,
-                      ok=requests - errors, errors=errors, error_rate=errors / max(requests, 1),
-                      rps=rps, send_rate=rate, p50_ms=1, p90_ms=1, p99_ms=p99, p999_ms=p99,
-                      max_ms=p99, service_p99_ms=p99, send_lag_p99_ms=0, codes={},
-                      error_samples=[])
+    return StepResult(
+        target="t",
+        mode="search",
+        rate=rate,
+        duration_s=1,
+        requests=requests,
+        ok=requests - errors,
+        errors=errors,
+        error_rate=errors / max(requests, 1),
+        rps=rps,
+        send_rate=rate,
+        p50_ms=1,
+        p90_ms=1,
+        p99_ms=p99,
+        p999_ms=p99,
+        max_ms=p99,
+        service_p99_ms=p99,
+        send_lag_p99_ms=0,
+        codes={},
+        error_samples=[],
+    )
 
 
 def test_criteria() -> None:

@@ -47,14 +47,21 @@ def _defined_metrics() -> dict[str, set[str]]:
     series: dict[str, set[str]] = {}
     for module in ("gateway/metrics.py", "processor/metrics.py"):
         for node in ast.walk(ast.parse((ROOT / module).read_text())):
-            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-                    and node.func.id in ("Counter", "Gauge", "Histogram") and node.args):
+            if not (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in ("Counter", "Gauge", "Histogram")
+                and node.args
+            ):
                 continue
             first = node.args[0]
             if not (isinstance(first, ast.Constant) and isinstance(first.value, str)):
                 continue
-            labels_node = node.args[2] if len(node.args) > 2 else next(
-                (k.value for k in node.keywords if k.arg == "labelnames"), None)
+            labels_node = (
+                node.args[2]
+                if len(node.args) > 2
+                else next((k.value for k in node.keywords if k.arg == "labelnames"), None)
+            )
             labels = set(ast.literal_eval(labels_node)) if labels_node is not None else set()
             name = first.value
             if node.func.id == "Counter":
@@ -100,7 +107,8 @@ def _check_exprs(exprs: list[str], where: str) -> None:
         for name, matchers in SELECTOR_RE.findall(expr):
             for label in MATCHER_RE.findall(matchers):
                 assert label in DEFINED[name] | SCRAPE_LABELS, (
-                    f"{where}: {name} has no label {label!r} (has {sorted(DEFINED[name])})")
+                    f"{where}: {name} has no label {label!r} (has {sorted(DEFINED[name])})"
+                )
         for group in BY_RE.findall(expr):
             for label in filter(None, (x.strip() for x in group.split(","))):
                 assert label in all_labels, f"{where}: no metric has label {label!r}: {expr}"
@@ -108,9 +116,15 @@ def _check_exprs(exprs: list[str], where: str) -> None:
 
 def test_the_code_defines_the_design_metrics():
     # DESIGN §8: if these move, the rules and dashboards must move with them.
-    for name in ("vote_requests_total", "vote_ack_seconds_bucket", "vote_spill_events",
-                 "vote_kafka_delivery_errors_total", "vote_consumer_lag",
-                 "vote_db_commits_total", "vote_ack_to_count_seconds_bucket"):
+    for name in (
+        "vote_requests_total",
+        "vote_ack_seconds_bucket",
+        "vote_spill_events",
+        "vote_kafka_delivery_errors_total",
+        "vote_consumer_lag",
+        "vote_db_commits_total",
+        "vote_ack_to_count_seconds_bucket",
+    ):
         assert name in DEFINED
     assert DEFINED["vote_requests_total"] == {"code"}
     assert DEFINED["vote_ack_seconds_bucket"] == {"durability", "le"}
@@ -186,8 +200,12 @@ def test_rules_cover_the_operator_alerts():
 @needs_yaml
 def test_prometheus_scrapes_the_ports_the_services_serve():
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
-    targets = {j["job_name"]: t for j in config["scrape_configs"]
-               for sc in j["static_configs"] for t in sc["targets"]}
+    targets = {
+        j["job_name"]: t
+        for j in config["scrape_configs"]
+        for sc in j["static_configs"]
+        for t in sc["targets"]
+    }
     gw = msgspec.structs.fields(GatewaySettings)
     pr = msgspec.structs.fields(ProcessorSettings)
     assert targets["vote-gateway"].endswith(f":{_default(gw, 'metrics_port')}")
@@ -251,8 +269,12 @@ def test_helm_values_configure_each_component_with_its_own_settings():
 def test_compose_services_read_their_own_settings():
     compose = yaml.safe_load(COMPOSE.read_text())
     services = compose["services"]
-    roles = {"gateway": GATEWAY_VARS, "gateway-init": GATEWAY_VARS,
-             "processor": PROCESSOR_VARS, "migrate": PROCESSOR_VARS}
+    roles = {
+        "gateway": GATEWAY_VARS,
+        "gateway-init": GATEWAY_VARS,
+        "processor": PROCESSOR_VARS,
+        "migrate": PROCESSOR_VARS,
+    }
     for name, allowed in roles.items():
         env = services[name]["environment"]
         _assert_known({k for k in env if k.startswith("VOTE_")}, allowed, f"compose {name}")
@@ -264,8 +286,11 @@ def test_compose_services_read_their_own_settings():
     for svc in services.values():
         for dep, cond in (svc.get("depends_on") or {}).items():
             assert dep in services
-            assert cond["condition"] in ("service_healthy", "service_completed_successfully",
-                                         "service_started")
+            assert cond["condition"] in (
+                "service_healthy",
+                "service_completed_successfully",
+                "service_started",
+            )
             if cond["condition"] == "service_healthy":
                 assert "healthcheck" in services[dep], f"{dep} has no healthcheck"
     # Published ports are the ones the services listen on.
@@ -283,8 +308,11 @@ def test_compose_services_read_their_own_settings():
 
 @needs_yaml
 def test_plain_yaml_files_parse():
-    files = [p for p in DEPLOY.rglob("*.y*ml")
-             if "local" not in p.relative_to(DEPLOY).parts and "templates" not in p.parts]
+    files = [
+        p
+        for p in DEPLOY.rglob("*.y*ml")
+        if "local" not in p.relative_to(DEPLOY).parts and "templates" not in p.parts
+    ]
     assert len(files) >= 6
     for path in files:
         assert yaml.safe_load(path.read_text()) is not None, path

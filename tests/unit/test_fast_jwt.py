@@ -59,8 +59,13 @@ JWKS: dict[str, Any] = {
         {"kid": "hs-1", "kty": "oct", "k": b64(HS_SECRET)},
         {"kid": "hs-2", "kty": "oct", "k": b64(HS_SECRET_2), "alg": "HS256"},
         {"kid": "ed-1", "kty": "OKP", "crv": "Ed25519", "x": b64(ed_public(ED_KEY))},
-        {"kid": "ed-2", "kty": "OKP", "crv": "Ed25519", "x": b64(ed_public(ED_KEY_2)),
-         "alg": "EdDSA"},
+        {
+            "kid": "ed-2",
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "x": b64(ed_public(ED_KEY_2)),
+            "alg": "EdDSA",
+        },
         {"kid": "k\u00e9y/\U0001f511", "kty": "oct", "k": b64(HS_SECRET)},
     ]
 }
@@ -120,8 +125,9 @@ class _TestTokens:
     def setup_class(cls) -> None:
         cls.keys = cls.m.KeyRing(JWKS)
 
-    def verify(self, token: Any, audience: str = AUD, now: float = NOW,
-               leeway: float = LEEWAY) -> tuple[str, str, int]:
+    def verify(
+        self, token: Any, audience: str = AUD, now: float = NOW, leeway: float = LEEWAY
+    ) -> tuple[str, str, int]:
         return self.m.verify_token(token, self.keys, audience, now, leeway)
 
     def refuse(self, token: Any, reason: str, **kwargs: Any) -> None:
@@ -166,14 +172,17 @@ class _TestTokens:
         assert self.verify(mint(claims(exp=NOW + 10.75)))[2] == int(NOW) + 10
 
     def test_escaped_and_non_ascii_strings_decode_like_json(self) -> None:
-        body = (b'{"s\\u0075b":"v\\u00e9\\ud83d\\ude00\\ud800\\n\\/\\"","jti":"\xc3\xa9",'
-                b'"aud":"election-1","exp":1800000600}')
+        body = (
+            b'{"s\\u0075b":"v\\u00e9\\ud83d\\ude00\\ud800\\n\\/\\"","jti":"\xc3\xa9",'
+            b'"aud":"election-1","exp":1800000600}'
+        )
         sub, jti, exp = self.verify(raw_token(HS_HEADER, body))
         assert (sub, jti, exp) == ('v\u00e9\U0001f600\ud800\n/"', "\u00e9", 1800000600)
 
     def test_duplicate_names_last_one_wins(self) -> None:
-        last_right = (b'{"sub":"a","jti":"j","exp":1800000600,"aud":"nope","aud":"election-1",'
-                      b'"sub":"b"}')
+        last_right = (
+            b'{"sub":"a","jti":"j","exp":1800000600,"aud":"nope","aud":"election-1","sub":"b"}'
+        )
         assert self.verify(raw_token(HS_HEADER, last_right))[0] == "b"
         last_wrong = b'{"sub":"a","jti":"j","exp":1800000600,"aud":"election-1","aud":"x"}'
         self.refuse(raw_token(HS_HEADER, last_wrong), "wrong_audience")
@@ -260,8 +269,22 @@ class _TestTokens:
             b'{"alg":"HS256","kid":"hs-1","n":01}',
             b'{"alg":"HS256","kid":"hs-1","n":1.}',
         ],
-        ids=["text", "array", "open", "comma", "bom", "utf16", "nan", "inf", "surrogate",
-             "control", "trailing", "escape", "leading0", "dot"],
+        ids=[
+            "text",
+            "array",
+            "open",
+            "comma",
+            "bom",
+            "utf16",
+            "nan",
+            "inf",
+            "surrogate",
+            "control",
+            "trailing",
+            "escape",
+            "leading0",
+            "dot",
+        ],
     )
     def test_header_that_is_not_a_json_object(self, header: bytes) -> None:
         self.refuse(raw_token(header, claims()), "malformed")
@@ -296,8 +319,9 @@ class _TestTokens:
 
     def test_crit_header(self) -> None:
         self.refuse(mint(claims(), crit=["exp"]), "unsupported_alg")
-        self.refuse(raw_token({"alg": "HS256", "kid": "hs-1", "crit": None}, claims()),
-                    "unsupported_alg")
+        self.refuse(
+            raw_token({"alg": "HS256", "kid": "hs-1", "crit": None}, claims()), "unsupported_alg"
+        )
 
     def test_unknown_or_missing_kid(self) -> None:
         self.refuse(raw_token({"alg": "HS256", "kid": "hs-9"}, claims()), "unknown_kid")
@@ -389,8 +413,14 @@ class _TestTokens:
         assert len(self.m.KeyRing({})) == 0 and len(self.m.KeyRing({"keys": []})) == 0
 
     def test_keyring_duplicate_kid_last_wins(self) -> None:
-        ring = self.m.KeyRing({"keys": [{"kid": "a", "kty": "oct", "k": b64(HS_SECRET_2)},
-                                        {"kid": "a", "kty": "oct", "k": b64(HS_SECRET)}]})
+        ring = self.m.KeyRing(
+            {
+                "keys": [
+                    {"kid": "a", "kty": "oct", "k": b64(HS_SECRET_2)},
+                    {"kid": "a", "kty": "oct", "k": b64(HS_SECRET)},
+                ]
+            }
+        )
         assert len(ring) == 1
         token = raw_token({"alg": "HS256", "kid": "a"}, claims())
         assert self.m.verify_token(token, ring, AUD, NOW, LEEWAY)
@@ -402,8 +432,13 @@ class _TestTokens:
             {"kid": "a", "kty": "RSA", "n": "AQAB", "e": "AQAB"},
             {"kid": "a", "kty": None, "k": b64(HS_SECRET)},
             {"kid": "a", "kty": "oct", "k": b64(HS_SECRET), "alg": "EdDSA"},
-            {"kid": "a", "kty": "OKP", "crv": "Ed25519", "x": b64(ed_public(ED_KEY)),
-             "alg": "HS256"},
+            {
+                "kid": "a",
+                "kty": "OKP",
+                "crv": "Ed25519",
+                "x": b64(ed_public(ED_KEY)),
+                "alg": "HS256",
+            },
             {"kid": "a", "kty": "OKP", "crv": "X25519", "x": b64(ed_public(ED_KEY))},
             {"kid": "a", "kty": "OKP", "crv": "Ed25519", "x": b64(b"x" * 31)},
             {"kid": "a", "kty": "oct", "k": b64(HS_SECRET) + "="},
@@ -411,8 +446,19 @@ class _TestTokens:
             {"kid": 5, "kty": "oct", "k": b64(HS_SECRET)},
             {"kty": "oct", "k": b64(HS_SECRET)},
         ],
-        ids=["short", "rsa", "no-kty", "oct-eddsa", "okp-hs256", "x25519", "short-x", "pad",
-             "empty-kid", "int-kid", "no-kid"],
+        ids=[
+            "short",
+            "rsa",
+            "no-kty",
+            "oct-eddsa",
+            "okp-hs256",
+            "x25519",
+            "short-x",
+            "pad",
+            "empty-kid",
+            "int-kid",
+            "no-kid",
+        ],
     )
     def test_keyring_refuses_unusable_keys(self, jwk: dict[str, Any]) -> None:
         with pytest.raises(ValueError):
@@ -426,15 +472,22 @@ class _TestTokens:
 
     @pytest.mark.parametrize(
         ("text", "data"),
-        [("", b""), ("YQ", b"a"), ("YWI", b"ab"), ("YWJj", b"abc"), ("-_8", b"\xfb\xff"),
-         ("YR", b"a")],  # non-zero trailing bits are accepted, like binascii
+        [
+            ("", b""),
+            ("YQ", b"a"),
+            ("YWI", b"ab"),
+            ("YWJj", b"abc"),
+            ("-_8", b"\xfb\xff"),
+            ("YR", b"a"),
+        ],  # non-zero trailing bits are accepted, like binascii
     )
     def test_b64url_decode(self, text: str, data: bytes) -> None:
         assert self.m.b64url_decode(text) == data
         assert self.m.b64url_decode(text.encode()) == data
 
-    @pytest.mark.parametrize("text", ["Y", "YQ==", "YQ=", "+/8", "YW\nJj", "Y Q", "\u00e9\u00e9",
-                                      b"\xff\xff"])
+    @pytest.mark.parametrize(
+        "text", ["Y", "YQ==", "YQ=", "+/8", "YW\nJj", "Y Q", "\u00e9\u00e9", b"\xff\xff"]
+    )
     def test_b64url_decode_refuses(self, text: str | bytes) -> None:
         with pytest.raises(ValueError):
             self.m.b64url_decode(text)
@@ -461,9 +514,18 @@ def test_package_exports_the_compiled_core() -> None:
     assert fast.TOKEN_REASONS == reference.TOKEN_REASONS
     assert fast.KeyRing.__module__ == "gateway._fast._core"
     assert fast.verify_token is not reference.verify_token
-    assert set(fast.__all__) >= {"KeyRing", "TokenError", "verify_token", "encode_event",
-                                 "sign_receipt", "IdempotencyCache", "RateLimiter",
-                                 "b64url_decode", "b64url_encode", "TOKEN_REASONS"}
+    assert set(fast.__all__) >= {
+        "KeyRing",
+        "TokenError",
+        "verify_token",
+        "encode_event",
+        "sign_receipt",
+        "IdempotencyCache",
+        "RateLimiter",
+        "b64url_decode",
+        "b64url_encode",
+        "TOKEN_REASONS",
+    }
     assert fast.OPENSSL_VERSION_TEXT.startswith("OpenSSL")
 
 
@@ -478,8 +540,9 @@ def test_import_without_the_extension_fails_loudly() -> None:
         "    print('imported')\n"
     )
     repo = Path(__file__).resolve().parents[2]
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=repo).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo
+    ).stdout
     assert "pip install -e ." in out, out
 
 
@@ -489,8 +552,9 @@ FAST_KEYS = fast.KeyRing(JWKS)
 REF_KEYS = reference.KeyRing(JWKS)
 
 
-def outcome(module: ModuleType, keys: Any, token: Any, audience: str, now: float,
-            leeway: float) -> tuple[str, Any]:
+def outcome(
+    module: ModuleType, keys: Any, token: Any, audience: str, now: float, leeway: float
+) -> tuple[str, Any]:
     try:
         return "ok", module.verify_token(token, keys, audience, now, leeway)
     except module.TokenError as exc:
@@ -498,8 +562,9 @@ def outcome(module: ModuleType, keys: Any, token: Any, audience: str, now: float
         return "refused", exc.reason
 
 
-def agree(token: Any, audience: str = AUD, now: float = NOW,
-          leeway: float = LEEWAY) -> tuple[str, Any]:
+def agree(
+    token: Any, audience: str = AUD, now: float = NOW, leeway: float = LEEWAY
+) -> tuple[str, Any]:
     compiled = outcome(fast, FAST_KEYS, token, audience, now, leeway)
     oracle = outcome(reference, REF_KEYS, token, audience, now, leeway)
     assert compiled == oracle, (token, compiled, oracle)
@@ -557,7 +622,8 @@ def test_arbitrary_strings_agree(token: str) -> None:
 @given(
     token=st.sampled_from(VALID_TOKENS),
     audience=st.sampled_from([AUD, "x", "", "\u00e9"]) | st.text(max_size=4),
-    now=st.floats(allow_nan=False) | st.integers(-(2**60), 2**60).map(float)
+    now=st.floats(allow_nan=False)
+    | st.integers(-(2**60), 2**60).map(float)
     | st.floats(NOW - 700, NOW + 700),
     leeway=st.sampled_from([0.0, 30.0, 1e9]) | st.floats(allow_nan=False, width=32),
 )
@@ -568,8 +634,9 @@ def test_times_and_audiences_agree(token: str, audience: str, now: float, leeway
 # JSON that a header or claims set may contain: every kind of value, nested a little.
 # Small alphabets keep generation cheap while still reaching every branch of the parsers:
 # ASCII, characters json must escape, 2/3/4-byte UTF-8, lone surrogates.
-TEXT = st.text(st.sampled_from('ab-_ /\u00e9\u07ff\u0800\uffff\U0001f600\ud800\udc00"\\\x01\x7f'),
-               max_size=5)
+TEXT = st.text(
+    st.sampled_from('ab-_ /\u00e9\u07ff\u0800\uffff\U0001f600\ud800\udc00"\\\x01\x7f'), max_size=5
+)
 JSON_SCALARS = (
     st.none()
     | st.booleans()
@@ -655,8 +722,11 @@ def json_text(draw: st.DrawFn, pairs: list[tuple[str, Any]]) -> bytes:
     comma, colon = draw(SEPARATORS)
     items = []
     for name, value in pairs:
-        key = escape_all(name) if draw(ONE_IN_SIX) == 0 else json.dumps(
-            name, ensure_ascii=ensure_ascii)
+        key = (
+            escape_all(name)
+            if draw(ONE_IN_SIX) == 0
+            else json.dumps(name, ensure_ascii=ensure_ascii)
+        )
         items.append(key + colon + json.dumps(value, ensure_ascii=ensure_ascii))
     text = draw(LEADING_WS) + "{" + comma.join(items) + "}"
     # surrogatepass: a lone surrogate written raw is invalid UTF-8, which must be refused
@@ -664,11 +734,48 @@ def json_text(draw: st.DrawFn, pairs: list[tuple[str, Any]]) -> bytes:
 
 
 INTERESTING_BYTES = [
-    b"{", b"}", b"[", b"]", b'"', b",", b":", b"\\", b"\\u", b"\\ud800", b"\\udc00",
-    b"\\ud83d\\ude00", b"0", b"-", b".", b"e", b"E", b"+", b"NaN", b"Infinity", b"-Infinity",
-    b"null", b"true", b"nul", b" ", b"\n", b"\x00", b"\x1f", b"\x7f", b"\xc3\xa9",
-    b"\xed\xa0\x80", b"\xef\xbb\xbf", b"\xc0\xaf", b"\xf4\x90\x80\x80", b"\xf0\x9f\x98",
-    b"1e400", b"\\/", b'"aud"', b'"sub"', b'"election-1"', b"[[[[", b"]]]]",
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b'"',
+    b",",
+    b":",
+    b"\\",
+    b"\\u",
+    b"\\ud800",
+    b"\\udc00",
+    b"\\ud83d\\ude00",
+    b"0",
+    b"-",
+    b".",
+    b"e",
+    b"E",
+    b"+",
+    b"NaN",
+    b"Infinity",
+    b"-Infinity",
+    b"null",
+    b"true",
+    b"nul",
+    b" ",
+    b"\n",
+    b"\x00",
+    b"\x1f",
+    b"\x7f",
+    b"\xc3\xa9",
+    b"\xed\xa0\x80",
+    b"\xef\xbb\xbf",
+    b"\xc0\xaf",
+    b"\xf4\x90\x80\x80",
+    b"\xf0\x9f\x98",
+    b"1e400",
+    b"\\/",
+    b'"aud"',
+    b'"sub"',
+    b'"election-1"',
+    b"[[[[",
+    b"]]]]",
 ]
 
 
@@ -687,9 +794,9 @@ def mutated(draw: st.DrawFn, data: bytes) -> bytes:
         if op == "insert":
             buf[pos:pos] = piece
         elif op == "delete":
-            del buf[pos:pos + len(piece)]
+            del buf[pos : pos + len(piece)]
         else:
-            buf[pos:pos + len(piece)] = piece
+            buf[pos : pos + len(piece)] = piece
     return bytes(buf)
 
 
@@ -727,8 +834,19 @@ NUMBER_LITERALS = st.builds(
     st.sampled_from(["", ".0", ".5", ".000001"]) | st.integers(0, 10**20).map(lambda d: f".{d}"),
     st.sampled_from(["", "e0", "E+2", "e-7", "e400", "E-400", "e308", "e309"])
     | st.integers(0, 9999).map(lambda e: f"e-{e}"),
-) | st.sampled_from(["-0", "0e0", "1E400", "1e-400", "9" * 309, "1" + "0" * 308,
-                     "179769313486231580793728971405301" + "0" * 276, "1.0", "-1.5e9"])
+) | st.sampled_from(
+    [
+        "-0",
+        "0e0",
+        "1E400",
+        "1e-400",
+        "9" * 309,
+        "1" + "0" * 308,
+        "179769313486231580793728971405301" + "0" * 276,
+        "1.0",
+        "-1.5e9",
+    ]
+)
 
 
 @PROPERTY
@@ -740,17 +858,41 @@ def test_number_literals_agree(exp: str, nbf: str) -> None:
 
 
 STRING_PIECES = st.sampled_from(
-    ["a", "\u00e9", "\U0001f600", "\\n", '\\"', "\\\\", "\\/", "\\b\\f\\r\\t", "\\u0041",
-     "\\ud800", "\\udc00", "\\ud83d\\ude00", "\\ud83d", "\\ude00\\ud83d", "\\uD83D\\uDE00",
-     "\\ud83d\\u0041", "\\ud83d\\n", "\\u00e9", "\\u", "\\x", "\x01", "\\uzzzz"]
+    [
+        "a",
+        "\u00e9",
+        "\U0001f600",
+        "\\n",
+        '\\"',
+        "\\\\",
+        "\\/",
+        "\\b\\f\\r\\t",
+        "\\u0041",
+        "\\ud800",
+        "\\udc00",
+        "\\ud83d\\ude00",
+        "\\ud83d",
+        "\\ude00\\ud83d",
+        "\\uD83D\\uDE00",
+        "\\ud83d\\u0041",
+        "\\ud83d\\n",
+        "\\u00e9",
+        "\\u",
+        "\\x",
+        "\x01",
+        "\\uzzzz",
+    ]
 )
 
 
 @PROPERTY
-@given(sub=st.lists(STRING_PIECES, max_size=6).map("".join),
-       aud=st.lists(STRING_PIECES, max_size=3).map("".join),
-       audience=st.sampled_from(["", "a", "\u00e9", "\U0001f600", "\ud800", "\ud83d\ude00",
-                                 "A\ud83d"]))
+@given(
+    sub=st.lists(STRING_PIECES, max_size=6).map("".join),
+    aud=st.lists(STRING_PIECES, max_size=3).map("".join),
+    audience=st.sampled_from(
+        ["", "a", "\u00e9", "\U0001f600", "\ud800", "\ud83d\ude00", "A\ud83d"]
+    ),
+)
 def test_string_escapes_agree(sub: str, aud: str, audience: str) -> None:
     body = f'{{"sub":"{sub}","jti":"{aud}","aud":["x","{aud}"],"exp":1e10}}'
     agree(raw_token(VALID_HS_HEADER, body.encode("utf-8", "surrogatepass")), audience)
@@ -778,8 +920,11 @@ def test_pyjwt_tokens_with_random_claims_agree(payload: dict[str, Any], kid: str
 
 
 @PROPERTY
-@given(data=st.text(max_size=12) | st.binary(max_size=12)
-       | st.text(alphabet="AZaz09-_+/=", max_size=12))
+@given(
+    data=st.text(max_size=12)
+    | st.binary(max_size=12)
+    | st.text(alphabet="AZaz09-_+/=", max_size=12)
+)
 def test_b64url_decode_agrees(data: str | bytes) -> None:
     results = []
     for module in (fast, reference):

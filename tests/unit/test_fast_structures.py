@@ -31,8 +31,9 @@ PROPERTY = settings(
 RECEIPT_KEY = b"gateway-receipt-key-0123456789ab"
 
 
-def expected_receipt(key: bytes, vote_id: str, election_id: str, voter_id: str, choice: str,
-                     received_at_us: int) -> str:
+def expected_receipt(
+    key: bytes, vote_id: str, election_id: str, voter_id: str, choice: str, received_at_us: int
+) -> str:
     """The receipt format written out independently of both implementations."""
     message = f"{election_id}\x1f{vote_id}\x1f{voter_id}\x1f{choice}\x1f{received_at_us}"
     mac = hmac.new(key, message.encode(), hashlib.sha256).digest()
@@ -140,10 +141,10 @@ class _TestStructures:
         limiter.acquire("d", 0.0)  # drops a
         assert limiter.acquire("a", 0.0) == 0.0
 
-    @pytest.mark.parametrize(("rate", "burst", "capacity"), [(0, 1, 1), (-1, 1, 1), (1, 0.5, 1),
-                                                             (1, 1, 0)])
-    def test_limiter_refuses_bad_parameters(self, rate: float, burst: float,
-                                            capacity: int) -> None:
+    @pytest.mark.parametrize(
+        ("rate", "burst", "capacity"), [(0, 1, 1), (-1, 1, 1), (1, 0.5, 1), (1, 1, 0)]
+    )
+    def test_limiter_refuses_bad_parameters(self, rate: float, burst: float, capacity: int) -> None:
         with pytest.raises(ValueError):
             self.m.RateLimiter(rate, burst, capacity)
 
@@ -151,8 +152,21 @@ class _TestStructures:
 
     @pytest.mark.parametrize(
         "received_at_us",
-        [0, 1, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 1_732_490_000_123_456,
-         2**63, 2**64 - 1],
+        [
+            0,
+            1,
+            127,
+            128,
+            255,
+            256,
+            65535,
+            65536,
+            2**32 - 1,
+            2**32,
+            1_732_490_000_123_456,
+            2**63,
+            2**64 - 1,
+        ],
     )
     def test_event_matches_core_event_encode(self, received_at_us: int) -> None:
         fields = ("01J9Z8", "election-1", "voter-7", "alice", received_at_us, "gw-a")
@@ -238,13 +252,17 @@ def test_cache_models_agree(capacity: int, ops: list[tuple[Any, ...]]) -> None:
     rate=st.floats(0.01, 100.0) | st.sampled_from([0.1, 1.0, 3.0]),
     burst=st.floats(1.0, 10.0) | st.integers(1, 5),
     capacity=st.integers(1, 5),
-    ops=st.lists(st.tuples(KEYS, st.floats(-2.0, 5.0) | st.sampled_from([0.0, 0.1, 1.0])),
-                 max_size=80),
+    ops=st.lists(
+        st.tuples(KEYS, st.floats(-2.0, 5.0) | st.sampled_from([0.0, 0.1, 1.0])), max_size=80
+    ),
 )
-def test_rate_limiter_models_agree(rate: float, burst: float, capacity: int,
-                                   ops: list[tuple[str, float]]) -> None:
-    limiters = [fast.RateLimiter(rate, burst, capacity),
-                reference.RateLimiter(rate, burst, capacity)]
+def test_rate_limiter_models_agree(
+    rate: float, burst: float, capacity: int, ops: list[tuple[str, float]]
+) -> None:
+    limiters = [
+        fast.RateLimiter(rate, burst, capacity),
+        reference.RateLimiter(rate, burst, capacity),
+    ]
     now = 1_700_000_000.0
     for key, step in ops:
         now += step
@@ -257,12 +275,14 @@ def test_rate_limiter_models_agree(rate: float, burst: float, capacity: int,
 # cheap to generate (str32 is covered by test_event_string_length_boundaries).
 CHARS = st.sampled_from("ab-_\x00\x1f\u00e9\u0800\U0001f600")
 VALID_FIELD = st.text(CHARS, max_size=12) | st.builds(
-    lambda char, n: char * n, st.sampled_from(["x", "\u00e9"]),
+    lambda char, n: char * n,
+    st.sampled_from(["x", "\u00e9"]),
     st.sampled_from([15, 16, 31, 32, 127, 128, 255, 256]) | st.integers(0, 300),
 )
 FIELD = VALID_FIELD | st.sampled_from(["\ud800", "x\udfff"])  # lone surrogates: no UTF-8
 MICROS = st.integers(0, 2**64 - 1) | st.sampled_from(
-    [0, 127, 128, 255, 256, 2**16 - 1, 2**16, 2**32 - 1, 2**32, 2**64 - 1])
+    [0, 127, 128, 255, 256, 2**16 - 1, 2**16, 2**32 - 1, 2**32, 2**64 - 1]
+)
 ANY_INT = MICROS | st.integers(-(2**70), 2**70) | st.sampled_from([-1, 2**64])
 
 
@@ -282,11 +302,14 @@ def test_encode_event_agrees_with_reference_and_msgspec(
 
 
 @PROPERTY
-@given(key=st.binary(max_size=70), fields=st.tuples(VALID_FIELD, VALID_FIELD, VALID_FIELD,
-                                                    VALID_FIELD),
-       received_at_us=ANY_INT)
-def test_sign_receipt_agrees(key: bytes, fields: tuple[str, str, str, str],
-                             received_at_us: int) -> None:
+@given(
+    key=st.binary(max_size=70),
+    fields=st.tuples(VALID_FIELD, VALID_FIELD, VALID_FIELD, VALID_FIELD),
+    received_at_us=ANY_INT,
+)
+def test_sign_receipt_agrees(
+    key: bytes, fields: tuple[str, str, str, str], received_at_us: int
+) -> None:
     receipt = fast.sign_receipt(key, *fields, received_at_us)
     assert receipt == reference.sign_receipt(key, *fields, received_at_us)
     assert receipt == expected_receipt(key, *fields, received_at_us)

@@ -205,8 +205,9 @@ class DrainableSpill(FakeSpill):
         return [(s, b"k", self.events[s]) for s in seqs]
 
 
-async def _spill_one_while_kafka_is_slow() -> tuple[FakeSink, DrainableSpill,
-                                                      DurabilityPipeline, asyncio.Task]:
+async def _spill_one_while_kafka_is_slow() -> tuple[
+    FakeSink, DrainableSpill, DurabilityPipeline, asyncio.Task
+]:
     """One vote whose report misses the deadline, and a drainer running beside it."""
     sink, spill = FakeSink(), DrainableSpill()
     pipeline = DurabilityPipeline(sink, spill, DEADLINE_S)  # type: ignore[arg-type]

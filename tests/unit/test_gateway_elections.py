@@ -66,8 +66,9 @@ def test_a_database_error_is_not_an_unknown_election() -> None:
     async def scenario() -> None:
         db = FakeDatabase({"fresh": NEW}, fail=True)
         cache = cache_over(db)
-        results = await asyncio.gather(*(cache.lookup("fresh") for _ in range(5)),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(cache.lookup("fresh") for _ in range(5)), return_exceptions=True
+        )
         assert all(isinstance(r, LookupFailed) for r in results), results
         db.fail = False  # not remembered as unknown: the next request asks again
         assert await cache.lookup("fresh") == NEW
@@ -128,8 +129,9 @@ def test_refreshes_keep_one_connection_and_replace_it_only_after_an_error(monkey
             await cache.refresh()
         await asyncio.gather(cache.refresh(), cache.lookup("other"), cache.refresh())
         assert len(opened) == 1  # before: a new connection (a backend start) per refresh
-        assert cache.get("e1") == Election("e1", "first_wins", -math.inf, math.inf,
-                                           frozenset({"alice", "bob"}))
+        assert cache.get("e1") == Election(
+            "e1", "first_wins", -math.inf, math.inf, frozenset({"alice", "bob"})
+        )
         broken.append(True)
         with pytest.raises(psycopg.OperationalError):
             await cache.refresh()

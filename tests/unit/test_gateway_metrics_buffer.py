@@ -20,14 +20,16 @@ BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.1, 1.0)
 
 # Values on, just below and just above every bound, besides arbitrary ones.
 _edges = [v for b in BUCKETS for v in (b, math.nextafter(b, 0), math.nextafter(b, 2))]
-amounts = st.one_of(st.sampled_from(_edges),
-                    st.floats(min_value=0, max_value=50, allow_nan=False))
+amounts = st.one_of(st.sampled_from(_edges), st.floats(min_value=0, max_value=50, allow_nan=False))
 
 
 def _samples(registry: CollectorRegistry) -> dict[tuple[str, tuple], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in registry.collect() for s in family.samples
-            if not s.name.endswith("_created")}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in registry.collect()
+        for s in family.samples
+        if not s.name.endswith("_created")
+    }
 
 
 def _histograms() -> tuple[CollectorRegistry, Histogram, CollectorRegistry, Histogram]:
@@ -60,8 +62,7 @@ def test_nothing_reaches_the_shared_values_before_flush() -> None:
     _, _, buffered_reg, buffered = _histograms()
     buffer = metrics.BufferedHistogram(buffered.labels("spill"))
     registry = CollectorRegistry()
-    counter = metrics.BufferedCounter(
-        Counter("c", "c", ["code"], registry=registry).labels("202"))
+    counter = metrics.BufferedCounter(Counter("c", "c", ["code"], registry=registry).labels("202"))
     for _ in range(3):
         buffer.observe(0.003)
         counter.inc()

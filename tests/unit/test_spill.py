@@ -122,13 +122,17 @@ asyncio.run(main())
 
 
 def _holder(root, seconds: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", _CLAIM, str(root), seconds],
-                            stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", _CLAIM, str(root), seconds], stdout=subprocess.PIPE, text=True
+    )
 
 
 def test_each_process_claims_its_own_slot_and_orphans_are_found(tmp_path):
-    with _holder(tmp_path, "120") as a, _holder(tmp_path, "120") as b, \
-            _holder(tmp_path, "120") as c:
+    with (
+        _holder(tmp_path, "120") as a,
+        _holder(tmp_path, "120") as b,
+        _holder(tmp_path, "120") as c,
+    ):
         slots = {p.stdout.readline().strip() for p in (a, b, c)}  # all three hold one now
         for p in (a, b, c):
             p.terminate()
@@ -176,8 +180,9 @@ def test_an_orphan_slot_is_drained_then_removed_and_never_reopened(tmp_path, mon
         await _write_many(dead, 3)
         dead.close()  # its worker is gone: the lock is free, the events stay
         os.makedirs(tmp_path / "slot-07")
-        idle = SpillStore(str(tmp_path / "slot-07"), try_lock(str(tmp_path / "slot-07" / "lock")),
-                          loop, 100)
+        idle = SpillStore(
+            str(tmp_path / "slot-07"), try_lock(str(tmp_path / "slot-07" / "lock")), loop, 100
+        )
         idle.close()
 
         opened_on: list[str] = []
@@ -220,4 +225,3 @@ def test_retire_keeps_a_slot_that_still_holds_events(tmp_path):
         assert os.listdir(tmp_path) == []
 
     run(scenario())
-
