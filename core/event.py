@@ -1,4 +1,4 @@
-"""The Kafka event of topic ``votes.v1`` (DESIGN §6).
+"""The Kafka event of topic ``votes.v1`` (docs/ARCHITECTURE.md, Event schema).
 
 The gateway encodes events in ``gateway._fast`` (hand-rolled msgpack, no allocation of
 intermediate dicts); this module is the schema both sides agree on and the decoder the

@@ -4,7 +4,7 @@ One ``VoteGateway`` lives in each granian worker process. ``__rsgi_init__`` runs
 worker before it serves: it loads keys and elections, opens the Kafka producer and claims
 a spill slot, so the first request already finds everything warm.
 
-The vote path (DESIGN §5, §6), cheapest refusals first:
+The vote path (docs/ARCHITECTURE.md, HTTP API and Durability path), cheapest refusals first:
 path → election → client rate limit → content type / length → token (``_fast``) → window
 → body (msgspec) → candidate → voter rate limit → idempotency → encode (``_fast``)
 → Kafka or spill → 202.

@@ -43,7 +43,7 @@ class GatewaySettings(msgspec.Struct, kw_only=True):
     receipt_key_file: str = ""
     token_leeway_s: float = 30.0
 
-    # Durability (DESIGN §6).
+    # Durability (docs/ARCHITECTURE.md, Durability path).
     spill_deadline_ms: float = 50.0
     spill_dir: str = ""
     spill_max_events: int = 2_000_000

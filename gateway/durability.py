@@ -1,4 +1,6 @@
-"""DESIGN §6: make one vote durable — Kafka if it confirms in time, else the spill.
+"""Make one vote durable: Kafka if it confirms in time, else the spill.
+
+See docs/ARCHITECTURE.md, Durability path.
 
 ``persist`` answers ``"kafka"`` when the delivery report says the event is replicated
 within the spill deadline, ``"spill"`` when the event was synced into the local RocksDB

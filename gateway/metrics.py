@@ -1,4 +1,4 @@
-"""Prometheus metrics of the gateway (DESIGN §8).
+"""Prometheus metrics of the gateway (docs/ARCHITECTURE.md, Metrics).
 
 granian runs several worker processes, so these use prometheus_client's multiprocess
 mode: ``python -m gateway`` points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory

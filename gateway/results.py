@@ -1,4 +1,4 @@
-"""Live results and vote status for the gateway (DESIGN §5, issue 5 item 5).
+"""Live results and vote status for the gateway (docs/ARCHITECTURE.md, HTTP API).
 
 Reads what the processor writes and never writes anything itself:
 

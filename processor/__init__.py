@@ -1,4 +1,4 @@
-"""Kafka → PostgreSQL vote processor (DESIGN §7).
+"""Kafka → PostgreSQL vote processor (docs/ARCHITECTURE.md, Processor).
 
 ``python -m processor`` consumes ``votes.v1`` in batches and applies each batch in one
 PostgreSQL transaction together with the partition offsets; ``migrate``, ``verify`` and

@@ -1,4 +1,6 @@
-"""Live tallies in Redis, written after each commit (DESIGN §7, issue 5 item 5).
+"""Live tallies in Redis, written after each commit.
+
+See docs/ARCHITECTURE.md, Redis and PostgreSQL contracts.
 
 Keys (``E`` = election id):
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the processor (DESIGN §8)."""
+"""Prometheus metrics of the processor (docs/ARCHITECTURE.md, Metrics)."""
 
 from __future__ import annotations
 

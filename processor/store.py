@@ -1,4 +1,4 @@
-"""One PostgreSQL transaction per batch (DESIGN §7).
+"""One PostgreSQL transaction per batch (docs/ARCHITECTURE.md, Processor).
 
 Inside the transaction, in this order:
 

@@ -1,7 +1,7 @@
 """Reconciliation of Kafka with PostgreSQL: ``python -m processor verify --election E``.
 
 Reads the topic from the beginning to its current end and checks, for one election,
-the invariants of DESIGN §9:
+the invariants of docs/ARCHITECTURE.md (Flow and invariants):
 
 * A: every distinct vote in Kafka — identity (vote_id, voter_id, choice) — is in
   ``votes`` or in ``vote_rejections``, exactly once (``missing`` and ``in_both`` are 0),

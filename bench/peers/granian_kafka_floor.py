@@ -1,8 +1,9 @@
 """``granian-kafka-floor``: the gateway's required parts, and none of its vote work.
 
-DESIGN §1 fixes the gateway's parts: granian (RSGI, uvloop), msgspec, and librdkafka
-through confluent-kafka with ``acks=all`` and idempotence, answering only after the
-delivery report. This app is those parts and nothing else. For each
+The gateway's parts are fixed (docs/ARCHITECTURE.md, Flow and invariants): granian
+(RSGI, uvloop), msgspec, and librdkafka through confluent-kafka with ``acks=all`` and
+idempotence, answering only after the delivery report. This app is those parts and
+nothing else. For each
 ``POST /v1/elections/{election_id}/votes`` it reads the body, decodes it with the
 gateway's msgspec model, encodes the gateway's event (``_fast.encode_event``) and
 produces it through the gateway's own producer (``gateway.producer.KafkaSink``, the same

@@ -33,7 +33,7 @@ variable "kafka_bootstrap" {
 }
 
 variable "topic" {
-  description = "The votes topic (DESIGN §6)."
+  description = "The votes topic (docs/ARCHITECTURE.md, Event schema)."
   type        = string
   default     = "votes.v1"
 }

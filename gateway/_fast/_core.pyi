@@ -72,7 +72,8 @@ def encode_event(
     received_at_us: int,
     gateway_id: str,
 ) -> bytes:
-    """The msgpack event of DESIGN §6, byte-identical to ``core.event.encode``."""
+    """The msgpack event of docs/ARCHITECTURE.md (Event schema), byte-identical to
+    ``core.event.encode``."""
 
 def sign_receipt(
     key: bytes,

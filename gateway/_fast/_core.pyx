@@ -1223,7 +1223,8 @@ cdef uint64_t _as_uint64(object value) except? 0:
 
 def encode_event(str vote_id not None, str election_id not None, str voter_id not None,
                  str choice not None, received_at_us, str gateway_id not None):
-    """The msgpack event of DESIGN §6, byte-identical to ``core.event.encode``."""
+    """The msgpack event of docs/ARCHITECTURE.md (Event schema), byte-identical to
+    ``core.event.encode``."""
     cdef Py_ssize_t n_vote, n_election, n_voter, n_choice, n_gateway, size
     cdef const char *s_vote = PyUnicode_AsUTF8AndSize(vote_id, &n_vote)
     cdef const char *s_election = PyUnicode_AsUTF8AndSize(election_id, &n_election)

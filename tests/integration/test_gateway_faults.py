@@ -1,4 +1,6 @@
-"""Faults under load (DESIGN §6, §9; issue 4): Kafka frozen or killed, a worker killed.
+"""Faults under load: Kafka frozen or killed, a worker killed.
+
+See docs/ARCHITECTURE.md, Durability path and Failure and recovery.
 
 Clients keep voting throughout. Whatever happens, every vote that got a 202 must end up in
 PostgreSQL exactly once, the spill must drain to zero once Kafka is back, and no request

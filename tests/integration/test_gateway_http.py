@@ -1,4 +1,6 @@
-"""Votes over HTTP through a real gateway and processor into PostgreSQL (DESIGN §5, §9-A).
+"""Votes over HTTP through a real gateway and processor into PostgreSQL.
+
+See docs/ARCHITECTURE.md, HTTP API, and invariant A of Flow and invariants.
 
 Every acknowledged vote must be stored exactly once; refused requests must get their
 problem document and produce nothing to Kafka or the spill.

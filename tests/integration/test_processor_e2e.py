@@ -1,8 +1,8 @@
 """The processor against real Kafka, PostgreSQL and Redis (issue 5, "what tests must show").
 
 Each test runs ``python -m processor`` as a subprocess on its own topic and consumer
-group, then checks the invariants of DESIGN §9 directly in PostgreSQL and Redis and
-with ``python -m processor verify``.
+group, then checks the invariants of docs/ARCHITECTURE.md (Flow and invariants) directly
+in PostgreSQL and Redis and with ``python -m processor verify``.
 """
 
 from __future__ import annotations

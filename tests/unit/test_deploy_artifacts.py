@@ -115,7 +115,7 @@ def _check_exprs(exprs: list[str], where: str) -> None:
 
 
 def test_the_code_defines_the_design_metrics():
-    # DESIGN §8: if these move, the rules and dashboards must move with them.
+    # docs/ARCHITECTURE.md, Metrics: if these move, the rules and dashboards must move with them.
     for name in (
         "vote_requests_total",
         "vote_ack_seconds_bucket",
