@@ -20,25 +20,9 @@ Inside the transaction, in this order:
    UPDATE; a concurrently inserted voter is the same race), tally deltas, the new
    offsets; commit.
 
-Cost per batch (``python -m bench batchcost --batches 40 --sizes 200,15000``: server
-CPU of the backend from /proc/<pid>/schedstat, medians of 40 batches, 200k votes
-already stored; 2-core Debian 12 VM, PostgreSQL 15.18, 2026-11-25 12:28-12:53 UTC):
-
-=====================  ===============  ===============
-batch                  before           after
-=====================  ===============  ===============
-200 events, PG CPU     14.6 ms          4.8 ms
-200 events, wall       21.4 ms          7.6 ms
-15,000 events, PG CPU  200 ms           193 ms
-15,000 events, wall    247 ms           239 ms
-=====================  ===============  ===============
-
-Most of the 200-event saving is the COMMIT (8.6 → 0.2 ms): a transaction that used
-any temporary table truncates all the session's ON COMMIT DELETE ROWS tables, 66 of
-them. Fitted over 200-1,000 events, the fixed part of a batch went from ~13.5 to
-~2.2 ms; what is left at 200 events is mostly per row (~13 µs an event: three index
-probes, two partitioned inserts and their WAL), so 200 events stay above 3 ms.
-15,000 events take the staged path, unchanged: the difference there is noise.
+What each path costs, and why the array path exists at all (a COMMIT after any use of
+a temporary table truncates every temporary table of the session), is measured in
+bench/README.md (`python -m bench batchcost`).
 """
 
 from __future__ import annotations
@@ -112,14 +96,11 @@ class BatchResult:
 _PARTITIONS = 32
 
 # Batches with fewer messages than this look their keys up with array parameters
-# and write rejections and known voters from arrays too, touching no temporary table.
-# That matters at commit: once a transaction has used any temporary table, PostgreSQL
-# truncates *every* ON COMMIT DELETE ROWS table of the session (the 64 partitions of
-# the stages below and two plain stages), ~8.5 ms of server CPU per commit. Per key
-# the staged path (binary COPY, partitionwise joins) is cheaper, so it wins for large
-# batches: measured (bench batchcost), arrays used less PG CPU and wall up to 4,000
-# events (56 vs 60 ms CPU at 4,000), about the same at 6,000, more at 8,000 (wall 148
-# vs 137 ms).
+# and write rejections and known voters from arrays too, touching no temporary table:
+# once a transaction has used any temporary table, its COMMIT truncates *every* ON
+# COMMIT DELETE ROWS table of the session (the 66 stages below). Per key the staged
+# path (binary COPY, partitionwise joins) is cheaper, so it wins for large batches;
+# the two cost about the same between 4,000 and 6,000 (bench/README.md, batchcost).
 LOOKUP_THRESHOLD = 4000
 
 
@@ -129,7 +110,7 @@ def _partitioned_stage(table: str, columns: str, key: str) -> list[str]:
     Joining it to its twin lets the planner join partition to partition
     (enable_partitionwise_join): every probe goes straight to the one index it needs,
     where a join through the parent re-runs partition pruning for every key, which
-    costs more than the index probe itself (about 3 µs vs 1 µs a key). Should a
+    costs more than the index probe itself. Should a
     migration re-partition the big tables, the join still works, only slower.
     ON COMMIT DELETE ROWS is not inherited by partitions, so each gets its own.
     """
@@ -187,8 +168,6 @@ class Store:
         conn = psycopg.connect(self._dsn, autocommit=True, application_name="vote-processor")
         for stmt in _SESSION_SETUP:
             conn.execute(stmt)
-        # Offsets are the last thing written: a commit may wait for the WAL flush,
-        # but durability of the batch is exactly what we want here, so keep it on.
         return conn
 
     def reconnect(self) -> None:
@@ -354,7 +333,7 @@ class Store:
         lk.votes = {(e, x): (a, c) for e, x, a, c in cur.fetchall()}
         # vote_rejections is not partitioned. A join rather than IN (…): the semi-join
         # first de-duplicates the keys in a hash table, which costs more than probing
-        # the few repeated keys twice (11 vs 14.5 ms for 10k keys).
+        # the few repeated keys twice.
         cur.execute(
             "SELECT r.election_id, r.vote_id, r.voter_id, r.choice"
             " FROM stage_keys k JOIN vote_rejections r"
@@ -380,13 +359,12 @@ class Store:
 
         Each key is one index probe: a nested loop from ``unnest`` into the primary key,
         forced as in the staged path (a hash join chosen for a young `votes` table scans
-        all of it: ~26 ms at 93k rows, where the probes take ~1.2 ms for 200 keys). For
-        `votes` and `voters` the Append prunes to the key's one partition at run time
-        (~5 µs a key, against ~1 µs in the staged partitionwise join: fine for a few
-        hundred). Not ``CROSS JOIN LATERAL (… OFFSET 0)``, which forces the same plan
-        without the SETs: with 1,500 keys its function scan took ~50 ms to start.
-        Arrays go in binary (``%b``): ~20 % less wall time than text at 2,000 keys.
-        A key repeated in the batch is probed twice; the dicts absorb that.
+        all of it). For `votes` and `voters` the Append prunes to the key's one
+        partition at run time, dearer per key than the staged partitionwise join but
+        fine for a few hundred keys. Not ``CROSS JOIN LATERAL (… OFFSET 0)``, which
+        forces the same plan without the SETs but is slow to start at a thousand keys.
+        Arrays go in binary (``%b``), cheaper than text. A key repeated in the batch is
+        probed twice; the dicts absorb that.
         """
         lk = Lookups()
         es: list[str] = []
