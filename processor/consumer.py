@@ -109,11 +109,9 @@ class Processor:
                 "queued.min.messages": 200000,
                 # Let the broker gather up to 100 ms of votes per fetch. With the default
                 # (answer as soon as one byte is there) a processor that keeps up asks
-                # again for every few votes: at 2,480 votes/s that doubled the broker's
-                # CPU (18 -> 35 % of a core) and, on a shared box, the gateway's
-                # acknowledgement tail. 100 ms is under the batch's own time bound
-                # (processor_batch_max_ms), so the results lag by no more than they
-                # already did.
+                # again for every few votes, which costs the broker CPU the gateway
+                # needs (bench/README.md). 100 ms is under the batch's own time bound
+                # (processor_batch_max_ms), so results are not made later by it.
                 "fetch.wait.max.ms": 100,
                 "fetch.min.bytes": 1 << 20,
             }

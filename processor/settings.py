@@ -22,10 +22,9 @@ class ProcessorSettings(msgspec.Struct, frozen=True, kw_only=True):
     processor_group: str = "vote-processor"
     # Consumer-group members run by this one process, each in its own thread with its
     # own Kafka consumer, PostgreSQL connection and Redis client. One member's database
-    # wait (psycopg releases the GIL) overlaps another's Python work. 2: the fastest of
-    # 1-3 in `python -m bench processor` timed from the first assignment
-    # (bench/README.md); give the topic at least replicas x members partitions, or the
-    # extra members sit idle.
+    # wait (psycopg releases the GIL) overlaps another's Python work. 2 was the fastest
+    # of 1-3 (bench/README.md); give the topic at least replicas x members partitions,
+    # or the extra members sit idle.
     processor_members: int = 2
     # A batch closes at whichever bound is hit first. The count bound adapts between
     # processor_batch_min_messages and processor_batch_max_messages so that one batch
@@ -33,16 +32,14 @@ class ProcessorSettings(msgspec.Struct, frozen=True, kw_only=True):
     processor_batch_max_messages: int = 20_000
     processor_batch_min_messages: int = 500
     processor_batch_max_bytes: int = 8 * 1024 * 1024
-    # The time bound decides the batch size below ~10,000 votes/s, and every batch has
-    # a fixed cost in PostgreSQL: at 1,500 votes/s 250 ms instead of 100 ms cut the
-    # processor's and PostgreSQL's CPU from 146-152 to 108-111 us per vote, while
-    # acknowledged -> visible stayed within 0.5 s for 99.9 % of votes (target p99 <= 1 s;
-    # bench/README.md, 2026-12-01).
+    # The time bound decides the batch size at moderate rates, and every batch has a
+    # fixed cost in PostgreSQL: fewer, larger batches save CPU per vote while results
+    # still show a vote well within a second (bench/README.md has the trade-off).
     processor_batch_max_ms: int = 250
     processor_batch_target_ms: int = 400
     # Batches with fewer messages than this look their keys up with array
-    # parameters and touch no temporary table (processor.store.LOOKUP_THRESHOLD, where
-    # the figures are); 0 sends every batch through the staged path.
+    # parameters and touch no temporary table (processor.store.LOOKUP_THRESHOLD says
+    # why); 0 sends every batch through the staged path.
     processor_lookup_threshold: int = 4000
     # Written at start and removed at exit when set (the launcher may manage it instead).
     processor_pid_file: str = ""
