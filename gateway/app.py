@@ -462,9 +462,10 @@ _iso_second = [-1, ""]  # the last second formatted, and its text
 
 
 def _iso(us: int) -> str:
-    """``received_at`` in RFC 3339 (UTC, microseconds), exactly as datetime.isoformat()
-    writes it. Every vote needs one; the date and time of day change once a second, so
-    they are formatted once a second (1.3 instead of 4.5 µs a vote)."""
+    """``received_at`` as RFC 3339 UTC with a ``Z`` suffix: ``YYYY-MM-DDTHH:MM:SS.ffffffZ``,
+    the six-digit fraction left out when it is zero (``…:SSZ``). Every vote needs one and
+    the date and time of day change once a second, so that part is formatted once a
+    second."""
     second, micro = divmod(us, 1_000_000)
     if second != _iso_second[0]:
         _iso_second[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]

@@ -29,8 +29,8 @@ class GatewaySettings(msgspec.Struct, kw_only=True):
     metrics_port: int = 9100
     workers: int = 1
     # granian's own knobs (see `granian --help`): HTTP version (auto | 1 | 2), task
-    # implementation (asyncio | rust), runtime mode (auto | st | mt). None of them moved
-    # the gateway's CPU per request measurably on the 2-core bench machine.
+    # implementation (asyncio | rust), runtime mode (auto | st | mt), for trying them
+    # in the bench; the defaults are kept because no other setting was clearly cheaper.
     granian_http: str = "auto"
     granian_task_impl: str = "asyncio"
     granian_runtime_mode: str = "auto"

@@ -114,9 +114,9 @@ class Drainer:
     backlog, so librdkafka's queue does not fill with events that cannot leave.
 
     It shares the event loop with the votes being answered, so it reads and produces at
-    most ``batch`` events per turn of the loop. (It used to take up to ``max_in_flight``
-    at once: 2,000 produce calls held the loop for 20-40 ms (measured) right after a
-    Kafka stall, and could send more votes past the spill deadline.)
+    most ``batch`` events per turn of the loop: a whole backlog produced at once would
+    hold the loop right after a Kafka stall, when the votes in flight are nearest their
+    spill deadline.
 
     It reads the store only when it holds an event that is neither in flight nor held
     (``hold``), so a long held backlog is not scanned again and again.

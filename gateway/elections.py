@@ -67,8 +67,8 @@ class ElectionCache:
         self._unknown_until: dict[str, float] = {}
         self._in_flight: dict[str, asyncio.Future[Election | None]] = {}
         self._task: asyncio.Task[None] | None = None
-        # One connection per worker, kept: a new one per refresh cost a PostgreSQL backend
-        # start every 2 s per worker (and ~2 ms more of the worker's loop each time).
+        # One connection per worker, kept: a new one per refresh would cost a PostgreSQL
+        # backend start per refresh per worker, and more of the worker's loop.
         self._conn: psycopg.AsyncConnection | None = None
         self._connecting = asyncio.Lock()
         self.loaded = False
@@ -81,9 +81,9 @@ class ElectionCache:
     async def lookup(self, election_id: str) -> Election | None:
         """The election, or None when PostgreSQL does not know it; raises LookupFailed.
 
-        One query per id at a time: concurrent callers share its answer (before, they were
-        told "unknown" while the first caller's query was still running). An unknown id is
-        not asked again for ``negative_ttl_s``.
+        One query per id at a time: concurrent callers share its answer, so none is told
+        "unknown" while the first caller's query is still running. An unknown id is not
+        asked again for ``negative_ttl_s``.
         """
         election = self._elections.get(election_id)
         if election is not None:

@@ -74,10 +74,9 @@ class BufferedCounter:
     """A counter child's increments, held in this process until ``flush``.
 
     In multiprocess mode every ``inc`` of prometheus_client writes an mmap'd file (pid
-    check, struct pack, two stores): 2.5 µs on the bench VM, and a ``Histogram.observe``
-    5.4 µs. A vote made three such updates. Counting in a Python int costs ~0.1 µs; the
-    loop adds the total once a second. Only for metrics updated from the event loop's
-    thread: there is no lock.
+    check, struct pack, two stores), which costs far more than counting in a Python int
+    (bench/README.md has the figures); the loop adds the total once a second. Only for
+    metrics updated from the event loop's thread: there is no lock.
     """
 
     __slots__ = ("_child", "_pending")

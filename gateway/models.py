@@ -6,7 +6,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
-# Client-generated UUID (36 chars with dashes, or 32 hex) or ULID (26 Crockford base32).
+# Chosen by the client: 16 to 64 ASCII letters, digits and '-'. A UUID (with or without
+# dashes) or a ULID fits, but nothing checks that it is one.
 VoteId = Annotated[str, msgspec.Meta(pattern=r"^[0-9A-Za-z-]{16,64}$")]
 CandidateId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
 

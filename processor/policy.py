@@ -240,8 +240,8 @@ def plan_batch(
     # supersede them before they are written.
     pending: dict[VoteKey, VoteRow] = {}
     # Per election, once per batch: whether last_wins, else how many votes may count.
-    # The limit is computed when a vote first reaches the policy step, as before, so an
-    # election with a broken policy text fails only batches with votes that need it.
+    # The limit is computed when a vote first reaches the policy step, so an election
+    # with a broken policy text fails only batches with votes that need it.
     limits: dict[str, int] = {}
 
     def reject(e: VoteEvent, m: Message, reason: str, detail: str | None = None) -> None:

@@ -969,8 +969,8 @@ def verify_token(token, KeyRing keys not None, str audience not None, double now
 # Bounded LRU maps
 
 # no_gc: the cyclic collector never sees the entries. A full cache holds a million of
-# them, and traversing those in every gen-2 collection stalled every request in flight
-# for 50-200 ms. An entry cannot sit in a cycle that outlives it: it refers to its key
+# them, and traversing those in every full collection would stall every request in
+# flight. An entry cannot sit in a cycle that outlives it: it refers to its key
 # (a str) and its value (bytes, or a pending marker that is discarded as soon as its vote
 # is decided), and its links to other entries are borrowed pointers.
 @cython.final

@@ -317,8 +317,8 @@ def test_poison_message_between_good_ones(
     bad_version = VoteEvent(9, "bv", el, "p2", "a", int(time.time() * 1e6), "gw")
     unknown = make_event("no-such-election", "p3", "a", vote_id="ue")
     good2 = make_event(el, "p4", "b")
-    # PostgreSQL text cannot hold a NUL: looking this one up by its ids used to fail the
-    # batch over and over, stopping the partition.
+    # PostgreSQL text cannot hold a NUL: looking this one up by its ids must not fail the
+    # batch over and over and stop the partition.
     nul = make_event(el, "p5\x00", "a", vote_id="nul")
     producer.send(topic, [good1, b"\xc1garbage", bad_version, unknown, nul, good2], partition=0)
     port = _free_port()

@@ -316,8 +316,8 @@ def test_sign_receipt_agrees(
 
 
 def test_compiled_caches_add_no_objects_for_the_cyclic_collector() -> None:
-    """A million cached votes must not be walked by every full collection: that stalled
-    every request in flight for 50-200 ms. Only the compiled maps promise this."""
+    """A million cached votes must not be walked by every full collection: that would
+    stall every request in flight. Only the compiled maps promise this."""
     import gc
 
     cache = fast.IdempotencyCache(100_000)

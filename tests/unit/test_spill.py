@@ -168,9 +168,9 @@ class _DeliveringSink:
 
 
 def test_an_orphan_slot_is_drained_then_removed_and_never_reopened(tmp_path, monkeypatch):
-    """A slot whose worker is gone is opened once: drained, then deleted. Before, an empty
-    leftover slot was reopened every 5 s by every worker, each time blocking the event
-    loop ~30 ms and leaving another RocksDB info LOG behind."""
+    """A slot whose worker is gone is opened once: drained, then deleted, so an empty
+    leftover slot is not reopened every few seconds by every worker (each time blocking
+    the event loop and leaving another RocksDB info LOG behind)."""
     from gateway import durability
 
     async def scenario():
