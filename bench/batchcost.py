@@ -1,8 +1,8 @@
 """``python -m bench batchcost``: PostgreSQL CPU and wall time of one ``Store.apply_batch``.
 
-The processor's steady state is many small batches (3,360 votes/s, 100 ms batch bound,
-2 members → ~20 transactions/s of ~170 events), where the fixed cost of a transaction
-dominates; draining a backlog is few large ones, where the per-row cost does. This
+The processor's steady state is many small batches (the time bound closes one every
+``VOTE_PROCESSOR_BATCH_MAX_MS`` per member, a few hundred events each), where the fixed
+cost of a transaction dominates; draining a backlog is few large ones, where the per-row cost does. This
 times both directly, without Kafka:
 
 1. A fresh database (migrated, dropped at the end), one ``first_wins`` election with

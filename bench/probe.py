@@ -1,10 +1,10 @@
 """How fast this machine is right now, recorded beside every figure the harness writes.
 
-The bench machines are shared VMs: on 2026-12-01 the same 2-core VM ran the gateway,
-the peers and the processor 2-4x slower than on 2026-11-25 while a plain Python loop ran
-only ~1.2x slower. The difference was in waking up: the work that hands requests
-between threads and processes (HTTP servers, Kafka clients, PostgreSQL) paid for it,
-a CPU-bound loop did not. So a report carries two probes, taken just before it measures:
+The bench machines are shared VMs whose speed changes from day to day, and not for every
+kind of work alike: waking a sleeping thread or process can slow down far more than a
+CPU-bound loop, and HTTP servers, Kafka clients and PostgreSQL wake up for every request
+(bench/README.md, "The machine's speed on the day"). So a report carries two probes,
+taken just before it measures:
 
 * ``python_loop_ms``: 10 million iterations of an empty Python loop (CPU speed);
 * ``wakeup_roundtrip_us``: one byte sent to a child process and back over pipes, the

@@ -12,8 +12,7 @@ A failed step counts only once it is confirmed: the search runs the same rate ag
 (``confirm_failures`` more times) before it takes it as the target's limit. On a shared
 machine one 10 s step can fail for reasons that have nothing to do with the target (the
 hypervisor's steal, another tenant, a broker's GC pause), and a single such failure
-used to cap the target's max for the whole session (2026-12-01: the gateway's step at
-2,000/s failed by 3 ms and its max was reported as 1,910/s).
+must not cap the target's max for the whole session (bench/README.md, Method).
 """
 
 from __future__ import annotations

@@ -350,8 +350,8 @@ def migrate(env: dict[str, str]) -> None:
 # The tables every produced vote grows. Autovacuum analyzes a table once 10 % of it
 # changed and vacuums an insert-only one at 20 %: on the stack's database, filled by
 # earlier runs, that lands in the middle of some later run at a random moment, and an
-# ANALYZE of the 32 voters partitions took ~40 % of a core for seconds (perf, 2026-11-25).
-# On two shared cores that alone moved the gateway's p99 by a few ms. Doing it before the
+# ANALYZE of the 32 voters partitions takes a good share of a core for seconds, enough
+# to move the gateway's p99 on two shared cores (bench/README.md). Doing it before the
 # run leaves autovacuum nothing to do unless one run adds another 10 %. (In production
 # PostgreSQL has its own hosts.)
 _GROWING_TABLES = ("votes", "voters", "vote_rejections", "tallies", "consumer_offsets")
