@@ -2,8 +2,8 @@
 
 The processor's steady state is many small batches (the time bound closes one every
 ``VOTE_PROCESSOR_BATCH_MAX_MS`` per member, a few hundred events each), where the fixed
-cost of a transaction dominates; draining a backlog is few large ones, where the per-row cost does. This
-times both directly, without Kafka:
+cost of a transaction dominates; draining a backlog is few large ones, where the
+per-row cost does. This times both directly, without Kafka:
 
 1. A fresh database (migrated, dropped at the end), one ``first_wins`` election with
    10 candidates and the event mix of ``bench processor`` (~5 % Kafka duplicates, ~2 %
