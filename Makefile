@@ -41,7 +41,7 @@ deps:
 venv: deps $(INSTALLED)
 
 # Reinstall when the dependencies or the compiled hot path change.
-$(INSTALLED): pyproject.toml setup.py $(wildcard gateway/_fast/*.pyx gateway/_fast/*.pxd)
+$(INSTALLED): pyproject.toml setup.py $(wildcard gateway/_fast/*.pyx gateway/_fast/*.pxd gateway/_fast/*.pxi)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip==26.3 setuptools==84.2.1 wheel Cython==3.3.1
 	$(PY) -m pip install -q -e '.[dev,bench]'

@@ -4,6 +4,7 @@ Everything else is declared in pyproject.toml. Set VOTE_FAST_DEBUG=1 to build wi
 Cython annotations (gateway/_fast/*.html) and line tracing for profiling.
 """
 
+import glob
 import os
 
 from Cython.Build import cythonize
@@ -15,6 +16,9 @@ extensions = [
     Extension(
         "gateway._fast._core",
         ["gateway/_fast/_core.pyx"],
+        # The parts _core.pyx includes and its declarations: a change to any of them
+        # rebuilds the extension.
+        depends=["gateway/_fast/_core.pxd", *sorted(glob.glob("gateway/_fast/_*.pxi"))],
         # libcrypto gives us HMAC-SHA256, Ed25519 and CRYPTO_memcmp (constant time).
         libraries=["crypto"],
         # -ffp-contract=off: no fused multiply-add (the default on aarch64), so the rate

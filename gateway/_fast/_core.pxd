@@ -4,6 +4,30 @@
 from cpython.object cimport PyObject
 
 
+# CPython's C API beyond what Cython's own cpython/*.pxd declare.
+cdef extern from "Python.h":
+    bint PyUnicode_Check(object o)
+    bint PyBytes_Check(object o)
+    bint PyUnicode_IS_ASCII(object o)
+    void *PyUnicode_DATA(object o)
+    Py_ssize_t PyUnicode_GET_LENGTH(object o)
+    int PyUnicode_READY(object o) except -1
+    object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
+    const char *PyUnicode_AsUTF8AndSize(object o, Py_ssize_t *size) except NULL
+    object PyUnicode_DecodeUTF8(const char *s, Py_ssize_t size, const char *errors)
+    object PyUnicode_AsEncodedString(object o, const char *encoding, const char *errors)
+    object PyLong_FromString(const char *s, char **pend, int base)
+    object PyLong_FromDouble(double v)
+    long long PyLong_AsLongLongAndOverflow(object o, int *overflow) except? -1
+    unsigned long long PyLong_AsUnsignedLongLong(object o) except? -1
+    double PyOS_string_to_double(const char *s, char **endptr, PyObject *overflow) except? -1.0
+    PyObject *PyDict_GetItemWithError(object d, object key) except? NULL
+    int PyDict_SetItem(object d, object key, object value) except -1
+    int PyDict_DelItem(object d, object key) except -1
+    int PyDict_Contains(object d, object key) except -1
+    bint Py_IS_FINITE(double x)
+
+
 cdef extern from "openssl/core.h" nogil:
     ctypedef struct OSSL_PARAM:
         const char *key
