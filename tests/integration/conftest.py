@@ -266,5 +266,8 @@ def start_service(stack_env: dict[str, str], tmp_path: Path) -> Iterator[Callabl
         svc.stop()
 
 
+# The chaos suite's 3-node stack, beside the checkout's single-broker one.
+from tests.integration.cluster_fixtures import three_node_cluster  # noqa: E402, F401
+
 # The gateway's HTTP fixtures (a real gateway + processor per test module).
 from tests.integration.gateway_fixtures import gateway_stack  # noqa: E402, F401
