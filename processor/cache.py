@@ -6,8 +6,8 @@ Keys (``E`` = election id):
 
 * ``tally:E``        hash candidate → absolute votes (what the results API reads)
 * ``tally_meta:E``   hash ``as_of`` → unix seconds of the last change
-* ``tally_shard:E:C`` hash ``<topic>|<partition>`` → ``"<as_of_offset>:<votes>"``, the
-  absolute tally of candidate C contributed by one Kafka partition, with its version
+* ``tally_shard:E:C`` hash ``[<cluster>:]<topic>|<partition>`` → ``"<as_of_offset>:<votes>"``,
+  the absolute tally of candidate C contributed by one Kafka partition, with its version
 * channel ``results:E`` gets ``{"election_id", "tallies", "total", "source", "as_of"}``
   after every change.
 
@@ -99,6 +99,13 @@ def shard_key(election_id: str, candidate_id: str) -> str:
     return f"tally_shard:{election_id}:{candidate_id}"
 
 
+def shard_field(s: ShardTally) -> str:
+    """The field of one shard in ``tally_shard:E:C``: its partition, named by cluster and
+    topic (``<cluster>:<topic>|<partition>``; without a cluster, ``<topic>|<partition>``)."""
+    where = f"{s.cluster}:{s.topic}" if s.cluster else s.topic
+    return f"{where}|{s.partition}"
+
+
 def channel(election_id: str) -> str:
     return f"results:{election_id}"
 
@@ -119,7 +126,7 @@ class TallyCache:
         args: list[str | int] = [election_id, "1" if full else "0"]
         for s in shards:
             keys.append(shard_key(election_id, s.candidate_id))
-            args += [f"{s.topic}|{s.partition}", s.as_of_offset, s.candidate_id, s.votes]
+            args += [shard_field(s), s.as_of_offset, s.candidate_id, s.votes]
         return int(self._script(keys=keys, args=args))
 
     def delete(self, election_id: str) -> None:

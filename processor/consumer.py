@@ -88,6 +88,7 @@ class Processor:
             settings.processor_group,
             self.topic,
             lookup_threshold=settings.processor_lookup_threshold,
+            cluster=settings.processor_cluster,
         )
         self.cache = TallyCache(settings.redis_url)
         self.consumer = Consumer(
@@ -158,6 +159,7 @@ class Processor:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         ids = [tp.partition for tp in partitions]
+        self._before_assign(consumer, ids)
         stored = self._retry_db(lambda: self.store.stored_offsets(ids))
         stored = self._rewind_past_log_end(consumer, stored)
         # The previous owner may have died between its commit and its Redis write, and
@@ -173,6 +175,9 @@ class Processor:
         self._rebalances += 1
         self._gap_ok.clear()
         self.log.info("partitions assigned", extra={"partitions": ids, "offsets": stored})
+
+    def _before_assign(self, consumer: Consumer, partitions: list[int]) -> None:
+        """Called first on assignment; a takeover stores its start offsets here."""
 
     def _rewind_past_log_end(self, consumer: Consumer, stored: dict[int, int]) -> dict[int, int]:
         """Stored offsets beyond a partition's log end belong to an older incarnation of
@@ -334,11 +339,26 @@ class Processor:
         for outcome, n in plan.outcomes.items():
             metrics.ROWS.labels(outcome).inc(n)
         self._next.update(nxt)
+        self._commit_to_kafka(nxt)
         self._publish(result)
         self._observe_latency(plan)
         self._adapt(len(kmsgs), db_seconds)
         self._update_lag(force=True)
         self.log.debug("batch committed", extra={"messages": len(kmsgs), "seconds": db_seconds})
+
+    def _commit_to_kafka(self, nxt: dict[int, int]) -> None:
+        """Tell Kafka where we are, after PostgreSQL has it. Never read back: it is for
+        MirrorMaker 2's checkpoints (the other region translates them into where a
+        takeover of our mirrored topic starts) and for Kafka's lag tools."""
+        if not self.s.processor_cluster:
+            return
+        try:
+            self.consumer.commit(
+                offsets=[TopicPartition(self.topic, p, o) for p, o in nxt.items()],
+                asynchronous=True,
+            )
+        except KafkaException as exc:  # advisory only: the next batch commits again
+            self.log.debug("kafka commit failed", extra={"error": str(exc)})
 
     def _reseek(self, first: dict[int, int], stored: dict[int, int]) -> None:
         """After a fenced (rolled-back) batch: continue from what PostgreSQL holds."""

@@ -28,6 +28,7 @@ from collections.abc import Callable
 
 from processor import metrics
 from processor.consumer import Processor
+from processor.regions import RegionWatch
 from processor.settings import ProcessorSettings
 
 log = logging.getLogger("processor")
@@ -99,4 +100,12 @@ def run(settings: ProcessorSettings) -> int:
     # (until now __main__'s handler exited at once, which was still clean).
     signal.signal(signal.SIGTERM, members.request_stop)
     signal.signal(signal.SIGINT, members.request_stop)
-    return members.run()
+    watch = None
+    if settings.processor_cluster:
+        watch = RegionWatch(settings)
+        watch.start()
+    try:
+        return members.run()
+    finally:
+        if watch is not None:
+            watch.stop()

@@ -38,6 +38,20 @@ OFFSET_REWINDS = Counter(
     "Partitions re-read from their start because the stored offset was past the log end",
 )
 
+REGION_HEARTBEAT_AGE = Gauge(
+    "vote_region_heartbeat_age_seconds",
+    "Age of a region's processor heartbeat in PostgreSQL, as this region sees it",
+    ["region"],
+)
+REGION_TAKEOVER = Gauge(
+    "vote_region_takeover",
+    "1 while this processor counts a lost region's mirrored topic",
+    ["region"],
+)
+REGION_TAKEOVERS = Counter(
+    "vote_region_takeovers_total", "Takeovers of a lost region's mirrored topic", ["region"]
+)
+
 
 def serve(port: int) -> None:
     if port:

@@ -41,6 +41,24 @@ class ProcessorSettings(msgspec.Struct, frozen=True, kw_only=True):
     # parameters and touch no temporary table (processor.store.LOOKUP_THRESHOLD says
     # why); 0 sends every batch through the staged path.
     processor_lookup_threshold: int = 4000
+    # Regions (docs/ARCHITECTURE.md, "Regions"). processor_cluster names the Kafka
+    # cluster this processor reads (its region, e.g. "A"); offsets and tally shards are
+    # keyed by it. "" is a single-region deployment: no heartbeat, no takeover.
+    processor_cluster: str = ""
+    # Regions whose mirrored topic ("<region>.<topic>", copied here by MirrorMaker 2)
+    # this processor takes over while that region's processors are gone, comma-separated.
+    processor_takeover: str = ""
+    # A region is taken over once its heartbeat in PostgreSQL is this old and has not
+    # moved for processor_takeover_confirm_s of our own successful checks (a PostgreSQL
+    # failover stalls every region's heartbeat for a while; that is not a region loss).
+    processor_takeover_after_s: float = 10.0
+    processor_takeover_confirm_s: float = 3.0
+    # Without a MirrorMaker checkpoint, a takeover starts at the lost region's last
+    # heartbeat minus this margin (never at the start of the topic).
+    processor_takeover_margin_s: float = 60.0
+    # How often the other regions' tally shards are copied from PostgreSQL into this
+    # region's Redis, so that results served in every region converge.
+    processor_region_sync_ms: int = 1000
     # Written at start and removed at exit when set (the launcher may manage it instead).
     processor_pid_file: str = ""
     # 0 disables the metrics endpoint (several processors in one test).
@@ -56,6 +74,11 @@ class ProcessorSettings(msgspec.Struct, frozen=True, kw_only=True):
         """The topic this processor consumes."""
         return self.processor_topic or self.topic
 
+    @property
+    def takeover_regions(self) -> list[str]:
+        """The regions named by processor_takeover."""
+        return [r.strip() for r in self.processor_takeover.split(",") if r.strip()]
+
     def __post_init__(self) -> None:
         if self.processor_members < 1:
             raise ValueError("processor_members must be >= 1")
@@ -63,6 +86,12 @@ class ProcessorSettings(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("processor_lookup_threshold must be >= 0")
         if self.processor_crash_at not in ("", "after_copy", "after_commit"):
             raise ValueError("processor_crash_at must be '', 'after_copy' or 'after_commit'")
+        if self.processor_takeover and not self.processor_cluster:
+            raise ValueError("processor_takeover needs processor_cluster")
+        if self.processor_cluster in self.takeover_regions:
+            raise ValueError("processor_takeover must not name this processor's own cluster")
+        if self.processor_region_sync_ms < 100:
+            raise ValueError("processor_region_sync_ms must be >= 100")
         if not 1 <= self.processor_batch_min_messages <= self.processor_batch_max_messages:
             raise ValueError(
                 "need 1 <= processor_batch_min_messages <= processor_batch_max_messages"

@@ -84,6 +84,8 @@ class ShardTally:
     partition: int
     votes: int
     as_of_offset: int
+    # The Kafka cluster of the topic ('' in a single-region deployment).
+    cluster: str = ""
 
 
 @dataclass(slots=True)
@@ -149,15 +151,23 @@ class Store:
     """The processor's PostgreSQL connection and its batch transaction."""
 
     def __init__(
-        self, dsn: str, group: str, topic: str, lookup_threshold: int = LOOKUP_THRESHOLD
+        self,
+        dsn: str,
+        group: str,
+        topic: str,
+        lookup_threshold: int = LOOKUP_THRESHOLD,
+        cluster: str = "",
     ) -> None:
         """``lookup_threshold``: batches with fewer messages than this take the array
-        path (no temporary table); 0 sends every batch through the staged path."""
+        path (no temporary table); 0 sends every batch through the staged path.
+        ``cluster`` names the Kafka cluster ``topic`` lives in: offsets and tally shards
+        are keyed by it (docs/ARCHITECTURE.md, "Regions"); '' in a single region."""
         if lookup_threshold < 0:
             raise ValueError("lookup_threshold must be >= 0")
         self._dsn = dsn
         self.group = group
         self.topic = topic
+        self.cluster = cluster
         self.lookup_threshold = lookup_threshold
         self.conn = self._connect()
 
@@ -184,8 +194,9 @@ class Store:
     def stored_offsets(self, partitions: list[int]) -> dict[int, int]:
         rows = self.conn.execute(
             "SELECT partition, next_offset FROM consumer_offsets"
-            " WHERE consumer_group = %s AND topic = %s AND partition = ANY(%s)",
-            (self.group, self.topic, partitions),
+            " WHERE consumer_group = %s AND cluster = %s AND topic = %s"
+            " AND partition = ANY(%s)",
+            (self.group, self.cluster, self.topic, partitions),
         ).fetchall()
         return {p: o for p, o in rows}
 
@@ -195,17 +206,30 @@ class Store:
         self.conn.execute(
             "UPDATE consumer_offsets c SET next_offset = t.o, updated_at = now()"
             " FROM unnest(%s::int4[], %s::int8[]) AS t(p, o)"
-            " WHERE c.consumer_group = %s AND c.topic = %s AND c.partition = t.p"
-            " AND c.next_offset > t.o",
-            (parts, [offsets[p] for p in parts], self.group, self.topic),
+            " WHERE c.consumer_group = %s AND c.cluster = %s AND c.topic = %s"
+            " AND c.partition = t.p AND c.next_offset > t.o",
+            (parts, [offsets[p] for p in parts], self.group, self.cluster, self.topic),
         )  # one statement on an autocommit connection: atomic
+
+    def start_offsets(self, offsets: dict[int, int]) -> None:
+        """Store ``offsets`` as the next offsets, forward or back: where a takeover of a
+        lost region's mirrored topic starts (processor/regions.py)."""
+        parts = sorted(offsets)
+        self.conn.execute(
+            "INSERT INTO consumer_offsets (consumer_group, cluster, topic, partition,"
+            "  next_offset)"
+            " SELECT %s, %s, %s, p, o FROM unnest(%s::int4[], %s::int8[]) AS t(p, o)"
+            " ON CONFLICT (consumer_group, cluster, topic, partition)"
+            " DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()",
+            (self.group, self.cluster, self.topic, parts, [offsets[p] for p in parts]),
+        )
 
     def elections_in_partitions(self, partitions: list[int]) -> set[str]:
         """Elections with tallies from these partitions of our topic."""
         rows = self.conn.execute(
             "SELECT DISTINCT election_id FROM tallies"
-            " WHERE topic = %s AND kafka_partition = ANY(%s)",
-            (self.topic, partitions),
+            " WHERE cluster = %s AND topic = %s AND kafka_partition = ANY(%s)",
+            (self.cluster, self.topic, partitions),
         ).fetchall()
         return {r[0] for r in rows}
 
@@ -266,8 +290,15 @@ class Store:
             cur.execute(
                 "UPDATE consumer_offsets c SET next_offset = t.o, updated_at = now()"
                 " FROM unnest(%s::int4[], %s::int8[]) AS t(p, o)"
-                " WHERE c.consumer_group = %s AND c.topic = %s AND c.partition = t.p",
-                (list(next_offsets), list(next_offsets.values()), self.group, self.topic),
+                " WHERE c.consumer_group = %s AND c.cluster = %s AND c.topic = %s"
+                " AND c.partition = t.p",
+                (
+                    list(next_offsets),
+                    list(next_offsets.values()),
+                    self.group,
+                    self.cluster,
+                    self.topic,
+                ),
             )
             if before_commit is not None:
                 before_commit(plan)
@@ -279,17 +310,18 @@ class Store:
         parts = sorted(first_offsets)
         # A partition seen for the first time starts where its first batch starts.
         cur.execute(
-            "INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset)"
-            " SELECT %s, %s, p, o FROM unnest(%s::int4[], %s::int8[]) AS t(p, o)"
+            "INSERT INTO consumer_offsets (consumer_group, cluster, topic, partition,"
+            "  next_offset)"
+            " SELECT %s, %s, %s, p, o FROM unnest(%s::int4[], %s::int8[]) AS t(p, o)"
             " ON CONFLICT DO NOTHING",
-            (self.group, self.topic, parts, [first_offsets[p] for p in parts]),
+            (self.group, self.cluster, self.topic, parts, [first_offsets[p] for p in parts]),
         )
         # ORDER BY: two transactions lock overlapping partitions in the same order.
         cur.execute(
             "SELECT partition, next_offset FROM consumer_offsets"
-            " WHERE consumer_group = %s AND topic = %s AND partition = ANY(%s)"
-            " ORDER BY partition FOR UPDATE",
-            (self.group, self.topic, parts),
+            " WHERE consumer_group = %s AND cluster = %s AND topic = %s"
+            " AND partition = ANY(%s) ORDER BY partition FOR UPDATE",
+            (self.group, self.cluster, self.topic, parts),
         )
         stored = {p: o for p, o in cur.fetchall()}
         bad = {}
@@ -557,16 +589,18 @@ class Store:
             return []
         items = sorted(plan.tally.items())
         cur.execute(
-            "INSERT INTO tallies AS t (election_id, candidate_id, topic, kafka_partition,"
-            "  votes, as_of_offset)"
-            " SELECT e, c, %s, p, d, o"
+            "INSERT INTO tallies AS t (election_id, candidate_id, cluster, topic,"
+            "  kafka_partition, votes, as_of_offset)"
+            " SELECT e, c, %s, %s, p, d, o"
             " FROM unnest(%s::text[], %s::text[], %s::int4[], %s::int8[], %s::int8[])"
             "  AS u(e, c, p, d, o)"
-            " ON CONFLICT (election_id, candidate_id, topic, kafka_partition) DO UPDATE"
+            " ON CONFLICT (election_id, candidate_id, cluster, topic, kafka_partition)"
+            " DO UPDATE"
             " SET votes = t.votes + EXCLUDED.votes, as_of_offset = EXCLUDED.as_of_offset"
             " RETURNING t.election_id, t.candidate_id, t.topic, t.kafka_partition, t.votes,"
-            "  t.as_of_offset",
+            "  t.as_of_offset, t.cluster",
             (
+                self.cluster,
                 self.topic,
                 [k[0] for k, _ in items],
                 [k[1] for k, _ in items],
@@ -602,8 +636,8 @@ def load_elections(conn: psycopg.Connection, ids: list[str] | None = None) -> di
 def shard_tallies(conn: psycopg.Connection, election_id: str) -> list[ShardTally]:
     """Every shard row of an election's tallies, for a full Redis write."""
     rows = conn.execute(
-        "SELECT election_id, candidate_id, topic, kafka_partition, votes, as_of_offset"
-        " FROM tallies WHERE election_id = %s",
+        "SELECT election_id, candidate_id, topic, kafka_partition, votes, as_of_offset,"
+        "  cluster FROM tallies WHERE election_id = %s",
         (election_id,),
     ).fetchall()
     return [ShardTally(*r) for r in rows]

@@ -30,7 +30,7 @@ def _put_tallies(dsn: str, eid: str, offset: int, **votes: int) -> None:
         for c, n in votes.items():
             conn.execute(
                 "INSERT INTO tallies VALUES (%s, %s, 't', 0, %s, %s)"
-                " ON CONFLICT (election_id, candidate_id, topic, kafka_partition)"
+                " ON CONFLICT (election_id, candidate_id, cluster, topic, kafka_partition)"
                 " DO UPDATE SET votes = EXCLUDED.votes, as_of_offset = EXCLUDED.as_of_offset",
                 (eid, c, n, offset),
             )
