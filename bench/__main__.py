@@ -5,6 +5,8 @@ gateway   open-loop load on the gateway and its peers        (bench/run.py)
 fastpath  micro-benchmarks of gateway._fast                  (bench/fastpath.py)
 processor drain N preloaded events vs a plain binary COPY     (bench/processor.py)
 batchcost PostgreSQL CPU of one small / large batch, by phase  (bench/batchcost.py)
+capacity  cores, storage, Kafka for a target rate, from measured costs (bench/capacity.py)
+locust    a Locust master and N workers replaying a corpus, then exactly-once (bench/locust_run.py)
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ COMMANDS = {
     "fastpath": "bench.fastpath",
     "processor": "bench.processor",
     "batchcost": "bench.batchcost",
+    "capacity": "bench.capacity",
+    "locust": "bench.locust_run",
 }
 
 
