@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from core import settings as settings_mod
 from gateway._fast.reference import b64url_decode, b64url_encode
-from gateway.config import GatewaySettings
+from gateway.config import DEFAULT_TOKEN_ISSUER, GatewaySettings
 
 POLICIES = ("first_wins", "last_wins")
 
@@ -56,6 +56,8 @@ def init_keys(settings: GatewaySettings, *, rotate: bool = False) -> dict[str, s
     if os.path.exists(issuer_file):
         with open(issuer_file) as fh:
             issuer = json.load(fh)
+    # The name tokens carry in ``iss``; the gateway checks it (VOTE_TOKEN_ISSUER).
+    issuer["iss"] = settings.token_issuer
     generation = len(issuer["keys"]) // 2 + 1
     ed = Ed25519PrivateKey.generate()
     issuer["keys"] += [
@@ -136,9 +138,11 @@ def create_election(
             )
 
 
-def _load_issuer(issuer_file: str) -> dict[str, dict[str, Any]]:
+def _load_issuer(issuer_file: str) -> tuple[str, dict[str, dict[str, Any]]]:
+    """The issuer's name and its newest key of each alg."""
     with open(issuer_file) as fh:
-        return {k["alg"]: k for k in json.load(fh)["keys"]}  # the newest key of each alg
+        doc = json.load(fh)
+    return doc.get("iss", DEFAULT_TOKEN_ISSUER), {k["alg"]: k for k in doc["keys"]}
 
 
 def _signing_key(jwk: dict[str, Any]) -> Any:
@@ -155,23 +159,41 @@ def mint_token(
     alg: str = "HS256",
     ttl_s: int = 3600,
     now: float | None = None,
+    jti: str | None = None,
 ) -> str:
-    jwk = _load_issuer(issuer_file)[alg]
+    """A token for one vote; ``jti`` (a fresh id by default) is the vote_id it authorizes."""
+    iss, keys = _load_issuer(issuer_file)
+    jwk = keys[alg]
     return _mint(
-        jwk, _signing_key(jwk), election_id, voter_id, ttl_s, time.time() if now is None else now
+        jwk,
+        _signing_key(jwk),
+        iss,
+        election_id,
+        voter_id,
+        ttl_s,
+        time.time() if now is None else now,
+        jti or uuid.uuid4().hex,
     )
 
 
 def _mint(
-    jwk: dict[str, Any], key: Any, election_id: str, voter_id: str, ttl_s: int, now: float
+    jwk: dict[str, Any],
+    key: Any,
+    iss: str,
+    election_id: str,
+    voter_id: str,
+    ttl_s: int,
+    now: float,
+    jti: str,
 ) -> str:
     claims = {
+        "iss": iss,
         "sub": voter_id,
         "aud": election_id,
         "iat": int(now),
         "nbf": int(now) - 1,
         "exp": int(now) + ttl_s,
-        "jti": uuid.uuid4().hex,
+        "jti": jti,
     }
     return jwt.encode(claims, key, algorithm=jwk["alg"], headers={"kid": jwk["kid"]})
 
@@ -187,7 +209,8 @@ def mint_votes(
 ) -> Iterator[dict[str, str]]:
     """N distinct voters, one signed vote each: {voter_id, vote_id, choice, token, body}."""
     rng = random.Random(seed)
-    jwk = _load_issuer(issuer_file)[alg]
+    iss, keys = _load_issuer(issuer_file)
+    jwk = keys[alg]
     key = _signing_key(jwk)
     choices = list(candidates or ("alice", "bob", "carol"))
     now = time.time()
@@ -200,7 +223,7 @@ def mint_votes(
             "voter_id": voter_id,
             "vote_id": vote_id,
             "choice": choice,
-            "token": _mint(jwk, key, election_id, voter_id, ttl_s, now),
+            "token": _mint(jwk, key, iss, election_id, voter_id, ttl_s, now, vote_id),
             "body": json.dumps({"vote_id": vote_id, "choice": choice}, separators=(",", ":")),
         }
 

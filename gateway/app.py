@@ -23,6 +23,7 @@ from typing import Any
 
 import msgspec
 
+from core import event as event_schema
 from core import jsonlog
 from gateway import _fast, metrics
 from gateway import problems as p
@@ -92,6 +93,9 @@ class VoteGateway:
         self.sink.start()
         self.spill = SpillStore.claim(s.spill_dir, loop, s.spill_max_events)
         self.gateway_id = f"{s.gateway_id}-{os.path.basename(self.spill.path)}"
+        problem = event_schema.field_problem("gateway_id", self.gateway_id)
+        if problem is not None:
+            raise SystemExit(f"VOTE_GATEWAY_ID: {problem}")
         self.durability = DurabilityPipeline(self.sink, self.spill, s.spill_deadline_ms / 1000)
         self.idempotency = _fast.IdempotencyCache(s.idempotency_capacity)
         self.ip_limiter = _fast.RateLimiter(
@@ -270,7 +274,7 @@ class VoteGateway:
             raise p.UnsupportedMediaType()
         body = await self._read_body(protocol, headers)
 
-        voter_id = self._authenticate(headers, election_id, now)
+        voter_id, jti = self._authenticate(headers, election_id, now)
         if not election.is_open(now):
             raise p.ElectionNotOpen(f"election {election_id!r} is not open now")
         try:
@@ -279,6 +283,14 @@ class VoteGateway:
             raise p.BadRequest(f"invalid vote: {exc}") from None
         except msgspec.DecodeError as exc:
             raise p.BadRequest(f"body is not valid JSON: {exc}") from None
+        if request.vote_id != jti:
+            # One token, one vote, on every worker without shared state: the vote_id a
+            # token authorizes is its jti (docs/ARCHITECTURE.md, Trust boundaries).
+            metrics.token_rejections_total.labels("token_bound").inc()
+            raise p.Forbidden(
+                "this token authorizes only the vote whose vote_id is its jti",
+                reason="token_bound",
+            )
         if request.choice not in election.candidates:
             raise p.UnknownCandidate(f"{request.choice!r} is not a candidate of {election_id!r}")
 
@@ -314,21 +326,28 @@ class VoteGateway:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _authenticate(self, headers: Any, election_id: str, now: float) -> str:
+    def _authenticate(self, headers: Any, election_id: str, now: float) -> tuple[str, str]:
+        """The token's (sub, jti), or the problem that refuses it."""
         auth = headers.get("authorization", "")
         if not auth.startswith("Bearer "):
             metrics.token_rejections_total.labels("missing").inc()
             raise p.Unauthorized("missing Bearer token")
         try:
-            voter_id, _jti, _exp = _fast.verify_token(
-                auth[7:], self.keys, election_id, now, self.settings.token_leeway_s
+            voter_id, jti, _exp = _fast.verify_token(
+                auth[7:],
+                self.keys,
+                election_id,
+                now,
+                self.settings.token_leeway_s,
+                self.settings.token_issuer,
+                self.settings.token_max_lifetime_s,
             )
         except _fast.TokenError as exc:
             metrics.token_rejections_total.labels(exc.reason).inc()
             if exc.reason == "wrong_audience":
                 raise p.Forbidden("token is not for this election", reason=exc.reason) from None
             raise p.Unauthorized(f"token refused: {exc.reason}", reason=exc.reason) from None
-        return voter_id
+        return voter_id, jti
 
     async def _accept(
         self, election: Election, voter_id: str, vote_id: str, choice: str, now: float
@@ -351,9 +370,13 @@ class VoteGateway:
         self.idempotency.put(vote_id, digest, pending)
         try:
             received_at_us = int(now * 1_000_000)
-            event = _fast.encode_event(
-                vote_id, election.election_id, voter_id, choice, received_at_us, self.gateway_id
-            )
+            try:
+                event = _fast.encode_event(
+                    vote_id, election.election_id, voter_id, choice, received_at_us, self.gateway_id
+                )
+            except ValueError as exc:
+                # A field the processor would refuse as malformed: never acknowledge it.
+                raise p.BadRequest(f"vote cannot be counted: {_field_source(str(exc))}") from None
             try:
                 durability = await self.durability.persist(voter_id.encode(), event)
             except NotDurable as exc:
@@ -401,7 +424,7 @@ class VoteGateway:
 
     async def get_vote(self, scope: Any, protocol: Any, election_id: str, vote_id: str) -> None:
         await self._election(election_id)
-        voter_id = self._authenticate(scope.headers, election_id, time.time())
+        voter_id, _jti = self._authenticate(scope.headers, election_id, time.time())
         if self.results is None:
             raise p.Unavailable("vote status is not available", retry_after=5)
         status = await self.results.vote_status(election_id, vote_id, voter_id)
@@ -448,6 +471,13 @@ class VoteGateway:
             for task in (pump_task, disconnect):
                 task.cancel()
             await asyncio.gather(pump_task, disconnect, return_exceptions=True)
+
+
+def _field_source(problem: str) -> str:
+    """core.event's words, naming where the client put the field."""
+    if problem.startswith("voter_id"):
+        return "the token's sub (voter_id) " + problem.removeprefix("voter_id ")
+    return problem
 
 
 def _request_id(scope: Any) -> str:

@@ -10,6 +10,9 @@ import msgspec
 from core import settings as _settings
 from core.event import TOPIC
 
+# The issuer that `python -m gateway.admin init-keys` names in issuer.json and mints with.
+DEFAULT_TOKEN_ISSUER = "vote-identity"
+
 
 def _default_stack_dir() -> str:
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,6 +45,10 @@ class GatewaySettings(msgspec.Struct, kw_only=True):
     jwks_file: str = ""
     receipt_key_file: str = ""
     token_leeway_s: float = 30.0
+    # The identity service's name: a token's ``iss`` must equal it.
+    token_issuer: str = DEFAULT_TOKEN_ISSUER
+    # Longest a token may live, both exp - iat and exp - now (plus the leeway).
+    token_max_lifetime_s: float = 24 * 3600.0
 
     # Durability (docs/ARCHITECTURE.md, Durability path).
     spill_deadline_ms: float = 50.0
@@ -72,6 +79,10 @@ class GatewaySettings(msgspec.Struct, kw_only=True):
             raise ValueError("VOTE_WORKERS must be >= 1")
         if self.spill_deadline_ms <= 0:
             raise ValueError("VOTE_SPILL_DEADLINE_MS must be > 0")
+        if not self.token_issuer:
+            raise ValueError("VOTE_TOKEN_ISSUER must name the identity service")
+        if self.token_max_lifetime_s <= 0:
+            raise ValueError("VOTE_TOKEN_MAX_LIFETIME_S must be > 0")
 
     @property
     def metrics_dir(self) -> str:

@@ -40,7 +40,7 @@ from confluent_kafka import Message as KafkaMessage
 from processor import metrics
 from processor.cache import TallyCache
 from processor.logs import FieldsAdapter
-from processor.policy import Election, Message, Plan, decode_all
+from processor.policy import Election, Message, Plan, decode_all, timestamp_us
 from processor.settings import ProcessorSettings
 from processor.store import (
     BatchResult,
@@ -291,7 +291,7 @@ class Processor:
             p, o = m.partition(), m.offset()
             first.setdefault(p, o)
             nxt[p] = o + 1
-            messages.append(Message(p, o, m.value(), m.key()))
+            messages.append(Message(p, o, m.value(), m.key(), timestamp_us(m.timestamp())))
         decoded = decode_all(messages)
         self._refresh_elections(
             force={d.event.election_id for d in decoded if d.event is not None}

@@ -5,14 +5,17 @@ holds about the votes and voters they mention, and returns the rows to write. Ke
 this pure makes the policies testable without services and keeps the transaction
 code (``processor.store``) free of rules.
 
-Rules, in the order they are checked for a decoded event (E, vote_id X, voter A,
-choice c):
+Rules, in the order they are checked. First, every message must decode into an event
+that ``core.event.event_problem`` accepts (schema version, text fields, time range) and
+whose ``received_at`` is not later than its Kafka timestamp allows; otherwise it is
+rejected ``malformed`` under its Kafka position (its own ids may be what PostgreSQL
+cannot store) and goes to the dead-letter topic. Then, for an event (E, vote_id X,
+voter A, choice c):
 
 1. (X, A, c) already rejected → ``duplicate`` (a Kafka replay; nothing is written).
 2. X already stored in ``votes`` with the same (A, c) → ``duplicate``; with other
    content → rejection ``duplicate_vote_id`` (the first content stored owns X).
-3. Schema version unknown, a field empty or oversized → ``malformed``; election unknown
-   → ``unknown_election`` (these three also go to the dead-letter topic).
+3. Election unknown → ``unknown_election`` (also sent to the dead-letter topic).
 4. ``received_at`` outside [opens_at, closes_at) → ``election_closed``; choice not a
    candidate → ``unknown_candidate``.
 5. The election's policy:
@@ -36,9 +39,12 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from core.event import SCHEMA_VERSION, VoteEvent, decode
+from core.event import VoteEvent, decode, event_problem
 
-MAX_FIELD_LEN = 256
+# How far an event's received_at may be ahead of its Kafka timestamp (the producer's clock
+# when the gateway produced it, never before it received the vote). Beyond it the event is
+# malformed: under last_wins a far-future received_at would beat every later real vote.
+MAX_RECEIVED_AHEAD_US = 300_000_000
 
 # Rejection reasons a voter can see (vote_rejections.reason).
 DUPLICATE_VOTE_ID = "duplicate_vote_id"
@@ -124,6 +130,14 @@ class Message(msgspec.Struct, frozen=True, gc=False):
     offset: int
     value: bytes | None
     key: bytes | None = None
+    # The Kafka timestamp in microseconds, None when the broker gave none.
+    timestamp_us: int | None = None
+
+
+def timestamp_us(kafka_timestamp: tuple[int, int]) -> int | None:
+    """Microseconds of a confluent-kafka ``Message.timestamp()`` (type, ms), or None."""
+    kind, ms = kafka_timestamp
+    return ms * 1000 if kind != 0 and ms > 0 else None  # 0: TIMESTAMP_NOT_AVAILABLE
 
 
 class Decoded(msgspec.Struct, gc=False):
@@ -180,13 +194,15 @@ class Plan:
     counted_received_at_us: list[int] = field(default_factory=list)
 
 
-def decode_storable(value: bytes | None) -> tuple[VoteEvent | None, str | None]:
-    """The event in ``value``, or None and why it cannot be named by its own ids.
+def decode_storable(
+    value: bytes | None, timestamp_us: int | None = None
+) -> tuple[VoteEvent | None, str | None]:
+    """The event in ``value``, or None and why it cannot be stored under its own ids.
 
-    That includes an event with a NUL in a text field: PostgreSQL text cannot hold it, so
-    the batch's lookups (and a rejection row under the event's ids) would fail the whole
-    transaction again and again and stop the partition. Like an undecodable message it
-    is rejected under its Kafka position instead (and ``verify`` counts it as such).
+    Besides undecodable bytes that is every event ``core.event.event_problem`` refuses:
+    an oversized field would fail its batch's index insert, a NUL or a received_at
+    outside PostgreSQL's range its lookups, again and again, stopping the partition.
+    ``timestamp_us`` (the Kafka timestamp) bounds how far received_at may lie ahead.
     """
     if value is None:
         return None, "empty message"
@@ -194,15 +210,19 @@ def decode_storable(value: bytes | None) -> tuple[VoteEvent | None, str | None]:
         e = decode(value)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         return None, str(exc)[:200]
-    if "\x00" in e.vote_id + e.election_id + e.voter_id + e.choice + e.gateway_id:
-        return None, "a text field contains NUL"
+    problem = event_problem(e)
+    ahead = timestamp_us is not None and e.received_at_us > timestamp_us + MAX_RECEIVED_AHEAD_US
+    if problem is None and ahead:
+        problem = "received_at_us is later than its Kafka timestamp"
+    if problem is not None:
+        return None, problem
     return e, None
 
 
 def decode_all(messages: list[Message]) -> list[Decoded]:
     out: list[Decoded] = []
     for m in messages:
-        e, error = decode_storable(m.value)
+        e, error = decode_storable(m.value, m.timestamp_us)
         out.append(Decoded(m, e, error))
     return out
 
@@ -224,7 +244,7 @@ def plan_batch(
 ) -> Plan:
     """Decide every message; ``lookups`` is updated in place as decisions are made."""
     # This loop runs for every message the processor sees, so it is written for speed:
-    # one helper call on the common path (_malformed), containers bound to locals,
+    # no helper call on the common path, containers bound to locals,
     # counts kept in ints and folded into plan.outcomes at the end.
     plan = Plan()
     votes = lookups.votes
@@ -299,11 +319,6 @@ def plan_batch(
                 reject(e, m, DUPLICATE_VOTE_ID, "vote_id already used for another vote")
             continue
 
-        problem = _malformed(e)
-        if problem is not None:
-            reject(e, m, MALFORMED, problem)
-            plan.dead_letters.append(DeadLetter(m, MALFORMED, problem))
-            continue
         g = e.gateway_id
         election = elections.get(eid)
         if election is None:
@@ -364,28 +379,3 @@ def plan_batch(
     for k in [k for k, v in tally.items() if v == 0]:
         del tally[k]
     return plan
-
-
-def _malformed(e: VoteEvent) -> str | None:
-    """Why ``e`` cannot be stored, or None. Runs for every message, so the common case
-    (nothing wrong) is one expression; the reason is worked out only for a bad event."""
-    x, eid, a, c, g = e.vote_id, e.election_id, e.voter_id, e.choice, e.gateway_id
-    if (
-        e.v == SCHEMA_VERSION
-        and 0 < len(x) <= MAX_FIELD_LEN
-        and 0 < len(eid) <= MAX_FIELD_LEN
-        and 0 < len(a) <= MAX_FIELD_LEN
-        and 0 < len(c) <= MAX_FIELD_LEN
-        and 0 < len(g) <= MAX_FIELD_LEN
-        and e.received_at_us > 0
-    ):
-        return None
-    if e.v != SCHEMA_VERSION:
-        return f"unknown schema version {e.v}"
-    for name in ("vote_id", "election_id", "voter_id", "choice", "gateway_id"):
-        value: str = getattr(e, name)
-        if not value or len(value) > MAX_FIELD_LEN:
-            return f"{name} empty or longer than {MAX_FIELD_LEN}"
-    if e.received_at_us <= 0:
-        return "received_at_us not positive"
-    return None

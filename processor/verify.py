@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
 
-from processor.policy import Election, decode_storable
+from processor.policy import Election, decode_storable, timestamp_us
 from processor.settings import ProcessorSettings
 from processor.store import load_elections
 
@@ -74,7 +74,7 @@ def scan_topic(
                 if o + 1 >= ends[p]:
                     todo.discard(p)
                 # What the processor rejects under its Kafka position is only counted.
-                ev, _why = decode_storable(m.value())
+                ev, _why = decode_storable(m.value(), timestamp_us(m.timestamp()))
                 if ev is None:
                     undecodable += 1
                     continue

@@ -33,11 +33,19 @@ class KeyRing:
     def get(self, kid: str) -> tuple[str, bytes | Ed25519PublicKey] | None: ...
 
 def verify_token(
-    token: str, keys: KeyRing, audience: str, now: float, leeway: float
+    token: str,
+    keys: KeyRing,
+    audience: str,
+    now: float,
+    leeway: float,
+    issuer: str | None = None,
+    max_lifetime: float | None = None,
 ) -> tuple[str, str, int]:
     """Verify a compact JWS and its claims; return ``(sub, jti, exp)``.
 
-    Raises TokenError with one of TOKEN_REASONS.
+    ``iss`` must equal ``issuer`` unless it is None; neither exp - iat nor exp - now may
+    exceed ``max_lifetime`` seconds unless it is None. Raises TokenError with one of
+    TOKEN_REASONS.
     """
 
 class IdempotencyCache:
@@ -73,7 +81,8 @@ def encode_event(
     gateway_id: str,
 ) -> bytes:
     """The msgpack event of docs/ARCHITECTURE.md (Event schema), byte-identical to
-    ``core.event.encode``."""
+    ``core.event.encode``. Raises ValueError, in core.event's words, for a field the
+    processor would refuse as malformed."""
 
 def sign_receipt(
     key: bytes,

@@ -1,5 +1,7 @@
 # Included by _core.pyx: the msgpack event encoder and the receipt signer.
 
+from core import event as _event
+
 # The fixed parts of the msgpack map {v, vote_id, election_id, voter_id, choice,
 # received_at_us, gateway_id} (all keys are fixstr), in core.event.VoteEvent field order.
 cdef const char *_K_HEAD = b"\x87\xa1v\x01\xa7vote_id"  # map of 7, "v": 1, "vote_id"
@@ -90,34 +92,65 @@ cdef inline char *_put_uint(char *o, uint64_t v) noexcept nogil:
     return o + 1 + width
 
 
-cdef uint64_t _as_uint64(object value) except? 0:
-    """A non-negative int as uint64: ValueError below 0, OverflowError from 2**64."""
+# The event field limits of core.event (their one definition), read once at import.
+cdef Py_ssize_t _MAX_FIELD_BYTES = _event.MAX_FIELD_BYTES
+cdef long long _MAX_RECEIVED_AT_US = _event.MAX_RECEIVED_AT_US
+
+
+cdef bint _field_ok(const char *s, Py_ssize_t n) noexcept nogil:
+    """core.event.field_problem's rule on valid UTF-8: 1..MAX_FIELD_BYTES bytes, no C0,
+    DEL or C1 control character."""
+    cdef Py_ssize_t i
+    cdef unsigned char c
+    if n == 0 or n > _MAX_FIELD_BYTES:
+        return False
+    for i in range(n):
+        c = <unsigned char>s[i]
+        if c < 0x20 or c == 0x7F:
+            return False
+        if c == 0xC2 and <unsigned char>s[i + 1] < 0xA0:  # U+0080..U+009F; s is NUL-ended
+            return False
+    return True
+
+
+cdef const char *_field(str name, str value, Py_ssize_t *n) except NULL:
+    """The UTF-8 of an event field; ValueError with core.event's words if it is refused."""
+    cdef const char *s = NULL
+    try:
+        s = PyUnicode_AsUTF8AndSize(value, n)
+    except UnicodeEncodeError:
+        pass
+    if s == NULL or not _field_ok(s, n[0]):
+        raise ValueError(_event.field_problem(name, value))
+    return s
+
+
+cdef uint64_t _received_at(object value) except? 0:
+    """received_at_us as uint64; ValueError with core.event's words outside its range."""
     cdef int overflow = 0
     cdef long long v = PyLong_AsLongLongAndOverflow(value, &overflow)
-    if overflow == 0:
-        if v < 0:
-            raise ValueError("received_at_us must be >= 0")
-        return <uint64_t>v
-    if overflow < 0:
-        raise ValueError("received_at_us must be >= 0")
-    return PyLong_AsUnsignedLongLong(value)
+    if overflow != 0 or v <= 0 or v > _MAX_RECEIVED_AT_US:
+        raise ValueError(_event.received_at_problem(value))
+    return <uint64_t>v
 
 
 def encode_event(str vote_id not None, str election_id not None, str voter_id not None,
                  str choice not None, received_at_us, str gateway_id not None):
     """The msgpack event of docs/ARCHITECTURE.md (Event schema), byte-identical to
-    ``core.event.encode``."""
+    ``core.event.encode``.
+
+    Raises ValueError, with core.event's words, for a field the processor would refuse as
+    malformed, so the gateway never acknowledges a vote that cannot be counted.
+    """
     cdef Py_ssize_t n_vote, n_election, n_voter, n_choice, n_gateway, size
-    cdef const char *s_vote = PyUnicode_AsUTF8AndSize(vote_id, &n_vote)
-    cdef const char *s_election = PyUnicode_AsUTF8AndSize(election_id, &n_election)
-    cdef const char *s_voter = PyUnicode_AsUTF8AndSize(voter_id, &n_voter)
-    cdef const char *s_choice = PyUnicode_AsUTF8AndSize(choice, &n_choice)
-    cdef uint64_t received = _as_uint64(received_at_us)
-    cdef const char *s_gateway = PyUnicode_AsUTF8AndSize(gateway_id, &n_gateway)
+    cdef const char *s_vote = _field("vote_id", vote_id, &n_vote)
+    cdef const char *s_election = _field("election_id", election_id, &n_election)
+    cdef const char *s_voter = _field("voter_id", voter_id, &n_voter)
+    cdef const char *s_choice = _field("choice", choice, &n_choice)
+    cdef const char *s_gateway = _field("gateway_id", gateway_id, &n_gateway)
+    cdef uint64_t received = _received_at(received_at_us)
     cdef bytes out
     cdef char *o
-    if ((n_vote | n_election | n_voter | n_choice | n_gateway) >> 32) != 0:
-        raise ValueError("string too long for msgpack")
     size = (K_HEAD_LEN + K_ELECTION_LEN + K_VOTER_LEN + K_CHOICE_LEN + K_RECEIVED_LEN
             + K_GATEWAY_LEN
             + _str_header_len(n_vote) + n_vote

@@ -12,6 +12,9 @@ TOKEN_REASONS = (
     "wrong_audience",  # aud does not name this election
     "expired",  # now > exp + leeway
     "not_yet_valid",  # now < nbf - leeway
+    "wrong_issuer",  # iss absent or not the configured issuer
+    "issued_in_future",  # iat > now + leeway
+    "lifetime_too_long",  # exp - iat or exp - now longer than the configured maximum
 )
 
 # Indexes into TOKEN_REASONS, as returned by _verify.
@@ -25,6 +28,9 @@ cdef enum:
     WRONG_AUDIENCE = 6
     EXPIRED = 7
     NOT_YET_VALID = 8
+    WRONG_ISSUER = 9
+    ISSUED_IN_FUTURE = 10
+    LIFETIME_TOO_LONG = 11
 
 
 class TokenError(Exception):
@@ -44,27 +50,34 @@ cdef enum:
     H_KID = 1
     H_CRIT = 2
 
-cdef const char *_CLAIM_NAMES[5]
+cdef const char *_CLAIM_NAMES[7]
 _CLAIM_NAMES[0] = b"sub"
 _CLAIM_NAMES[1] = b"jti"
 _CLAIM_NAMES[2] = b"exp"
 _CLAIM_NAMES[3] = b"aud"
 _CLAIM_NAMES[4] = b"nbf"
+_CLAIM_NAMES[5] = b"iss"
+_CLAIM_NAMES[6] = b"iat"
 cdef enum:
     C_SUB = 0
     C_JTI = 1
     C_EXP = 2
     C_AUD = 3
     C_NBF = 4
+    C_ISS = 5
+    C_IAT = 6
+    N_CLAIMS = 7
 
 
 def verify_token(token, KeyRing keys not None, str audience not None, double now,
-                 double leeway):
+                 double leeway, str issuer=None, max_lifetime=None):
     """Verify a compact JWS and its claims; return ``(sub, jti, exp)``.
 
     Checks in this order, so the cheap refusals come first and an attacker learns
     nothing from timing: shape, header (alg/kid/crit), signature (constant time),
-    then claims (sub, jti, exp, aud, nbf with ``leeway`` seconds of clock skew).
+    then claims (sub, jti, exp, aud, iss unless ``issuer`` is None, then nbf and iat
+    with ``leeway`` seconds of clock skew, then the lifetime: neither exp - iat nor
+    exp - now may exceed ``max_lifetime`` seconds, unless it is None).
     Times are compared as floats (seconds since the epoch).
     """
     cdef const unsigned char *tok
@@ -77,15 +90,16 @@ def verify_token(token, KeyRing keys not None, str audience not None, double now
     cdef unsigned char scratch[SEG_MAX]
     cdef unsigned char mac[SHA256_LEN]
     cdef JValue header[3]
-    cdef JValue claims[5]
+    cdef JValue claims[N_CLAIMS]
     cdef JParser p
     cdef const Key *key
     cdef const unsigned char *kid
     cdef Py_ssize_t kid_len
     cdef Alg alg
     cdef int ok
-    cdef double exp, nbf
-    cdef bytes audience_wtf8
+    cdef bint has_iat
+    cdef double exp, nbf, iat, lifetime
+    cdef bytes audience_wtf8, issuer_wtf8
 
     if not PyUnicode_Check(token):
         raise TokenError("malformed")
@@ -179,7 +193,7 @@ def verify_token(token, KeyRing keys not None, str audience not None, double now
         audience_wtf8 = audience.encode("utf-8", "surrogatepass")
         p.aud = <const unsigned char *>PyBytes_AS_STRING(audience_wtf8)
         p.aud_len = PyBytes_GET_SIZE(audience_wtf8)
-    if _document(&p, _CLAIM_NAMES, 5, claims, C_AUD) < 0:
+    if _document(&p, _CLAIM_NAMES, N_CLAIMS, claims, C_AUD) < 0:
         raise TokenError("malformed")
     if (claims[C_SUB].kind != J_STRING or claims[C_SUB].end == claims[C_SUB].start
             or claims[C_JTI].kind != J_STRING
@@ -193,6 +207,13 @@ def verify_token(token, KeyRing keys not None, str audience not None, double now
         raise TokenError("missing_claim")
     if not ok:
         raise TokenError("wrong_audience")
+    if issuer is not None:
+        if claims[C_ISS].kind != J_STRING:
+            raise TokenError("missing_claim")
+        issuer_wtf8 = issuer.encode("utf-8", "surrogatepass")
+        if not _str_eq(&p, &claims[C_ISS], <const unsigned char *>PyBytes_AS_STRING(issuer_wtf8),
+                       PyBytes_GET_SIZE(issuer_wtf8)):
+            raise TokenError("wrong_issuer")
     if now > exp + leeway:
         raise TokenError("expired")
     if claims[C_NBF].kind != J_ABSENT and claims[C_NBF].kind != J_NULL:
@@ -200,5 +221,15 @@ def verify_token(token, KeyRing keys not None, str audience not None, double now
             raise TokenError("missing_claim")
         if now < nbf - leeway:
             raise TokenError("not_yet_valid")
+    has_iat = claims[C_IAT].kind != J_ABSENT and claims[C_IAT].kind != J_NULL
+    if has_iat:
+        if not _number_value(&p, &claims[C_IAT], &iat):
+            raise TokenError("missing_claim")
+        if iat > now + leeway:
+            raise TokenError("issued_in_future")
+    if max_lifetime is not None:
+        lifetime = max_lifetime
+        if exp - now > lifetime + leeway or (has_iat and exp - iat > lifetime):
+            raise TokenError("lifetime_too_long")
     return (_str_value(&p, &claims[C_SUB]), _str_value(&p, &claims[C_JTI]),
             _exp_value(&p, &claims[C_EXP], exp))

@@ -20,6 +20,8 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from core import event
+
 # Why a token was refused; also the label of vote_token_rejections_total{reason}.
 TOKEN_REASONS = (
     "malformed",  # not three base64url parts / header or claims not a JSON object
@@ -31,6 +33,9 @@ TOKEN_REASONS = (
     "wrong_audience",  # aud does not name this election
     "expired",  # now > exp + leeway
     "not_yet_valid",  # now < nbf - leeway
+    "wrong_issuer",  # iss absent or not the configured issuer
+    "issued_in_future",  # iat > now + leeway
+    "lifetime_too_long",  # exp - iat or exp - now longer than the configured maximum
 )
 
 _ALG_FOR_KTY = {"oct": "HS256", "OKP": "EdDSA"}
@@ -160,13 +165,21 @@ def _is_number(value: Any) -> bool:
 
 
 def verify_token(
-    token: str, keys: KeyRing, audience: str, now: float, leeway: float
+    token: str,
+    keys: KeyRing,
+    audience: str,
+    now: float,
+    leeway: float,
+    issuer: str | None = None,
+    max_lifetime: float | None = None,
 ) -> tuple[str, str, int]:
     """Verify a compact JWS and its claims; return ``(sub, jti, exp)``.
 
     Checks in this order, so the cheap refusals come first and an attacker learns
     nothing from timing: shape, header (alg/kid/crit), signature (constant time),
-    then claims (sub, jti, exp, aud, nbf with ``leeway`` seconds of clock skew).
+    then claims (sub, jti, exp, aud, iss unless ``issuer`` is None, then nbf and iat
+    with ``leeway`` seconds of clock skew, then the lifetime: neither exp - iat nor
+    exp - now may exceed ``max_lifetime`` seconds, unless it is None).
     Times are compared as floats (seconds since the epoch).
     """
     if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH or token.count(".") != 2:
@@ -214,6 +227,12 @@ def verify_token(
         raise TokenError("missing_claim")
     if not aud_ok:
         raise TokenError("wrong_audience")
+    if issuer is not None:
+        iss = claims.get("iss")
+        if not isinstance(iss, str):
+            raise TokenError("missing_claim")
+        if iss != issuer:
+            raise TokenError("wrong_issuer")
     now = float(now)
     leeway = float(leeway)
     if now > float(exp) + leeway:
@@ -224,6 +243,17 @@ def verify_token(
             raise TokenError("missing_claim")
         if now < float(nbf) - leeway:
             raise TokenError("not_yet_valid")
+    iat = claims.get("iat")
+    if iat is not None:
+        if not _is_number(iat):
+            raise TokenError("missing_claim")
+        if float(iat) > now + leeway:
+            raise TokenError("issued_in_future")
+    if max_lifetime is not None:
+        if float(exp) - now > float(max_lifetime) + leeway:
+            raise TokenError("lifetime_too_long")
+        if iat is not None and float(exp) - float(iat) > float(max_lifetime):
+            raise TokenError("lifetime_too_long")
     return sub, jti, int(exp)
 
 
@@ -315,8 +345,6 @@ def _msgpack_str(value: str) -> bytes:
 
 
 def _msgpack_uint(value: int) -> bytes:
-    if value < 0:
-        raise ValueError("received_at_us must be >= 0")
     if value < 0x80:
         return bytes((value,))
     if value < 0x100:
@@ -337,7 +365,19 @@ def encode_event(
     gateway_id: str,
 ) -> bytes:
     """The msgpack event of docs/ARCHITECTURE.md (Event schema), byte-identical to
-    ``core.event.encode``."""
+    ``core.event.encode``.
+
+    Raises ValueError, with ``core.event``'s words, for a field the processor would refuse
+    as malformed, so the gateway never acknowledges a vote that cannot be counted.
+    """
+    fields = (vote_id, election_id, voter_id, choice, gateway_id)
+    for name, value in zip(event.TEXT_FIELDS, fields, strict=True):
+        problem = event.field_problem(name, value)
+        if problem is not None:
+            raise ValueError(problem)
+    problem = event.received_at_problem(received_at_us)
+    if problem is not None:
+        raise ValueError(problem)
     return b"".join(
         (
             b"\x87",

@@ -66,7 +66,9 @@ class Voters:
                 vote_id = str(uuid.uuid4())
                 body = json.dumps({"vote_id": vote_id, "choice": self.stack.candidates[n % 3]})
                 headers = {
-                    "authorization": f"Bearer {self.stack.token(f'f-{run}-{client}-{n}')}",
+                    "authorization": (
+                        f"Bearer {self.stack.token(f'f-{run}-{client}-{n}', jti=vote_id)}"
+                    ),
                     "content-type": "application/json",
                 }
                 try:

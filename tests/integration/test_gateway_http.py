@@ -32,11 +32,13 @@ def _vote(
     election: str | None = None,
 ) -> httpx.Response:
     election = election or stack.election
+    vote_id = vote_id or str(uuid.uuid4())
     return httpx.post(
         f"{stack.base_url}/v1/elections/{election}/votes",
-        content=json.dumps({"vote_id": vote_id or str(uuid.uuid4()), "choice": choice}),
+        content=json.dumps({"vote_id": vote_id, "choice": choice}),
         headers={
-            "authorization": f"Bearer {token or stack.token(voter, election)}",
+            # A token authorizes one vote: the one whose vote_id is its jti.
+            "authorization": f"Bearer {token or stack.token(voter, election, jti=vote_id)}",
             "content-type": "application/json",
         },
         timeout=10,
@@ -65,7 +67,7 @@ def test_every_acknowledged_vote_is_stored_exactly_once(gateway_stack: GatewaySt
             vote_id = str(uuid.uuid4())
             body = json.dumps({"vote_id": vote_id, "choice": stack.candidates[i % 3]})
             headers = {
-                "authorization": f"Bearer {stack.token(f'v-{run}-{i}')}",
+                "authorization": f"Bearer {stack.token(f'v-{run}-{i}', jti=vote_id)}",
                 "content-type": "application/json",
             }
             url = f"{stack.base_url}/v1/elections/{stack.election}/votes"
@@ -90,7 +92,7 @@ def test_every_acknowledged_vote_is_stored_exactly_once(gateway_stack: GatewaySt
 def test_same_vote_id_with_other_content_is_409(gateway_stack: GatewayStack):
     stack = gateway_stack
     vote_id = str(uuid.uuid4())
-    token = stack.token(f"conflict-{vote_id}")
+    token = stack.token(f"conflict-{vote_id}", jti=vote_id)
     first = _vote(stack, "", "alice", vote_id, token)
     assert first.status_code == 202
     other = _vote(stack, "", "bob", vote_id, token)
@@ -114,9 +116,10 @@ def test_bad_requests_get_problems_and_produce_nothing(gateway_stack: GatewaySta
     url = f"{stack.base_url}/v1/elections/{stack.election}/votes"
     before = stack.topic_end_offsets()
     spill_writes_before = stack.metric("vote_spill_writes_total")
-    good_body = json.dumps({"vote_id": str(uuid.uuid4()), "choice": "alice"})
+    good_vote_id = str(uuid.uuid4())
+    good_body = json.dumps({"vote_id": good_vote_id, "choice": "alice"})
     voter = f"bad-{uuid.uuid4().hex[:6]}"
-    token = stack.token(voter)
+    token = stack.token(voter, jti=good_vote_id)
 
     def post(
         body: str | bytes, token: str = token, ctype: str = "application/json", target: str = url
@@ -146,11 +149,19 @@ def test_bad_requests_get_problems_and_produce_nothing(gateway_stack: GatewaySta
     _problem(no_auth, 401)
     # 401: tokens PyJWT signs correctly but the gateway must still refuse.
     with open(stack.issuer_file) as fh:
-        issuer = {k["alg"]: k for k in json.load(fh)["keys"]}
+        issuer_doc = json.load(fh)
+    issuer = {k["alg"]: k for k in issuer_doc["keys"]}
     secret = base64.urlsafe_b64decode(issuer["HS256"]["k"] + "==")
     ed_public = base64.urlsafe_b64decode(issuer["EdDSA"]["x"] + "==")
     now = time.time()
-    claims = {"sub": voter, "aud": stack.election, "exp": now + 60, "nbf": now - 1, "jti": "j"}
+    claims = {
+        "iss": issuer_doc["iss"],
+        "sub": voter,
+        "aud": stack.election,
+        "exp": now + 60,
+        "nbf": now - 1,
+        "jti": "j",
+    }
     unknown_kid = jwt.encode(claims, secret, algorithm="HS256", headers={"kid": "hs-retired"})
     assert _problem(post(good_body, unknown_kid), 401)["reason"] == "unknown_kid"
     not_yet = jwt.encode(
@@ -177,7 +188,7 @@ def test_bad_requests_get_problems_and_produce_nothing(gateway_stack: GatewaySta
     # 413, 415, 422.
     _problem(post("x" * 100_000), 413)
     _problem(post(good_body, ctype="text/plain"), 415)
-    _problem(post(json.dumps({"vote_id": str(uuid.uuid4()), "choice": "mallory"})), 422)
+    _problem(post(json.dumps({"vote_id": good_vote_id, "choice": "mallory"})), 422)
     # 405 for the wrong method.
     _problem(httpx.get(url), 405)
     # The load balancer's request id is kept, so its logs and ours line up.

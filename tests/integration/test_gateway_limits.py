@@ -42,11 +42,12 @@ def limited_stack(
 
 
 def _post(client: httpx.Client, stack: GatewayStack, voter: str) -> httpx.Response:
+    vote_id = str(uuid.uuid4())
     return client.post(
         f"{stack.base_url}/v1/elections/{stack.election}/votes",
-        content=json.dumps({"vote_id": str(uuid.uuid4()), "choice": "bob"}),
+        content=json.dumps({"vote_id": vote_id, "choice": "bob"}),
         headers={
-            "authorization": f"Bearer {stack.token(voter)}",
+            "authorization": f"Bearer {stack.token(voter, jti=vote_id)}",
             "content-type": "application/json",
         },
         timeout=10,

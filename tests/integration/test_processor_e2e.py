@@ -328,16 +328,18 @@ def test_poison_message_between_good_ones(
     time.sleep(0.3)
 
     st = assert_invariants(pg_dsn, redis_url, el, [good1, good2])
-    assert st["rejections"] == {("bv", "p2", "a"): "malformed"}
+    # An unknown schema version is malformed: rejected under its Kafka position.
+    assert st["rejections"] == {}
     with psycopg.connect(pg_dsn) as conn:
         other = conn.execute(
             "SELECT election_id, vote_id, reason, kafka_offset FROM vote_rejections"
-            " WHERE election_id IN ('', 'no-such-election') AND vote_id IN (%s, %s, 'ue')"
+            " WHERE election_id IN ('', 'no-such-election') AND vote_id IN (%s, %s, %s, 'ue')"
             " ORDER BY kafka_offset",
-            (f"kafka:{topic}:0:1", f"kafka:{topic}:0:4"),
+            (f"kafka:{topic}:0:1", f"kafka:{topic}:0:2", f"kafka:{topic}:0:4"),
         ).fetchall()
     assert other == [
         ("", f"kafka:{topic}:0:1", "malformed", 1),
+        ("", f"kafka:{topic}:0:2", "malformed", 2),
         ("no-such-election", "ue", "unknown_election", 3),
         ("", f"kafka:{topic}:0:4", "malformed", 4),
     ]

@@ -350,7 +350,7 @@ def test_both_lookup_paths_decide_and_write_the_same(
             ("f4", "unknown_candidate"),
             ("x1", "unknown_election"),
             ("kafka:TOPIC:1:5", "malformed"),
-            ("f5", "malformed"),
+            ("kafka:TOPIC:1:6", "malformed"),  # f5: an empty gateway_id
             ("f1", "duplicate_vote_id"),
             ("m4", "voter_already_voted"),
             ("kafka:TOPIC:1:12", "malformed"),

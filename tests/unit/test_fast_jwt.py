@@ -126,9 +126,15 @@ class _TestTokens:
         cls.keys = cls.m.KeyRing(JWKS)
 
     def verify(
-        self, token: Any, audience: str = AUD, now: float = NOW, leeway: float = LEEWAY
+        self,
+        token: Any,
+        audience: str = AUD,
+        now: float = NOW,
+        leeway: float = LEEWAY,
+        issuer: str | None = None,
+        max_lifetime: float | None = None,
     ) -> tuple[str, str, int]:
-        return self.m.verify_token(token, self.keys, audience, now, leeway)
+        return self.m.verify_token(token, self.keys, audience, now, leeway, issuer, max_lifetime)
 
     def refuse(self, token: Any, reason: str, **kwargs: Any) -> None:
         assert reason in self.m.TOKEN_REASONS
@@ -214,6 +220,44 @@ class _TestTokens:
         assert self.verify(mint(claims(nbf=nbf)))  # now == nbf - leeway: valid
         self.refuse(mint(claims(nbf=nbf + 1)), "not_yet_valid")
         self.refuse(mint(claims(nbf=nbf)), "not_yet_valid", now=NOW - 0.5)
+
+    # -- issuer, issued-at and lifetime (issue 15 item 6) ------------------------------------
+
+    def test_issuer_must_be_the_configured_one(self) -> None:
+        token = mint(claims(iss="idp"))
+        assert self.verify(token, issuer="idp")
+        assert self.verify(token)  # None: not checked
+        self.refuse(token, "wrong_issuer", issuer="other")
+        self.refuse(mint(claims(iss="idp\u00e9")), "wrong_issuer", issuer="idp")
+        assert self.verify(mint(claims(iss="idp\u00e9")), issuer="idp\u00e9")
+        self.refuse(mint(claims()), "missing_claim", issuer="idp")
+        # (PyJWT refuses to sign an iss that is not a string)
+        self.refuse(raw_token(HS_HEADER, claims(iss=["idp"])), "missing_claim", issuer="idp")
+        self.refuse(raw_token(HS_HEADER, claims(iss=None)), "missing_claim", issuer="idp")
+
+    def test_iat_in_the_future_beyond_the_leeway_is_refused(self) -> None:
+        assert self.verify(mint(claims(iat=int(NOW) + 30)))  # within the leeway
+        self.refuse(mint(claims(iat=int(NOW) + 31)), "issued_in_future")
+        self.refuse(mint(claims(iat="yesterday")), "missing_claim")
+        assert self.verify(mint(claims(iat=None)))  # null: absent
+
+    def test_lifetime_is_bounded(self) -> None:
+        day = 86400.0
+        self.refuse(mint(claims(exp=1e300)), "lifetime_too_long", max_lifetime=day)
+        self.refuse(
+            mint(claims(iat=int(NOW), exp=int(NOW) + 86401)), "lifetime_too_long", max_lifetime=day
+        )
+        # exp - iat bounds even a token issued long ago that expires soon
+        self.refuse(
+            mint(claims(iat=int(NOW) - 2 * 86400, exp=int(NOW) + 60)),
+            "lifetime_too_long",
+            max_lifetime=day,
+        )
+        assert self.verify(mint(claims(iat=int(NOW), exp=int(NOW) + 86400)), max_lifetime=day)
+        # without iat, exp - now (plus the leeway) is the bound
+        assert self.verify(mint(claims(exp=int(NOW) + 86430)), max_lifetime=day)
+        self.refuse(mint(claims(exp=int(NOW) + 86431)), "lifetime_too_long", max_lifetime=day)
+        assert self.verify(mint(claims(exp=1e300)))  # None: unbounded
 
     def test_expired_is_reported_before_a_bad_nbf(self) -> None:
         self.refuse(mint(claims(exp=1, nbf="soon")), "expired")
@@ -553,20 +597,32 @@ REF_KEYS = reference.KeyRing(JWKS)
 
 
 def outcome(
-    module: ModuleType, keys: Any, token: Any, audience: str, now: float, leeway: float
+    module: ModuleType,
+    keys: Any,
+    token: Any,
+    audience: str,
+    now: float,
+    leeway: float,
+    issuer: str | None = None,
+    max_lifetime: float | None = None,
 ) -> tuple[str, Any]:
     try:
-        return "ok", module.verify_token(token, keys, audience, now, leeway)
+        return "ok", module.verify_token(token, keys, audience, now, leeway, issuer, max_lifetime)
     except module.TokenError as exc:
         assert exc.reason in module.TOKEN_REASONS
         return "refused", exc.reason
 
 
 def agree(
-    token: Any, audience: str = AUD, now: float = NOW, leeway: float = LEEWAY
+    token: Any,
+    audience: str = AUD,
+    now: float = NOW,
+    leeway: float = LEEWAY,
+    issuer: str | None = None,
+    max_lifetime: float | None = None,
 ) -> tuple[str, Any]:
-    compiled = outcome(fast, FAST_KEYS, token, audience, now, leeway)
-    oracle = outcome(reference, REF_KEYS, token, audience, now, leeway)
+    compiled = outcome(fast, FAST_KEYS, token, audience, now, leeway, issuer, max_lifetime)
+    oracle = outcome(reference, REF_KEYS, token, audience, now, leeway, issuer, max_lifetime)
     assert compiled == oracle, (token, compiled, oracle)
     if compiled[0] == "ok":
         assert type(compiled[1][2]) is int
@@ -661,7 +717,11 @@ PLAUSIBLE: dict[str, st.SearchStrategy[Any]] = {
     "nbf": TIMES | st.none(),
     "aud": st.sampled_from([AUD, "x", ""])
     | st.lists(st.sampled_from([AUD, "x", 1, None, [AUD]]), max_size=3),
+    "iss": st.sampled_from(["idp", "idp\u00e9", ""]) | TEXT,
+    "iat": TIMES | st.none(),
 }
+ISSUERS = st.sampled_from([None, "idp", "idp\u00e9", ""])
+LIFETIMES = st.sampled_from([None, 0.0, 60.0, 86400.0, 1e30]) | st.floats(0, 300)
 HEADER_PLAUSIBLE: dict[str, st.SearchStrategy[Any]] = {
     "alg": st.sampled_from(["HS256", "EdDSA", "none", "HS512"]),
     "kid": st.sampled_from(["hs-1", "hs-2", "ed-1", "k\u00e9y/\U0001f511", "nope"]),
@@ -810,7 +870,8 @@ def test_signed_random_claims_agree(data: st.DataObject) -> None:
     body = data.draw(json_text(data.draw(members("claims", presence=9))))
     if data.draw(st.booleans()):
         body = data.draw(mutated(body))
-    agree(raw_token(VALID_HS_HEADER, body))
+    issuer, max_lifetime = data.draw(ISSUERS), data.draw(LIFETIMES)
+    agree(raw_token(VALID_HS_HEADER, body), issuer=issuer, max_lifetime=max_lifetime)
 
 
 HEADER_TEST_BODIES = st.sampled_from([json.dumps(claims()).encode(), b"[]"])

@@ -1,0 +1,13 @@
+"""The security suite runs against the real stack: it uses the integration fixtures."""
+
+from tests.integration.conftest import (  # noqa: F401
+    create_election,
+    kafka_bootstrap,
+    pg_dsn,
+    producer,
+    redis_url,
+    stack_env,
+    start_service,
+    unique_topic,
+)
+from tests.integration.gateway_fixtures import gateway_stack  # noqa: F401
