@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from bench import cpu
+
 NS_PER_MS = 1_000_000
 
 
@@ -145,6 +147,15 @@ class StepResult:
     # 2xx answers saying ``"durability": "spill"``: Kafka missed the spill deadline (or
     # was in trouble) for these. A latency tail with many of them is Kafka's, not HTTP's.
     acked_from_spill: int = 0
+    # CPU seconds of each process group during the step and µs of it per acknowledged
+    # vote (``bench.cpu``); None where the step ran without a meter.
+    cpu_s: dict[str, float | None] | None = None
+    cpu_us_per_vote: dict[str, float | None] | None = None
+    target_cpus: int | None = None  # CPUs the target may run on (its affinity)
+    target_busy: float | None = None  # share of those CPUs the target kept busy
+    # The rate at which the target's own CPUs would be busy all the time, from its CPU
+    # per vote in this step.
+    target_saturation_rps: float | None = None
     acked_ids: list[str] = field(default_factory=list, repr=False)
 
     @property
@@ -262,9 +273,18 @@ class Vegeta:
         return argv
 
     def step(
-        self, target: str, mode: str, lines: list[str], rate: int, duration_s: float
+        self,
+        target: str,
+        mode: str,
+        lines: list[str],
+        rate: int,
+        duration_s: float,
+        *,
+        meter: cpu.CpuMeter | None = None,
+        target_pid: int | None = None,
     ) -> StepResult:
-        """Send ``lines`` (vegeta JSON targets, at least rate*duration) at ``rate``/s."""
+        """Send ``lines`` (vegeta JSON targets, at least rate*duration) at ``rate``/s;
+        with ``meter``, also count the CPU each process group spent meanwhile."""
         self._n += 1
         stem = self.workdir / f"{self._n:04d}-{target}-{mode}-{rate}"
         targets_file = stem.with_suffix(".targets")
@@ -274,9 +294,14 @@ class Vegeta:
             fh.write("\n")
         argv = self.attack_argv(targets_file, out_file, rate, duration_s, target)
         started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        target_roots = [target_pid] if target_pid else []
         times_before = cpu_times()
+        cpu_before = meter.sample(target_roots) if meter else None
+        wall_before = time.monotonic()
         try:
             res = subprocess.run(argv, capture_output=True, text=True)
+            wall_s = time.monotonic() - wall_before
+            cpu_after = meter.sample(target_roots) if meter else None
             times_after = cpu_times()
             if res.returncode != 0:
                 raise RuntimeError(
@@ -298,6 +323,15 @@ class Vegeta:
         )
         res.cpu_pressure = cpu_pressure()
         res.cpu_steal = steal_share(times_before, times_after)
+        if cpu_before is not None and cpu_after is not None:
+            res.cpu_s = cpu.used_seconds(cpu_before, cpu_after)
+            res.cpu_us_per_vote = cpu.per_vote_us(res.cpu_s, res.ok)
+            if target_pid:
+                res.target_cpus = cpu.cpus_of(target_pid)
+                res.target_busy = cpu.busy_share(res.cpu_s["target"], wall_s, res.target_cpus)
+                res.target_saturation_rps = cpu.saturation_rps(
+                    res.cpu_us_per_vote["target"], res.target_cpus
+                )
         return res
 
 

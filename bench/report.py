@@ -4,13 +4,18 @@ JSON layout (``--json FILE``)::
 
     {"machine": {...}, "command": "...", "date": "...", "settings": {...},
      "runs": [{"target", "mode", "rate", "rps", "p50_ms", "p90_ms", "p99_ms", "p999_ms",
-               "errors", "acked", ...}],
+               "errors", "acked", "cpu_us_per_vote": {"target", "broker", "loadgen",
+               "processor", "postgres", "redis"}, "target_cpus", "target_busy",
+               "target_saturation_rps", ...}],
      "ratios": {"gateway/nginx-204": {"max_rps": ..., "half_max_p99": ...}, ...},
      "steps": [every constant-rate step, search steps included],
      "verify": {"gateway": {"acked", "stored", "missing", "duplicates", ...}, ...}}
 
 A run is the median of its repeats: ``rps`` and the percentiles are medians, ``errors``
 and ``acked`` are totals over the repeats, ``repeats`` says how many there were.
+``cpu_us_per_vote`` holds, per process group, the median over the repeats of its CPU
+time per acknowledged vote (``bench.cpu``); ``target_saturation_rps`` the rate at which
+the target's own CPUs would be busy all the time, next to the searched max.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from collections.abc import Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
 
-from bench import probe
+from bench import cpu, probe
 from bench.env import VEGETA_VERSION
 from bench.loadgen import StepResult
 
@@ -44,6 +49,8 @@ MEDIAN_FIELDS = (
     "send_lag_p99_ms",
     "cpu_pressure",
     "cpu_steal",
+    "target_busy",
+    "target_saturation_rps",
 )
 
 
@@ -67,9 +74,23 @@ def median_run(target: str, mode: str, rate: int, steps: Sequence[StepResult]) -
             "acked": sum(s.ok for s in steps),
             "samples": {"rps": [s.rps for s in steps], "p99_ms": [s.p99_ms for s in steps]},
             "command": steps[0].command,
+            "target_cpus": steps[0].target_cpus,
+            "cpu_us_per_vote": median_cpu(steps),
         }
     )
     return run
+
+
+def median_cpu(steps: Sequence[StepResult]) -> dict[str, float | None] | None:
+    """Per process group, the median over the repeats of its µs of CPU per vote."""
+    measured = [s.cpu_us_per_vote for s in steps if s.cpu_us_per_vote]
+    if not measured:
+        return None
+    out: dict[str, float | None] = {}
+    for group in cpu.GROUPS:
+        values = [v for m in measured if (v := m.get(group)) is not None]
+        out[group] = round(statistics.median(values), 1) if values else None
+    return out
 
 
 def find_run(runs: Iterable[dict[str, object]], target: str, mode: str) -> dict[str, object] | None:
@@ -89,7 +110,8 @@ def ratios(runs: Sequence[dict[str, object]], base: str = "gateway") -> dict[str
 
     ``max_rps`` > 1 means the gateway sustains more; ``half_max_p99`` and ``rate_p99`` < 1
     mean the gateway answers faster (at half of each target's own max, resp. at the same
-    offered rate).
+    offered rate); ``max_cpu_target`` and ``rate_cpu_target`` < 1 mean the gateway's own
+    process spends less CPU per acknowledged vote.
     """
     out: dict[str, dict] = {}
     others = sorted({str(r["target"]) for r in runs} - {base})
@@ -104,6 +126,13 @@ def ratios(runs: Sequence[dict[str, object]], base: str = "gateway") -> dict[str
             mine, theirs = find_run(runs, base, mode), find_run(runs, other, mode)
             if mine and theirs:
                 entry[key] = _ratio(mine.get(field), theirs.get(field))
+        for mode, key in (("max", "max_cpu_target"), ("rate", "rate_cpu_target")):
+            mine, theirs = find_run(runs, base, mode), find_run(runs, other, mode)
+            if mine and theirs and mine.get("cpu_us_per_vote") and theirs.get("cpu_us_per_vote"):
+                entry[key] = _ratio(
+                    mine["cpu_us_per_vote"].get("target"),  # type: ignore[union-attr]
+                    theirs["cpu_us_per_vote"].get("target"),  # type: ignore[union-attr]
+                )
         if entry:
             out[f"{base}/{other}"] = entry
     return out
@@ -156,6 +185,7 @@ def markdown(doc: dict[str, object]) -> str:
                 f"{_fmt(v['missing'])} | {_fmt(v['duplicates'])} | "
                 f"{_fmt(v['unacked_stored'])} |"
             )
+    lines += cpu_markdown(runs)
     rat: dict[str, dict] = doc.get("ratios") or {}  # type: ignore[assignment]
     if rat:
         keys = sorted({k for v in rat.values() for k in v})
@@ -164,6 +194,34 @@ def markdown(doc: dict[str, object]) -> str:
             lines.append(f"| {name} | " + " | ".join(_fmt(v.get(k), 3) for k in keys) + " |")
     lines += ["", f"command: `{doc.get('command', '')}`"]
     return "\n".join(lines)
+
+
+def cpu_markdown(runs: Sequence[dict[str, object]]) -> list[str]:
+    """The CPU per acknowledged vote of each run, by process group (Markdown lines)."""
+    measured = [r for r in runs if r.get("cpu_us_per_vote")]
+    if not measured:
+        return []
+    lines = [
+        "",
+        "µs of CPU per acknowledged vote (median of the repeats); `busy` is the share of"
+        " the target's CPUs it used, `saturation` the rate at which they would be full:",
+        "",
+        "| target | mode | offered req/s | "
+        + " | ".join(cpu.GROUPS)
+        + " | all | target CPUs | busy | saturation req/s | answered req/s |",
+        "|---|---|--:|" + "--:|" * (len(cpu.GROUPS) + 5),
+    ]
+    for r in measured:
+        per_vote: dict[str, float | None] = r["cpu_us_per_vote"]  # type: ignore[assignment]
+        known = [v for v in per_vote.values() if v is not None]
+        lines.append(
+            f"| {r['target']} | {r['mode']} | {_fmt(r['rate'])} | "
+            + " | ".join(_fmt(per_vote.get(g), 0) for g in cpu.GROUPS)
+            + f" | {_fmt(sum(known), 0) if known else '—'} | {_fmt(r.get('target_cpus'))} | "
+            f"{_fmt(r.get('target_busy'), 2)} | {_fmt(r.get('target_saturation_rps'), 0)} | "
+            f"{_fmt(r.get('rps'), 0)} |"
+        )
+    return lines
 
 
 def plot(
@@ -220,7 +278,8 @@ def plot(
         ax.set_xlabel("offered rate (req/s, open loop)")
         ax.set_ylabel("latency (ms)")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left")
+        _plot_cpu(ax, mine)
     for ax in list(axes.flat)[len(targets) :]:
         ax.set_visible(False)
     if title:
@@ -228,6 +287,26 @@ def plot(
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _plot_cpu(ax: object, steps: Sequence[dict[str, object]]) -> None:
+    """µs of CPU per vote against the offered rate, on a second axis of a target's panel:
+    the target's own and that of every group together."""
+    points = [(s["rate"], s["cpu_us_per_vote"]) for s in steps if s.get("cpu_us_per_vote")]
+    if not points:
+        return
+    cpu_ax = ax.twinx()  # type: ignore[attr-defined]
+    xs = [float(rate) for rate, _ in points]  # type: ignore[arg-type]
+    mine = [per_vote.get("target") for _, per_vote in points]  # type: ignore[union-attr]
+    total = [
+        sum(v for v in per_vote.values() if v is not None)  # type: ignore[union-attr]
+        for _, per_vote in points
+    ]
+    cpu_ax.plot(xs, mine, "k^", markersize=4, label="target CPU µs/vote")
+    cpu_ax.plot(xs, total, "kx", markersize=4, label="all groups CPU µs/vote")
+    cpu_ax.set_ylabel("CPU µs per acknowledged vote")
+    cpu_ax.set_ylim(bottom=0)
+    cpu_ax.legend(fontsize=7, loc="upper right")
 
 
 def _read(path: str) -> str:

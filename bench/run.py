@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
 
-from bench import probe, report
+from bench import cpu, probe, report
 from bench.corpus import DEFAULT_CANDIDATES, VotePool, votes_path
 from bench.env import (
     REPO,
@@ -52,6 +52,7 @@ from bench.env import (
     ensure_vegeta,
     go_binary,
     preflight,
+    stack_dir,
     stack_env,
 )
 from bench.loadgen import StepResult, Vegeta, targets_needed
@@ -160,6 +161,9 @@ class Session:
         self.outage: dict[str, float] = {}
         self.memory: dict[str, object] = {}
         self.processor_metrics: str | None = None
+        self.processor_pid: int | None = None
+        self.meter: cpu.CpuMeter | None = None
+        self.kafka_nodes = 0
         self.ack_to_visible: dict[str, object] = {}
         self.env: dict[str, str] = {}
         self._visible_before: dict[float, float] = {}
@@ -189,7 +193,9 @@ class Session:
             end="",
             flush=True,
         )
-        res = vegeta.step(name, mode, lines, rate, duration_s)
+        res = vegeta.step(
+            name, mode, lines, rate, duration_s, meter=self.meter, target_pid=target.service.pid
+        )
         why = self.criteria.failures(res)
         noisy = res.cpu_pressure is not None and res.cpu_pressure >= NOISY_PSI
         stolen = res.cpu_steal is not None and res.cpu_steal >= NOISY_STEAL
@@ -300,6 +306,11 @@ class Session:
                     cap=args.pool,
                 )
 
+            groups = cpu.stack_groups(
+                stack_dir(env), lambda: self.processor_pid or processor_running(env)
+            )
+            self.kafka_nodes = len(list(groups["broker"]()))
+            self.meter = cpu.CpuMeter(groups)
             vegeta = Vegeta(vegeta_exe, run_dir, cpus=args.loadgen_cpus, timeout_s=plan.timeout_s)
             searches = self._measure(vegeta, names)
 
@@ -506,6 +517,7 @@ class Session:
         svc.start()
         stack.callback(self._stop, svc)
         svc.wait_ready(5.0)
+        self.processor_pid = svc.pid
 
     def _verify(self, env: dict[str, str], name: str) -> tuple[dict, dict[str, int]]:
         from bench.verify import check_election
@@ -580,6 +592,7 @@ class Session:
                 "workers": self.args.workers,
                 "loadgen_cpus": self.args.loadgen_cpus,
                 "target_cpus": self.args.target_cpus,
+                "kafka_nodes": self.kafka_nodes,
                 "alg": self.args.alg,
                 "elections": {n: t.election for n, t in self.targets.items()},
             },

@@ -101,6 +101,11 @@ class Service:
                 start_new_session=True,
             )
 
+    @property
+    def pid(self) -> int | None:
+        """The pid of the group's leader (its workers are its descendants)."""
+        return self.proc.pid if self.proc is not None else None
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
