@@ -21,7 +21,7 @@ import itertools
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
@@ -30,6 +30,45 @@ DEFAULT_CANDIDATES = ("alice", "bob", "carol")
 
 def votes_path(election_id: str) -> str:
     return f"/v1/elections/{quote(election_id, safe='')}/votes"
+
+
+def batch_path(election_id: str) -> str:
+    return votes_path(election_id) + ":batch"
+
+
+def batch_target(url: str, votes: Sequence[dict[str, str]]) -> str:
+    """One vegeta JSON target carrying ``votes`` to ``POST .../votes:batch``."""
+    batch = {
+        "votes": [
+            {"token": v["token"], "vote_id": v["vote_id"], "choice": v["choice"]} for v in votes
+        ]
+    }
+    body = base64.b64encode(json.dumps(batch, separators=(",", ":")).encode()).decode()
+    header = json.dumps({"Content-Type": ["application/json"]}, separators=(",", ":"))
+    return '{"method":"POST","url":"' + url + '","body":"' + body + '","header":' + header + "}"
+
+
+class BatchPool:
+    """Fresh signed votes of one election, ``size`` to a request (``POST .../votes:batch``)."""
+
+    fresh = True
+
+    def __init__(self, votes: Iterator[dict[str, str]], url: str, size: int) -> None:
+        self._votes = votes
+        self.url = url
+        self.size = size
+        self.minted = 0
+
+    def take(self, n: int) -> list[str]:
+        """``n`` target lines of ``size`` votes each, no vote sent twice."""
+        lines = []
+        for _ in range(n):
+            votes = list(itertools.islice(self._votes, self.size))
+            if len(votes) < self.size:
+                raise RuntimeError(f"corpus exhausted after {self.minted} votes")
+            self.minted += len(votes)
+            lines.append(batch_target(self.url, votes))
+        return lines
 
 
 def target_tail(vote: dict[str, str]) -> str:

@@ -99,16 +99,33 @@ def acked_vote_id(row: Row) -> str | None:
 
 def _ack(row: Row) -> tuple[str | None, object]:
     """``vote_id`` and ``durability`` of a 2xx answer's JSON body (None when absent)."""
-    if not is_ok(row) or not row.body:
-        return None, None
+    acks = _acks(row)[1]
+    return acks[0] if acks else (None, None)
+
+
+def _acks(row: Row) -> tuple[int, list[tuple[str | None, object]]]:
+    """Votes a 2xx answer acknowledged, and (``vote_id``, ``durability``) of each.
+
+    A single vote's 2xx acknowledges one vote, with or without a body (nginx-204); a
+    batch's answer (``results``) those of its results with code 202."""
+    if not is_ok(row):
+        return 0, []
     try:
-        doc = json.loads(row.body)
+        doc = json.loads(row.body) if row.body else None
     except ValueError:
-        return None, None
+        doc = None
     if not isinstance(doc, dict):
-        return None, None
+        return 1, []
+    results = doc.get("results")
+    if isinstance(results, list):
+        acks = [
+            (r.get("vote_id") if isinstance(r.get("vote_id"), str) else None, r.get("durability"))
+            for r in results
+            if isinstance(r, dict) and r.get("code") == 202
+        ]
+        return len(acks), acks
     vote_id = doc.get("vote_id")
-    return (vote_id if isinstance(vote_id, str) else None), doc.get("durability")
+    return 1, [((vote_id if isinstance(vote_id, str) else None), doc.get("durability"))]
 
 
 @dataclass
@@ -147,6 +164,9 @@ class StepResult:
     # 2xx answers saying ``"durability": "spill"``: Kafka missed the spill deadline (or
     # was in trouble) for these. A latency tail with many of them is Kafka's, not HTTP's.
     acked_from_spill: int = 0
+    # Votes acknowledged: the 2xx answers, except that a batch's answer counts the votes
+    # it acknowledged. CPU per vote is counted over these.
+    acked_votes: int = 0
     # CPU seconds of each process group during the step and µs of it per acknowledged
     # vote (``bench.cpu``); None where the step ran without a meter.
     cpu_s: dict[str, float | None] | None = None
@@ -204,7 +224,9 @@ def summarize(
     def ms(v: float) -> float:
         return round(v / NS_PER_MS, 3) if not math.isnan(v) else v
 
-    acks = [_ack(r) for r in ok_rows]
+    answers = [_acks(r) for r in ok_rows]
+    acks = [ack for _, mine in answers for ack in mine]
+    acked_votes = sum(n for n, _ in answers)
 
     return StepResult(
         target=target,
@@ -229,6 +251,7 @@ def summarize(
         command=command,
         started_at=started_at,
         acked_from_spill=sum(1 for _, durability in acks if durability == "spill"),
+        acked_votes=acked_votes,
         acked_ids=[vote_id for vote_id, _ in acks if vote_id is not None],
     )
 
@@ -325,7 +348,7 @@ class Vegeta:
         res.cpu_steal = steal_share(times_before, times_after)
         if cpu_before is not None and cpu_after is not None:
             res.cpu_s = cpu.used_seconds(cpu_before, cpu_after)
-            res.cpu_us_per_vote = cpu.per_vote_us(res.cpu_s, res.ok)
+            res.cpu_us_per_vote = cpu.per_vote_us(res.cpu_s, res.acked_votes)
             if target_pid:
                 res.target_cpus = cpu.cpus_of(target_pid)
                 res.target_busy = cpu.busy_share(res.cpu_s["target"], wall_s, res.target_cpus)

@@ -72,6 +72,7 @@ def median_run(target: str, mode: str, rate: int, steps: Sequence[StepResult]) -
             "errors": errors,
             "error_rate": round(errors / requests, 6) if requests else None,
             "acked": sum(s.ok for s in steps),
+            "acked_votes": sum(s.acked_votes for s in steps),
             "samples": {"rps": [s.rps for s in steps], "p99_ms": [s.p99_ms for s in steps]},
             "command": steps[0].command,
             "target_cpus": steps[0].target_cpus,

@@ -42,7 +42,7 @@ from pathlib import Path
 from types import FrameType
 
 from bench import cpu, probe, report
-from bench.corpus import DEFAULT_CANDIDATES, VotePool, votes_path
+from bench.corpus import DEFAULT_CANDIDATES, BatchPool, VotePool, batch_path, votes_path
 from bench.env import (
     REPO,
     BenchError,
@@ -153,7 +153,7 @@ class Session:
         self.command = shlex.join([os.path.basename(sys.executable), "-m", "bench", *argv])
         self.criteria = Criteria(max_error_rate=args.max_error_rate, p99_bound_ms=args.p99_bound_ms)
         self.targets: dict[str, Target] = {}
-        self.pools: dict[str, VotePool] = {}
+        self.pools: dict[str, VotePool | BatchPool] = {}
         self.steps: list[StepResult] = []
         self.acked: dict[str, set[str]] = defaultdict(set)
         self.run_steps: dict[tuple[str, str], list[StepResult]] = defaultdict(list)
@@ -222,6 +222,8 @@ class Session:
         args, plan = self.args, self.plan
         env = self.env = stack_env()
         names = [t.strip() for t in args.targets.split(",") if t.strip()]
+        if args.batch and names != ["gateway"]:
+            raise BenchError("--batch N sends POST .../votes:batch: it needs --targets gateway")
         for flag, on in (("--kafka-stopped", args.kafka_stopped), ("--memory", args.memory)):
             if on and (names != ["gateway"] or not args.rate):
                 raise BenchError(
@@ -299,6 +301,11 @@ class Session:
                 votes = admin.mint_votes(
                     keys["issuer"], target.election, 10**9, args.alg, None, candidates
                 )
+                if args.batch:
+                    self.pools[target.name] = BatchPool(
+                        votes, target.base_url + batch_path(target.election), args.batch
+                    )
+                    continue
                 self.pools[target.name] = VotePool(
                     votes,
                     target.base_url + votes_path(target.election),
@@ -592,6 +599,7 @@ class Session:
                 "workers": self.args.workers,
                 "loadgen_cpus": self.args.loadgen_cpus,
                 "target_cpus": self.args.target_cpus,
+                "batch": self.args.batch,
                 "kafka_nodes": self.kafka_nodes,
                 "alg": self.args.alg,
                 "elections": {n: t.election for n, t in self.targets.items()},
@@ -678,6 +686,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loadgen-cpus", default=None, help="taskset -c list for vegeta")
     p.add_argument("--target-cpus", default=None, help="taskset -c list for the targets")
     p.add_argument("--alg", default="HS256", choices=("HS256", "EdDSA"))
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="send N votes per request to POST .../votes:batch (gateway only); the rate "
+        "is then requests/s and CPU per vote counts every vote a batch acknowledged",
+    )
     p.add_argument(
         "--pool",
         type=int,

@@ -155,3 +155,25 @@ def test_cpu_times_refuses_a_line_that_is_not_the_total() -> None:
     with pytest.raises(ValueError):
         parse_cpu_times("cpu0 1 2 3 4 5 6 7 8 9 10")
     assert parse_cpu_times("cpu 5 0 5 90") == (0, 100)  # an old kernel: no steal field
+
+
+def test_a_batch_answer_acknowledges_its_votes_with_code_202() -> None:
+    batch = {
+        "accepted": 2,
+        "refused": 1,
+        "results": [
+            {"index": 0, "code": 202, "vote_id": "a", "durability": "kafka"},
+            {"index": 1, "code": 401, "vote_id": "b", "problem": {"status": 401}},
+            {"index": 2, "code": 202, "vote_id": "c", "durability": "spill"},
+        ],
+    }
+    rows = [
+        Row(1_000_000_000, 200, MS, "", json.dumps(batch).encode(), 0),
+        Row(1_000_000_000 + MS, 204, MS, "", b"", 1),  # nginx-204: one vote, no body
+        Row(1_000_000_000 + 2 * MS, 202, MS, "", b'{"vote_id":"d"}', 2),
+    ]
+    res = summarize("gateway", "rate", 1000, 1.0, rows)
+    assert res.ok == 3
+    assert res.acked_votes == 2 + 1 + 1
+    assert sorted(res.acked_ids) == ["a", "c", "d"]
+    assert res.acked_from_spill == 1
