@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -37,6 +36,7 @@ from confluent_kafka import (
 )
 from confluent_kafka import Message as KafkaMessage
 
+from core import failpoints
 from processor import metrics
 from processor.cache import TallyCache
 from processor.logs import FieldsAdapter
@@ -80,7 +80,6 @@ class Processor:
         self._elections: dict[str, Election] = {}
         self._elections_at = 0.0
         self._dirty: set[str] = set()  # elections whose Redis tallies need a full write
-        self._attempts = 0
         self._last_lag = 0.0
         self._dlq: Producer | None = None
         self.store = Store(
@@ -297,19 +296,19 @@ class Processor:
             force={d.event.election_id for d in decoded if d.event is not None}
             - self._elections.keys()
         )
-        self._attempts += 1
         started = time.monotonic()
         result: BatchResult | None = None
         backoff = 0.2
         while result is None:
             try:
+                failpoints.hit("processor.before_copy")
                 result = self.store.apply_batch(
                     decoded,
                     self._elections,
                     first,
                     nxt,
                     dict(self._gap_ok),
-                    after_copy=self._crash_hook("after_copy"),
+                    after_copy=lambda: failpoints.hit("processor.after_copy"),
                     before_commit=self._send_dead_letters,
                 )
             except Fenced as f:
@@ -330,7 +329,7 @@ class Processor:
                 if isinstance(exc, psycopg.OperationalError) or self.store.conn.closed:
                     self._retry_db(self.store.reconnect)
         db_seconds = time.monotonic() - started
-        self._crash_hook("after_commit")()
+        failpoints.hit("processor.after_commit")
         metrics.COMMITS.labels("ok").inc()
         metrics.BATCHES.inc()
         metrics.BATCH_SECONDS.observe(db_seconds)
@@ -510,16 +509,6 @@ class Processor:
                 delay = min(delay * 2, 5.0)
                 with contextlib.suppress(psycopg.OperationalError):
                     self.store.reconnect()
-
-    def _crash_hook(self, point: str) -> Callable[[], None]:
-        def hook() -> None:
-            if self.s.processor_crash_at == point and (
-                self._attempts == self.s.processor_crash_after_batches
-            ):
-                self.log.warning("crash hook: SIGKILL", extra={"point": point})
-                os.kill(os.getpid(), signal.SIGKILL)
-
-        return hook
 
 
 class DeadLetterError(RuntimeError):

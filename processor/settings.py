@@ -64,10 +64,6 @@ class ProcessorSettings(msgspec.Struct, frozen=True, kw_only=True):
     # 0 disables the metrics endpoint (several processors in one test).
     processor_metrics_port: int = 9101
     processor_log_level: str = "INFO"
-    # Test-only fault injection: after_copy | after_commit | "" (off). The process
-    # SIGKILLs itself at that point of batch number processor_crash_after_batches.
-    processor_crash_at: str = ""
-    processor_crash_after_batches: int = 1
 
     @property
     def vote_topic(self) -> str:
@@ -84,8 +80,6 @@ class ProcessorSettings(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("processor_members must be >= 1")
         if self.processor_lookup_threshold < 0:
             raise ValueError("processor_lookup_threshold must be >= 0")
-        if self.processor_crash_at not in ("", "after_copy", "after_commit"):
-            raise ValueError("processor_crash_at must be '', 'after_copy' or 'after_commit'")
         if self.processor_takeover and not self.processor_cluster:
             raise ValueError("processor_takeover needs processor_cluster")
         if self.processor_cluster in self.takeover_regions:
