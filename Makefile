@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STACK := deploy/local/stack
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test prepare deps venv stack services migrate keys unit integration lint down status clean
+.PHONY: run test prepare deps venv stack services migrate keys unit integration lint down status clean chaos
 
 run: prepare
 	deploy/local/run
@@ -62,5 +62,11 @@ lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
+# Every chaos scenario under load on its own 3-node stack (.stack/chaos/): a command, not a
+# test (make test runs a short subset). Arguments: make chaos CHAOS_ARGS='--scenarios x,y'.
+chaos: venv
+	$(PY) -m bench chaos $(CHAOS_ARGS)
+
 clean: down
+	if [ -d .stack/chaos ]; then STACK_DIR=$(CURDIR)/.stack/chaos $(STACK) down; fi
 	rm -rf .stack build *.egg-info gateway/_fast/*.so gateway/_fast/_core.c

@@ -7,6 +7,7 @@ processor drain N preloaded events vs a plain binary COPY     (bench/processor.p
 batchcost PostgreSQL CPU of one small / large batch, by phase  (bench/batchcost.py)
 capacity  cores, storage, Kafka for a target rate, from measured costs (bench/capacity.py)
 locust    a Locust master and N workers replaying a corpus, then exactly-once (bench/locust_run.py)
+chaos     faults under load on a 3-node cluster, checked     (bench/chaos/)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ COMMANDS = {
     "batchcost": "bench.batchcost",
     "capacity": "bench.capacity",
     "locust": "bench.locust_run",
+    "chaos": "bench.chaos.runner",
 }
 
 

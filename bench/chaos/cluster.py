@@ -57,6 +57,8 @@ class Cluster:
         env["STACK_DIR"] = str(self.directory)
         env["STACK_PORT_OFFSET"] = str(self.port_offset)
         env.setdefault("KAFKA_HEAP_OPTS", DEFAULT_HEAP)
+        # A listener per broker for Toxiproxy (the network scenario).
+        env["STACK_KAFKA_PROXIED"] = "1"
         return env
 
     def stack(self, *args: str, timeout_s: float = 900.0) -> subprocess.CompletedProcess[str]:
