@@ -31,8 +31,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from bench.chaos.client import FAIL, INFO, OK, Vote
 from bench.outage import spilled_events
-from core.event import SCHEMA_VERSION
-from processor.policy import MAX_FIELD_LEN, decode_storable
+from processor.policy import decode_storable
 
 
 @dataclass
@@ -138,8 +137,9 @@ def recount_from_kafka(
     timeout_s: float = 300.0,
 ) -> tuple[Counter[str], int, int]:
     """A ``first_wins`` recount of ``election`` from Kafka order, independent of the
-    processor's code: per partition from ``starts`` to the current end, the first copy
-    of each vote_id, and per voter the first valid vote. Returns (tally, copies,
+    processor's batches and tables: per partition from ``starts`` to the current end, the
+    first copy of each vote_id, and per voter the first vote that is storable (the
+    event contract of ``core.event``) and names a candidate. Returns (tally, copies,
     duplicate copies)."""
     ends = end_offsets(bootstrap, topic)
     consumer = Consumer(
@@ -167,7 +167,9 @@ def recount_from_kafka(
                     todo.discard(m.partition())
                 if m.offset() >= ends[m.partition()]:
                     continue
-                e, _why = decode_storable(m.value())
+                _kind, timestamp_ms = m.timestamp()
+                # What the processor must refuse (core.event's contract) never counts.
+                e, _why = decode_storable(m.value(), timestamp_ms * 1000)
                 if e is None or e.election_id != election:
                     continue
                 copies += 1
@@ -175,15 +177,7 @@ def recount_from_kafka(
                     duplicates += 1
                     continue
                 seen.add(e.vote_id)
-                valid = (
-                    e.v == SCHEMA_VERSION
-                    and all(
-                        0 < len(f) <= MAX_FIELD_LEN
-                        for f in (e.vote_id, e.voter_id, e.choice, e.gateway_id)
-                    )
-                    and e.received_at_us > 0
-                    and e.choice in candidates
-                )
+                valid = e.choice in candidates
                 if valid and e.voter_id not in voted:
                     voted.add(e.voter_id)
                     tally[e.choice] += 1

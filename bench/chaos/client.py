@@ -103,6 +103,9 @@ class VoteSource:
     ) -> None:
         from gateway import admin
 
+        self._admin = admin
+        self._issuer_file = issuer_file
+        self._election = election
         self._fresh = admin.mint_votes(issuer_file, election, 10**9, "HS256", seed, candidates)
         self._rng = random.Random(seed)
         self._candidates = candidates
@@ -130,7 +133,11 @@ class VoteSource:
             vote_id = f"re-{self._rng.getrandbits(96):024x}"
             choice = self._rng.choice([c for c in self._candidates if c != first["choice"]])
             body = json.dumps({"vote_id": vote_id, "choice": choice}).encode()
-            return vote_id, first["voter_id"], choice, first["token"], body
+            # A token authorizes one vote: its jti is the vote_id.
+            token = self._admin.mint_token(
+                self._issuer_file, self._election, first["voter_id"], jti=vote_id
+            )
+            return vote_id, first["voter_id"], choice, token, body
         v = next(self._fresh)
         self._recent.append(v)
         if len(self._recent) > 1000:
