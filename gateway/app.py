@@ -6,8 +6,8 @@ a spill slot, so the first request already finds everything warm.
 
 The vote path (docs/ARCHITECTURE.md, HTTP API and Durability path), cheapest refusals first:
 path → election → client rate limit → content type / length → token (``_fast``) → window
-→ body (msgspec) → candidate → voter rate limit → idempotency → encode (``_fast``)
-→ Kafka or spill → 202.
+→ body (msgspec) → candidate → voter rate limit → idempotency, encode, Kafka or spill
+(``acceptance.VoteAcceptor``) → 202.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from core import event as event_schema
 from core import jsonlog
 from gateway import _fast, metrics
 from gateway import problems as p
+from gateway.acceptance import VoteAcceptor
 from gateway.config import GatewaySettings, load
 from gateway.durability import (
     DurabilityPipeline,
-    NotDurable,
     adopt_orphans,
     report_spill_size,
 )
@@ -48,15 +48,6 @@ _VOTES_PREFIX = "/v1/elections/"
 
 def _status_counter(code: int) -> metrics.BufferedCounter:
     return metrics.BufferedCounter(metrics.requests_total.labels(str(code)))
-
-
-class _Pending:
-    """Marks a vote_id whose first request is still being made durable."""
-
-    __slots__ = ("future",)
-
-    def __init__(self, future: asyncio.Future) -> None:
-        self.future = future
 
 
 class VoteGateway:
@@ -79,7 +70,7 @@ class VoteGateway:
         loop = asyncio.get_running_loop()
         self.keys = _fast.KeyRing(_read_json(s.jwks_file))
         with open(s.receipt_key_file, "rb") as fh:
-            self.receipt_key = fh.read()
+            receipt_key = fh.read()
         self.elections = ElectionCache(s.pg_dsn, s.election_refresh_s)
         await self.elections.refresh()
         self.elections.start()
@@ -97,7 +88,12 @@ class VoteGateway:
         if problem is not None:
             raise SystemExit(f"VOTE_GATEWAY_ID: {problem}")
         self.durability = DurabilityPipeline(self.sink, self.spill, s.spill_deadline_ms / 1000)
-        self.idempotency = _fast.IdempotencyCache(s.idempotency_capacity)
+        self.acceptor = VoteAcceptor(
+            self.durability,
+            _fast.IdempotencyCache(s.idempotency_capacity),
+            receipt_key,
+            self.gateway_id,
+        )
         self.ip_limiter = _fast.RateLimiter(
             s.rate_ip_per_s, s.rate_ip_burst, s.rate_limiter_capacity
         )
@@ -299,8 +295,8 @@ class VoteGateway:
             metrics.rate_limited_total.labels("voter").inc()
             raise p.RateLimited("too many requests for this voter", retry_after=retry)
 
-        answer, via_kafka = await self._accept(
-            election, voter_id, request.vote_id, request.choice, now
+        answer, via_kafka = await self.acceptor.accept(
+            election_id, voter_id, request.vote_id, request.choice, now
         )
         self._send(protocol, 202, answer)
         (metrics.ack_kafka if via_kafka else metrics.ack_spill).observe(
@@ -348,68 +344,6 @@ class VoteGateway:
                 raise p.Forbidden("token is not for this election", reason=exc.reason) from None
             raise p.Unauthorized(f"token refused: {exc.reason}", reason=exc.reason) from None
         return voter_id, jti
-
-    async def _accept(
-        self, election: Election, voter_id: str, vote_id: str, choice: str, now: float
-    ) -> tuple[bytes, bool]:
-        """Make the vote durable once per vote_id; the 202 body and whether Kafka (not the
-        spill) confirmed it."""
-        digest = f"{election.election_id}\x1f{voter_id}\x1f{choice}".encode()
-        seen = self.idempotency.get(vote_id)
-        if seen is not None:
-            if seen[0] != digest:
-                raise p.Conflict(f"vote_id {vote_id!r} was used with other content")
-            first = seen[1]
-            if isinstance(first, _Pending):
-                first = await asyncio.shield(first.future)
-            # A retry: the cache keeps only the first answer's bytes, which name the
-            # durability (vote_id and receipt cannot hold a quote).
-            return first, b'"durability":"kafka"' in first
-
-        pending = _Pending(asyncio.get_running_loop().create_future())
-        self.idempotency.put(vote_id, digest, pending)
-        try:
-            received_at_us = int(now * 1_000_000)
-            try:
-                event = _fast.encode_event(
-                    vote_id, election.election_id, voter_id, choice, received_at_us, self.gateway_id
-                )
-            except ValueError as exc:
-                # A field the processor would refuse as malformed: never acknowledge it.
-                raise p.BadRequest(f"vote cannot be counted: {_field_source(str(exc))}") from None
-            try:
-                durability = await self.durability.persist(voter_id.encode(), event)
-            except NotDurable as exc:
-                raise p.Unavailable(f"vote not durable: {exc}", retry_after=1) from None
-            receipt = _fast.sign_receipt(
-                self.receipt_key, vote_id, election.election_id, voter_id, choice, received_at_us
-            )
-            answer = (
-                b'{"vote_id":'
-                + json_encoder.encode(vote_id)
-                + b',"status":"accepted","durability":"'
-                + durability.encode()
-                + b'","received_at":"'
-                + _iso(received_at_us).encode()
-                + b'","receipt":"'
-                + receipt.encode()
-                + b'"}'
-            )
-        except BaseException as exc:
-            # Not accepted: forget the vote_id so a retry is a fresh attempt.
-            self.idempotency.discard(vote_id)
-            if not pending.future.done():
-                pending.future.set_exception(
-                    exc
-                    if isinstance(exc, p.Problem)
-                    else p.Unavailable("vote not accepted; retry", retry_after=1)
-                )
-                pending.future.exception()  # mark retrieved: followers may not exist
-            raise
-        self.idempotency.discard(vote_id)
-        self.idempotency.put(vote_id, digest, answer)
-        pending.future.set_result(answer)
-        return answer, durability == "kafka"
 
     async def _election(self, election_id: str) -> Election:
         try:
@@ -473,33 +407,12 @@ class VoteGateway:
             await asyncio.gather(pump_task, disconnect, return_exceptions=True)
 
 
-def _field_source(problem: str) -> str:
-    """core.event's words, naming where the client put the field."""
-    if problem.startswith("voter_id"):
-        return "the token's sub (voter_id) " + problem.removeprefix("voter_id ")
-    return problem
-
-
 def _request_id(scope: Any) -> str:
     """The load balancer's ``X-Request-Id`` when it sent a sane one, else a fresh id."""
     given = scope.headers.get("x-request-id", "")
     if 0 < len(given) <= 128 and given.isprintable():
         return given
     return uuid.uuid4().hex
-
-
-_iso_second = [-1, ""]  # the last second formatted, and its text
-
-
-def _iso(us: int) -> str:
-    """``received_at`` as RFC 3339 UTC with a ``Z`` suffix: ``YYYY-MM-DDTHH:MM:SS.ffffffZ``,
-    the six-digit fraction left out when it is zero (``…:SSZ``). Every vote needs one and
-    the date and time of day change once a second, so that part is formatted once a
-    second."""
-    second, micro = divmod(us, 1_000_000)
-    if second != _iso_second[0]:
-        _iso_second[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
-    return f"{_iso_second[1]}.{micro:06d}Z" if micro else f"{_iso_second[1]}Z"
 
 
 def _read_json(path: str) -> dict[str, Any]:

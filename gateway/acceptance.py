@@ -1,0 +1,136 @@
+"""Accepting one vote: durable once per ``vote_id``, and the 202 body that says so.
+
+The first request for a ``vote_id`` makes the event durable (``DurabilityPipeline``) and
+signs its receipt; a retry with the same content gets the first answer's bytes; a retry
+with other content is a conflict. A retry that arrives while the first request is still
+being made durable waits on the first one's pending answer instead of producing the event
+a second time (docs/ARCHITECTURE.md, "Flow and invariants").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from gateway import _fast
+from gateway import problems as p
+from gateway.durability import DurabilityPipeline, NotDurable
+from gateway.models import json_encoder
+
+
+class _Pending:
+    """Marks a vote_id whose first request is still being made durable."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: asyncio.Future) -> None:
+        self.future = future
+
+
+class VoteAcceptor:
+    """One per worker: the idempotency cache, the durability pipeline and the receipt key.
+
+    ``idempotency`` maps ``vote_id`` to ``(content digest, answer)``, where the answer is
+    the 202 body or a ``_Pending`` while the first request is in flight.
+    """
+
+    def __init__(
+        self,
+        durability: DurabilityPipeline,
+        idempotency: _fast.IdempotencyCache,
+        receipt_key: bytes,
+        gateway_id: str,
+    ) -> None:
+        self.durability = durability
+        self.idempotency = idempotency
+        self.receipt_key = receipt_key
+        self.gateway_id = gateway_id
+
+    async def accept(
+        self, election_id: str, voter_id: str, vote_id: str, choice: str, now: float
+    ) -> tuple[bytes, bool]:
+        """Make the vote durable once per vote_id; the 202 body and whether Kafka (not the
+        spill) confirmed it.
+
+        Raises ``Conflict`` for a vote_id already used with other content, ``BadRequest``
+        for a field the processor would refuse (core.event's rules, checked by the
+        encoder) and ``Unavailable`` when the vote could not be made durable; the vote_id
+        is then forgotten, so a retry is a fresh attempt.
+        """
+        digest = f"{election_id}\x1f{voter_id}\x1f{choice}".encode()
+        seen = self.idempotency.get(vote_id)
+        if seen is not None:
+            if seen[0] != digest:
+                raise p.Conflict(f"vote_id {vote_id!r} was used with other content")
+            first = seen[1]
+            if isinstance(first, _Pending):
+                first = await asyncio.shield(first.future)
+            # A retry: the cache keeps only the first answer's bytes, which name the
+            # durability (vote_id and receipt cannot hold a quote).
+            return first, b'"durability":"kafka"' in first
+
+        pending = _Pending(asyncio.get_running_loop().create_future())
+        self.idempotency.put(vote_id, digest, pending)
+        try:
+            received_at_us = int(now * 1_000_000)
+            try:
+                event = _fast.encode_event(
+                    vote_id, election_id, voter_id, choice, received_at_us, self.gateway_id
+                )
+            except ValueError as exc:
+                # A field the processor would refuse as malformed: never acknowledge it.
+                raise p.BadRequest(f"vote cannot be counted: {_field_source(str(exc))}") from None
+            try:
+                durability = await self.durability.persist(voter_id.encode(), event)
+            except NotDurable as exc:
+                raise p.Unavailable(f"vote not durable: {exc}", retry_after=1) from None
+            receipt = _fast.sign_receipt(
+                self.receipt_key, vote_id, election_id, voter_id, choice, received_at_us
+            )
+            answer = (
+                b'{"vote_id":'
+                + json_encoder.encode(vote_id)
+                + b',"status":"accepted","durability":"'
+                + durability.encode()
+                + b'","received_at":"'
+                + received_at_text(received_at_us).encode()
+                + b'","receipt":"'
+                + receipt.encode()
+                + b'"}'
+            )
+        except BaseException as exc:
+            # Not accepted: forget the vote_id so a retry is a fresh attempt.
+            self.idempotency.discard(vote_id)
+            if not pending.future.done():
+                pending.future.set_exception(
+                    exc
+                    if isinstance(exc, p.Problem)
+                    else p.Unavailable("vote not accepted; retry", retry_after=1)
+                )
+                pending.future.exception()  # mark retrieved: followers may not exist
+            raise
+        self.idempotency.discard(vote_id)
+        self.idempotency.put(vote_id, digest, answer)
+        pending.future.set_result(answer)
+        return answer, durability == "kafka"
+
+
+def _field_source(problem: str) -> str:
+    """core.event's words, naming where the client put the field."""
+    if problem.startswith("voter_id"):
+        return "the token's sub (voter_id) " + problem.removeprefix("voter_id ")
+    return problem
+
+
+_last_second = [-1, ""]  # the last second formatted, and its text
+
+
+def received_at_text(us: int) -> str:
+    """``received_at`` as RFC 3339 UTC with a ``Z`` suffix: ``YYYY-MM-DDTHH:MM:SS.ffffffZ``,
+    the six-digit fraction left out when it is zero (``…:SSZ``). Every vote needs one and
+    the date and time of day change once a second, so that part is formatted once a
+    second."""
+    second, micro = divmod(us, 1_000_000)
+    if second != _last_second[0]:
+        _last_second[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
+    return f"{_last_second[1]}.{micro:06d}Z" if micro else f"{_last_second[1]}Z"
