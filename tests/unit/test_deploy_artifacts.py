@@ -315,7 +315,9 @@ def test_plain_yaml_files_parse():
     ]
     assert len(files) >= 6
     for path in files:
-        assert yaml.safe_load(path.read_text()) is not None, path
+        # Kubernetes manifests (deploy/locust) hold several documents in one file.
+        documents = list(yaml.safe_load_all(path.read_text()))
+        assert documents and all(doc is not None for doc in documents), path
 
 
 def test_helm_templates_are_balanced():
