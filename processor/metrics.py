@@ -52,6 +52,24 @@ REGION_TAKEOVERS = Counter(
     "vote_region_takeovers_total", "Takeovers of a lost region's mirrored topic", ["region"]
 )
 
+MIRROR_HEARTBEAT_AGE = Gauge(
+    "vote_mirror_heartbeat_age_seconds",
+    "Age of the newest MirrorMaker 2 heartbeat copied here from a region: the mirror's lag"
+    " (plus its 1 s heartbeat interval); it grows while MirrorMaker or the link is down",
+    ["source"],
+)
+PG_TIMELINE = Gauge(
+    "vote_pg_timeline", "Timeline of the PostgreSQL primary; a failover increments it"
+)
+PG_SYNC_STANDBYS = Gauge(
+    "vote_pg_sync_standbys", "Standbys the primary currently waits for at commit (sync or quorum)"
+)
+PG_REPLICATION_LAG_BYTES = Gauge(
+    "vote_pg_replication_lag_bytes",
+    "WAL the primary has written that a standby has not yet replayed",
+    ["standby"],
+)
+
 
 def serve(port: int) -> None:
     if port:

@@ -49,6 +49,7 @@ from processor.store import ShardTally, group_by_election, shard_tallies
 log = logging.getLogger("processor.regions")
 
 _TICK_S = 1.0
+_OFFSET_TAIL_1 = -2001  # RD_KAFKA_OFFSET_TAIL(1): the last record of a partition
 _int16 = struct.Struct("!h")
 _int32 = struct.Struct("!i")
 _int64 = struct.Struct("!q")
@@ -240,6 +241,8 @@ class RegionWatch:
         self._last_seen_unix: dict[str, float] = {}
         self._takeovers: dict[str, tuple[Processor, threading.Thread]] = {}
         self._synced_at = 0.0
+        self._heartbeats: Consumer | None = None
+        self._mirror_seen_ms: dict[str, int] = {}
         self._thread = threading.Thread(target=self.run, name="region-watch", daemon=True)
 
     def start(self) -> None:
@@ -260,6 +263,8 @@ class RegionWatch:
             except (psycopg.Error, OSError) as exc:
                 self.log.warning("region watch: database unavailable", extra={"error": repr(exc)})
                 self._close_conn()
+            except KafkaException as exc:
+                self.log.warning("region watch: kafka unavailable", extra={"error": repr(exc)})
             except Exception:  # never let the watch die while the members count
                 self.log.exception("region watch failed a tick")
             self._stop.wait(_TICK_S)
@@ -267,6 +272,8 @@ class RegionWatch:
             self._end_takeover(source)
         self._close_conn()
         self._cache.close()
+        if self._heartbeats is not None:
+            self._heartbeats.close()
 
     def tick(self) -> None:
         conn = self._connection()
@@ -288,6 +295,8 @@ class RegionWatch:
         for source in self.s.takeover_regions:
             self._decide(source, beats.get(source), now_db)
         self._reap()
+        self._observe_postgres(conn)
+        self._observe_mirror()
         if time.monotonic() - self._synced_at >= self.s.processor_region_sync_ms / 1000:
             self._sync_tallies(conn)
             self._synced_at = time.monotonic()
@@ -348,6 +357,58 @@ class RegionWatch:
         proc.request_stop()
         thread.join(timeout=60)
         metrics.REGION_TAKEOVER.labels(source).set(0)
+
+    def _observe_postgres(self, conn: psycopg.Connection) -> None:
+        """Timeline (a failover moves it), synchronous standbys and their lag, for alerts.
+        pg_stat_replication needs the pg_monitor role (deploy/README.md)."""
+        (timeline,) = conn.execute("SELECT timeline_id FROM pg_control_checkpoint()").fetchone()
+        metrics.PG_TIMELINE.set(timeline)
+        rows = conn.execute(
+            "SELECT application_name, sync_state,"
+            "  pg_wal_lsn_diff(pg_current_wal_lsn(), coalesce(replay_lsn, '0/0'))::float8"
+            " FROM pg_stat_replication"
+        ).fetchall()
+        metrics.PG_SYNC_STANDBYS.set(sum(1 for _, st, _ in rows if st in ("sync", "quorum")))
+        for name, _state, lag in rows:
+            metrics.PG_REPLICATION_LAG_BYTES.labels(name).set(lag or 0.0)
+
+    def _observe_mirror(self) -> None:
+        """The newest MirrorMaker heartbeat from each source region, in our cluster.
+
+        MirrorMaker 2 writes a heartbeat into each source cluster every second and copies
+        it like any record (``<source>.heartbeats`` here), keeping its timestamp: its age
+        is how far behind the mirror is, and it keeps growing while the mirror is down."""
+        if self._heartbeats is None:
+            self._heartbeats = Consumer(
+                {
+                    "bootstrap.servers": self.s.kafka_bootstrap,
+                    "group.id": f"{self.s.processor_group}.mirror-heartbeats",
+                    "enable.auto.commit": False,
+                }
+            )
+            wanted = []
+            for source in self.s.takeover_regions:
+                topic = f"{source}.heartbeats"
+                md = self._heartbeats.list_topics(topic, timeout=5)
+                meta = md.topics.get(topic)
+                if meta is None or meta.error is not None:
+                    continue
+                # The last record of each partition (librdkafka's OFFSET_TAIL(1)).
+                wanted += [TopicPartition(topic, p, _OFFSET_TAIL_1) for p in meta.partitions]
+            if not wanted:
+                self._heartbeats.close()
+                self._heartbeats = None
+                return
+            self._heartbeats.assign(wanted)
+        for msg in self._heartbeats.consume(num_messages=1000, timeout=0.05):
+            if msg.error() is not None:
+                continue
+            source = msg.topic().rsplit(".heartbeats", 1)[0]
+            _kind, ts = msg.timestamp()
+            self._mirror_seen_ms[source] = max(self._mirror_seen_ms.get(source, 0), ts)
+        now_ms = time.time() * 1000
+        for source, ts in self._mirror_seen_ms.items():
+            metrics.MIRROR_HEARTBEAT_AGE.labels(source).set(max(0.0, (now_ms - ts) / 1000))
 
     def _sync_tallies(self, conn: psycopg.Connection) -> None:
         """The other clusters' shards into our Redis (absolute, versioned: see cache.py)."""
