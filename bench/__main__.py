@@ -8,6 +8,7 @@ batchcost PostgreSQL CPU of one small / large batch, by phase  (bench/batchcost.
 capacity  cores, storage, Kafka for a target rate, from measured costs (bench/capacity.py)
 locust    a Locust master and N workers replaying a corpus, then exactly-once (bench/locust_run.py)
 chaos     faults under load on a 3-node cluster, checked     (bench/chaos/)
+failover  lose region A under load: RTO, RPO, exactly-once    (bench/failover.py)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ COMMANDS = {
     "capacity": "bench.capacity",
     "locust": "bench.locust_run",
     "chaos": "bench.chaos.runner",
+    "failover": "bench.failover",
 }
 
 

@@ -2,6 +2,13 @@
 
 locals {
   chart_path = "${path.module}/../helm/vote-platform"
+  # Every node of the HA formation in one DSN: libpq tries them in turn and keeps the one
+  # that accepts writes, so the services follow a failover without a restart.
+  pg_dsn = (length(var.pg_nodes) > 0 && var.pg_password != "") ? format(
+    "postgresql://%s:%s@%s/%s?target_session_attrs=read-write&connect_timeout=%d",
+    var.pg_user, urlencode(var.pg_password), join(",", var.pg_nodes), var.pg_database,
+    var.pg_connect_timeout_s,
+  ) : var.pg_dsn
   # The chart's "vote.fullname": the release name if it contains the chart name, else both.
   fullname = strcontains(var.release_name, "vote-platform") ? var.release_name : "${var.release_name}-vote-platform"
 }
@@ -77,12 +84,25 @@ resource "helm_release" "vote" {
       serviceMonitor = {
         enabled = var.service_monitor
       }
+      region = {
+        name     = var.region_name
+        takeover = var.takeover_regions
+      }
+      mirror = {
+        enabled  = length(var.mirror_sources) > 0
+        sources  = var.mirror_sources
+        image    = var.mirror_image
+        replicas = var.mirror_replicas
+      }
+      migrate = {
+        enabled = var.run_migrations
+      }
     }),
   ], var.extra_values)
 
   # Secrets go through set_sensitive so that they stay out of plans and logs.
   set_sensitive = [
-    { name = "secrets.pgDsn", value = var.pg_dsn },
+    { name = "secrets.pgDsn", value = local.pg_dsn },
     { name = "secrets.redisUrl", value = var.redis_url },
     { name = "secrets.jwks", value = var.jwks },
     { name = "secrets.receiptKeyBase64", value = var.receipt_key_base64 },
@@ -92,6 +112,10 @@ resource "helm_release" "vote" {
     precondition {
       condition     = var.processor_replicas <= var.partitions
       error_message = "processor_replicas must not exceed partitions (idle consumers)."
+    }
+    precondition {
+      condition     = length(var.mirror_sources) == 0 || var.region_name != ""
+      error_message = "mirror_sources needs region_name (the cluster MirrorMaker copies into)."
     }
     precondition {
       condition     = var.min_insync_replicas <= var.replication_factor

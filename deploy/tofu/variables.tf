@@ -147,3 +147,72 @@ variable "extra_values" {
   type        = list(string)
   default     = []
 }
+
+# -- Regions (deploy/README.md, "Two regions"): one module instance per region. -----------
+
+variable "region_name" {
+  description = "This region's Kafka cluster as MirrorMaker 2 names it (A: its topic is A.votes.v1 elsewhere); empty for one region."
+  type        = string
+  default     = ""
+}
+
+variable "takeover_regions" {
+  description = "Regions whose mirrored topic this region's processors count while those regions are lost."
+  type        = list(string)
+  default     = []
+}
+
+variable "mirror_sources" {
+  description = "MirrorMaker 2 in this region copies votes.v1 from these regions: name -> their Kafka bootstrap servers. Empty: no MirrorMaker here."
+  type        = map(string)
+  default     = {}
+}
+
+variable "mirror_image" {
+  description = "Image with Apache Kafka's connect-mirror-maker.sh."
+  type        = string
+  default     = "apache/kafka:4.3.1"
+}
+
+variable "mirror_replicas" {
+  description = "MirrorMaker 2 workers of this region (dedicated mode shares tasks between them)."
+  type        = number
+  default     = 1
+}
+
+variable "pg_nodes" {
+  description = "host:port of every node of the PostgreSQL HA formation (pg_auto_failover). With pg_password, the module builds VOTE_PG_DSN as a multi-host DSN with target_session_attrs=read-write (instead of pg_dsn)."
+  type        = list(string)
+  default     = []
+}
+
+variable "pg_user" {
+  description = "PostgreSQL role of the services, for the DSN built from pg_nodes."
+  type        = string
+  default     = "vote"
+}
+
+variable "pg_database" {
+  description = "PostgreSQL database, for the DSN built from pg_nodes."
+  type        = string
+  default     = "vote"
+}
+
+variable "pg_password" {
+  description = "Password of pg_user, for the DSN built from pg_nodes."
+  type        = string
+  default     = ""
+  sensitive   = true
+}
+
+variable "pg_connect_timeout_s" {
+  description = "libpq connect_timeout per node: how long a connection attempt waits for a dead node before trying the next."
+  type        = number
+  default     = 3
+}
+
+variable "run_migrations" {
+  description = "Run the schema migration hook; exactly one region's release should."
+  type        = bool
+  default     = true
+}
