@@ -25,9 +25,10 @@ import msgspec
 
 from core import event as event_schema
 from core import jsonlog
-from gateway import _fast, metrics
+from gateway import _fast, batch, metrics
 from gateway import problems as p
 from gateway.acceptance import VoteAcceptor
+from gateway.batch import BatchAcceptor
 from gateway.config import GatewaySettings, load
 from gateway.durability import (
     DurabilityPipeline,
@@ -99,6 +100,13 @@ class VoteGateway:
         )
         self.voter_limiter = _fast.RateLimiter(
             s.rate_voter_per_s, s.rate_voter_burst, s.rate_limiter_capacity
+        )
+        self.batches = BatchAcceptor(
+            self.acceptor.accept,
+            self._verify,
+            self.voter_limiter,
+            on_rate_limited=metrics.rate_limited_total.labels("voter").inc,
+            on_token_bound=metrics.token_rejections_total.labels("token_bound").inc,
         )
         self.results = _results_reader(s)
         if self.results is not None:
@@ -175,6 +183,11 @@ class VoteGateway:
                     if scope.method != "POST":
                         raise p.MethodNotAllowed(f"{scope.method} is not allowed here")
                     await self.post_vote(scope, protocol, parts[0])
+                    return
+                if len(parts) == 2 and parts[1] == "votes:batch":
+                    if scope.method != "POST":
+                        raise p.MethodNotAllowed(f"{scope.method} is not allowed here")
+                    await self.post_batch(scope, protocol, parts[0])
                     return
                 if scope.method != "GET":
                     raise p.MethodNotAllowed(f"{scope.method} is not allowed here")
@@ -303,8 +316,28 @@ class VoteGateway:
             time.perf_counter() - started
         )
 
-    async def _read_body(self, protocol: Any, headers: Any) -> bytes:
-        limit = self.settings.max_body_bytes
+    # -- POST /v1/elections/{id}/votes:batch (gateway/batch.py) --------------------------
+
+    async def post_batch(self, scope: Any, protocol: Any, election_id: str) -> None:
+        now = time.time()
+        election = self.elections.get(election_id) or await self._election(election_id)
+        client = scope.client.rpartition(":")[0] or scope.client
+        retry = self.ip_limiter.acquire(client, now)
+        if retry:
+            metrics.rate_limited_total.labels("client").inc()
+            raise p.RateLimited("too many requests from this address", retry_after=retry)
+        headers = scope.headers
+        if not headers.get("content-type", "").startswith("application/json"):
+            raise p.UnsupportedMediaType()
+        body = await self._read_body(protocol, headers, self.settings.batch_max_body_bytes)
+        votes = batch.decode(body, self.settings.batch_max_votes)
+        if not election.is_open(now):
+            raise p.ElectionNotOpen(f"election {election_id!r} is not open now")
+        answer, _statuses = await self.batches.accept(election, votes, now, scope.path)
+        self._send(protocol, 200, answer)
+
+    async def _read_body(self, protocol: Any, headers: Any, limit: int = 0) -> bytes:
+        limit = limit or self.settings.max_body_bytes
         length = headers.get("content-length")
         if length is not None:
             if not length.isdigit():
@@ -328,9 +361,13 @@ class VoteGateway:
         if not auth.startswith("Bearer "):
             metrics.token_rejections_total.labels("missing").inc()
             raise p.Unauthorized("missing Bearer token")
+        return self._verify(auth[7:], election_id, now)
+
+    def _verify(self, token: str, election_id: str, now: float) -> tuple[str, str]:
+        """A token's (sub, jti) for this election, or the problem that refuses it."""
         try:
             voter_id, jti, _exp = _fast.verify_token(
-                auth[7:],
+                token,
                 self.keys,
                 election_id,
                 now,

@@ -59,6 +59,8 @@ class GatewaySettings(msgspec.Struct, kw_only=True):
 
     # Requests.
     max_body_bytes: int = 4096
+    # POST .../votes:batch: votes per request; its body may be this many single bodies.
+    batch_max_votes: int = 100
     rate_ip_per_s: float = 2000.0
     rate_ip_burst: float = 4000.0
     rate_voter_per_s: float = 2.0
@@ -83,6 +85,12 @@ class GatewaySettings(msgspec.Struct, kw_only=True):
             raise ValueError("VOTE_TOKEN_ISSUER must name the identity service")
         if self.token_max_lifetime_s <= 0:
             raise ValueError("VOTE_TOKEN_MAX_LIFETIME_S must be > 0")
+        if self.batch_max_votes < 1:
+            raise ValueError("VOTE_BATCH_MAX_VOTES must be >= 1")
+
+    @property
+    def batch_max_body_bytes(self) -> int:
+        return self.batch_max_votes * self.max_body_bytes
 
     @property
     def metrics_dir(self) -> str:

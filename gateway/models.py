@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -25,5 +25,43 @@ class VoteAccepted(msgspec.Struct):
     receipt: str
 
 
+# A token is a compact JWS of a few hundred bytes; the bound keeps one batch's body bounded.
+Token = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+
+
+class BatchVote(msgspec.Struct, forbid_unknown_fields=True):
+    """One vote of ``POST .../votes:batch``: what ``POST .../votes`` takes, plus the
+    voter's token that would have been its ``Authorization`` header."""
+
+    token: Token
+    vote_id: VoteId
+    choice: CandidateId
+
+
+class BatchRequest(msgspec.Struct, forbid_unknown_fields=True):
+    votes: list[BatchVote]
+
+
+class BatchResult(msgspec.Struct, omit_defaults=True):
+    """One vote's result: ``code`` 202 with the fields of ``VoteAccepted``, or its HTTP
+    error code with the RFC 9457 ``problem``."""
+
+    index: int
+    code: int
+    vote_id: str
+    status: Literal["accepted"] | None = None
+    durability: Literal["kafka", "spill"] | None = None
+    received_at: str | None = None
+    receipt: str | None = None
+    problem: dict[str, Any] | None = None
+
+
+class BatchAnswer(msgspec.Struct):
+    accepted: int
+    refused: int
+    results: list[BatchResult]
+
+
 vote_request_decoder = msgspec.json.Decoder(VoteRequest)
+batch_request_decoder = msgspec.json.Decoder(BatchRequest)
 json_encoder = msgspec.json.Encoder()

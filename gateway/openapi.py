@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import msgspec
 
-from gateway.models import VoteAccepted, VoteRequest
+from gateway.models import BatchAnswer, BatchRequest, VoteAccepted, VoteRequest
 
 _schemas, _components = msgspec.json.schema_components(
-    [VoteRequest, VoteAccepted], ref_template="#/components/schemas/{name}"
+    [VoteRequest, VoteAccepted, BatchRequest, BatchAnswer],
+    ref_template="#/components/schemas/{name}",
 )
 
 _problem = {
@@ -56,6 +57,32 @@ SPEC = {
                         str(code): _problem
                         for code in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
                     },
+                },
+            }
+        },
+        "/v1/elections/{election_id}/votes:batch": {
+            "post": {
+                "summary": "Cast up to VOTE_BATCH_MAX_VOTES votes, each with its own token",
+                "description": (
+                    "For edge aggregators and offline-first clients. Each vote is checked "
+                    "and made durable on its own, as if sent alone to .../votes: its result "
+                    "has code 202 (and the fields of VoteAccepted) only once it is durable, "
+                    "else its HTTP error code and its problem document. Problems of the "
+                    "request as a whole (election, content type, size, shape, too many "
+                    "votes, window) answer the whole request and accept no vote. Retrying "
+                    "a batch is safe: every vote is idempotent by its vote_id."
+                ),
+                "parameters": [_election],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _schemas[2]}},
+                },
+                "responses": {
+                    "200": {
+                        "description": "One result per vote, in the order sent",
+                        "content": {"application/json": {"schema": _schemas[3]}},
+                    },
+                    **{str(code): _problem for code in (400, 403, 404, 413, 415, 429, 503)},
                 },
             }
         },

@@ -102,6 +102,7 @@ def test_openapi_lists_every_route():
     assert spec["openapi"].startswith("3.1")
     assert set(spec["paths"]) == {
         "/v1/elections/{election_id}/votes",
+        "/v1/elections/{election_id}/votes:batch",
         "/v1/elections/{election_id}/votes/{vote_id}",
         "/v1/elections/{election_id}/results",
         "/v1/elections/{election_id}/results/stream",
