@@ -29,7 +29,7 @@ import psycopg
 import redis
 from confluent_kafka import Consumer, TopicPartition
 
-from bench.chaos.client import FAIL, INFO, OK, Vote
+from bench.chaos.client import FAIL, INFO, OK, UNSENT, Vote
 from bench.outage import spilled_events
 from processor.policy import decode_storable
 
@@ -40,6 +40,7 @@ class Result:
     acked: int = 0
     failed: int = 0
     indeterminate: int = 0
+    unsent: int = 0  # scheduled, never sent: the client could not keep up
     stored: int = 0
     lost: int = 0
     double_counted: int = 0
@@ -254,6 +255,7 @@ class Checker:
         )
         by_outcome = Counter(v.outcome for v in votes)
         r.acked, r.failed, r.indeterminate = by_outcome[OK], by_outcome[FAIL], by_outcome[INFO]
+        r.unsent = by_outcome[UNSENT]
         acked = {v.vote_id for v in votes if v.outcome == OK}
         failed = {v.vote_id for v in votes if v.outcome == FAIL}
 

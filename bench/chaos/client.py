@@ -29,6 +29,8 @@ from pathlib import Path
 import httpx
 
 OK, FAIL, INFO = "ok", "fail", "info"
+# A scheduled vote the client never got to send before it gave up (not an operation).
+UNSENT = "unsent"
 
 
 @dataclass(frozen=True)
@@ -185,8 +187,9 @@ class Load:
         self._stop.set()
 
     def finish(self, timeout_s: float = 300.0) -> int:
-        """Wait for every started vote's outcome; returns how many had none by then
-        (counted as ``info``: the client gave up without knowing)."""
+        """Wait for every started vote's outcome; returns how many had none by then:
+        ``info`` if a request was made (the client gave up without knowing), else
+        ``unsent``."""
         self.stop()
         if self._thread is not None:
             self._thread.join(timeout_s)
@@ -198,7 +201,8 @@ class Load:
             raise RuntimeError(f"the load failed: {self._error!r}") from self._error
         unfinished = [v for v in list(self.votes) if not v.outcome]
         for v in unfinished:
-            v.outcome, v.done_s = INFO, self.now()
+            # Never sent (still waiting for a connection): the client made no request.
+            v.outcome, v.done_s = (INFO if v.attempts else UNSENT), self.now()
         return len(unfinished)
 
     def _main(self) -> None:

@@ -9,6 +9,7 @@ COLUMNS = (
     ("acked", "acked"),
     ("failed", "failed"),
     ("indet.", "indeterminate"),
+    ("unsent", "unsent"),
     ("stored", "stored"),
     ("rejected", "rejected_acked"),
     ("lost", "lost"),

@@ -22,6 +22,7 @@ import shlex
 import signal
 import sys
 import time
+import traceback
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -167,8 +168,8 @@ class Session:
             rng = random.Random(f"{self.args.seed}:{sc.name}")
             try:
                 res = self.scenario(sc, env, rng)
-            except (BenchError, RuntimeError, OSError) as exc:
-                self.log(f"{sc.name}: the harness failed: {exc!r}")
+            except Exception as exc:  # one scenario's failure must not end the session
+                self.log(f"{sc.name}: the harness failed:\n{traceback.format_exc()}")
                 res = {**Result(sc.name).as_dict(), "error": repr(exc), "passed": False}
             results.append(res)
             self.log(
@@ -255,7 +256,10 @@ class Session:
             self.log(f"{sc.name}: load stopped at {load.now():.1f}s; waiting for open votes")
             unfinished = load.finish(timeout_s=load.policy.max_elapsed_s + 120)
             if unfinished:
-                ctx.note(f"{unfinished} votes had no outcome when the client gave up on them")
+                ctx.note(
+                    f"{unfinished} votes had no outcome when the client gave up on them"
+                    " (those never sent are `unsent`)"
+                )
             self.log(f"{sc.name}: {Counter(v.outcome for v in load.votes)}; checking")
             result = checker.check(sc.name, election, CANDIDATES, load.votes, starts)
             for extra_check in ctx.checks:
