@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STACK := deploy/local/stack
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test prepare deps venv stack services migrate keys unit integration lint down status clean chaos
+.PHONY: run test prepare deps venv stack services migrate keys unit integration lint down status clean chaos regions-test
 
 run: prepare
 	deploy/local/run
@@ -61,6 +61,11 @@ down:
 lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+
+# The region-loss test on two simulated regions (deploy/local/regions: two more Kafka
+# JVMs, MirrorMaker 2, three PostgreSQL servers), kept out of `make test` for its weight.
+regions-test: venv
+	source <($(STACK) env) && VOTE_REGION_TESTS=1 $(PY) -m pytest tests/integration/test_region_loss.py -q -p no:cacheprovider
 
 # Every chaos scenario under load on its own 3-node stack (.stack/chaos/): a command, not a
 # test (make test runs a short subset). Arguments: make chaos CHAOS_ARGS='--scenarios x,y'.

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -45,8 +46,8 @@ import msgspec
 import psycopg
 import redis
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
-from bench import scrape
 from bench.env import REPO, BenchError
 from bench.region_stack import REGIONS, Regions, base_port_offset
 from core.event import TOPIC, decode
@@ -54,6 +55,21 @@ from gateway import admin
 from processor.cache import tally_key
 
 CANDIDATES = ("alice", "bob", "carol")
+
+# The faults inside the two regions other than a region loss: (verbs of
+# deploy/local/regions that cause it, verbs that heal it).
+FAULTS: dict[str, tuple[list[tuple[str, ...]], list[tuple[str, ...]]]] = {
+    # Lag grows, nothing is lost, the mirror catches up from its stored offsets.
+    "mirror-down": ([("mirror", "stop")], [("mirror", "start")]),
+    # Synchronous replication has nobody to wait for: the monitor relaxes it (wait_primary).
+    "standby-down": ([("pg-kill", "B")], [("pg-start", "B")]),
+    # Without the monitor nobody may promote: the primary's loss must not cause a second
+    # writable node; failover happens once the monitor is back.
+    "monitor-down": (
+        [("monitor", "stop"), ("pg-kill", "A")],
+        [("monitor", "start"), ("pg-start", "A")],
+    ),
+}
 
 
 @dataclass(slots=True)
@@ -76,6 +92,8 @@ class Timeline:
         default_factory=lambda: {r: [] for r in REGIONS}
     )
     pg_primary: list[tuple[float, str | None]] = field(default_factory=list)
+    # PostgreSQL nodes that accepted writes at each sample (split brain if ever > 1).
+    writable: list[tuple[float, int]] = field(default_factory=list)
 
 
 # -- the client ----------------------------------------------------------------------------
@@ -100,7 +118,7 @@ class DnsClient:
         # moves A's voters (as a DNS health check would). The long read timeout keeps the
         # client from piling retries onto a gateway that is merely slow.
         timeout = httpx.Timeout(30.0, connect=2.0)
-        async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+        async with httpx.AsyncClient(timeout=timeout, limits=limits, verify=False) as client:
             tasks = []
             start = time.monotonic()
             for i, vote in enumerate(self.votes):
@@ -223,18 +241,23 @@ def _monitor_dsn() -> str:
     return f"postgresql://autoctl_node@127.0.0.1:{20000 + base_port_offset()}/pg_auto_failover"
 
 
+def _spill_events(http: httpx.Client, url: str) -> float:
+    for family in text_string_to_metric_families(http.get(url).text):
+        if family.name == "vote_spill_events":
+            return sum(s.value for s in family.samples)
+    return 0.0
+
+
 def _sample(regions: Regions, timeline: Timeline, stop: threading.Event) -> None:
+    # One client for the whole run: a new one per request loads the CA bundle, which
+    # holds the GIL long enough on a loaded machine to stall the load's event loop.
+    http = httpx.Client(timeout=2.0, verify=False)
     while not stop.wait(0.5):
         now = time.time()
         for r in REGIONS:
-            try:
-                got = scrape.samples(
-                    f"http://127.0.0.1:{regions.gateway_metrics_port(r)}/metrics",
-                    "vote_spill_events",
-                )
-                timeline.spill[r].append((now, sum(s.value for s in got or [])))
-            except httpx.HTTPError:
-                pass
+            url = f"http://127.0.0.1:{regions.gateway_metrics_port(r)}/metrics"
+            with contextlib.suppress(httpx.HTTPError):
+                timeline.spill[r].append((now, _spill_events(http, url)))
         try:
             with psycopg.connect(_monitor_dsn(), connect_timeout=2) as conn:
                 rows = conn.execute(
@@ -246,6 +269,17 @@ def _sample(regions: Regions, timeline: Timeline, stop: threading.Event) -> None
         except psycopg.Error:
             primary = None
         timeline.pg_primary.append((now, primary))
+        writable = 0
+        for port in (20001 + base_port_offset(), 20002 + base_port_offset()):
+            try:
+                with psycopg.connect(
+                    f"postgresql://vote:vote@127.0.0.1:{port}/vote", connect_timeout=2
+                ) as conn:
+                    (in_recovery,) = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+                writable += 0 if in_recovery else 1
+            except psycopg.Error:
+                pass
+        timeline.writable.append((now, writable))
 
 
 # -- checks ---------------------------------------------------------------------------------
@@ -382,18 +416,28 @@ def run(args: argparse.Namespace) -> dict[str, object]:
 
     def steps() -> None:
         time.sleep(args.warm)
-        print("== kill -9 region A", flush=True)
         marks["kill"] = time.time()
-        regions.kill("A")
-        tails["B"].stop()  # it read from A's Kafka
+        if args.fault == "region-loss":
+            print("== kill -9 region A", flush=True)
+            regions.kill("A")
+            tails["B"].stop()  # it read from A's Kafka
+        else:
+            print(f"== fault: {args.fault}", flush=True)
+            for verb in FAULTS[args.fault][0]:
+                regions.script(*verb, timeout=300)
         time.sleep(args.outage)
-        print("== region A returns", flush=True)
         marks["return"] = time.time()
-        regions.start("A")
-        regions.start_services("A")
-        regions.wait_ready("A")
+        if args.fault == "region-loss":
+            print("== region A returns", flush=True)
+            regions.start("A")
+            regions.start_services("A")
+            regions.wait_ready("A")
+            client.route["A"] = "A"
+        else:
+            print(f"== heal: {args.fault}", flush=True)
+            for verb in FAULTS[args.fault][1]:
+                regions.script(*verb, timeout=900)
         marks["a_ready"] = time.time()
-        client.route["A"] = "A"
         time.sleep(args.after)
         marks["load_end"] = time.time()
 
@@ -473,9 +517,16 @@ def _report(
         for v in tail.arrived
         if tail.arrived[v] <= kill
     ]
+    # The mirror's lag over the whole run (mirror-down: it grows, then catches up).
+    lags_all = [t.arrived[v] - t.received_at[v] for t in tails.values() for v in t.arrived]
     failed_over = next((t for t, p in timeline.pg_primary if t > kill and p == "B"), None)
     report: dict[str, object] = {
-        "scenario": "region-loss",
+        "scenario": args.fault,
+        "max_writable_pg_nodes": max((n for _, n in timeline.writable), default=None),
+        "writable_pg_nodes_during_fault": sorted(
+            {n for t, n in timeline.writable if kill < t < marks["return"]}
+        ),
+        "mm2_lag_max_s": round(max(lags_all), 3) if lags_all else None,
         "election": election,
         "rate": args.rate,
         "phases_s": {"warm": args.warm, "outage": args.outage, "after": args.after},
@@ -565,6 +616,12 @@ def _plot(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench failover", description=__doc__)
+    parser.add_argument(
+        "--fault",
+        choices=["region-loss", *FAULTS],
+        default="region-loss",
+        help="what happens after --warm (default: every process of region A is killed)",
+    )
     parser.add_argument("--rate", type=float, default=150.0, help="votes/s over both regions")
     parser.add_argument("--warm", type=float, default=30.0, help="seconds before the kill")
     parser.add_argument("--outage", type=float, default=60.0, help="seconds A stays down")

@@ -1,0 +1,51 @@
+"""A short region loss on the two simulated regions (docs/ARCHITECTURE.md, "Regions").
+
+Runs ``python -m bench failover`` in small: a few thousand votes split over both regions'
+gateways, kill -9 of every process of region A, A's return as standby, then the
+invariants once A is back: every acknowledged vote stored, none counted twice, and the
+tallies of PostgreSQL and of both regions' Redis equal to a recount of both regions'
+votes.v1.
+
+It needs ``deploy/local/regions`` (two more Kafka JVMs, MirrorMaker 2 and a three-server
+pg_auto_failover formation beside the checkout's stack), so it runs only when
+VOTE_REGION_TESTS=1 (``make regions-test``); ``make test`` leaves it out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import pytest
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.disruptive,
+    pytest.mark.skipif(
+        os.environ.get("VOTE_REGION_TESTS") != "1",
+        reason="needs the two-region topology: VOTE_REGION_TESTS=1 (make regions-test)",
+    ),
+]
+
+
+def test_region_loss_counts_every_acknowledged_vote_once() -> None:
+    from bench import failover
+
+    args = argparse.Namespace(
+        fault="region-loss",
+        rate=60.0,
+        warm=15.0,
+        outage=25.0,
+        after=5.0,
+        converge_timeout=300.0,
+        plots=None,
+    )
+    report = failover.run(args)
+    assert report["acked"] > 1000
+    assert report["missing"] == 0, report
+    assert report["double_counted"] == 0, report
+    assert report["tallies_match"], report["tallies"]
+    # B answered A's voters, and counting went on during the outage.
+    assert report["a_voters_served_by_b"] > 0
+    assert report["rto_count_s"] is not None
+    assert report["pg_failover_s"] is not None
