@@ -40,7 +40,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from bench import probe, scratchdb
 from bench.env import stack_env
-from core.event import VoteEvent, encode
+from core import keyset
+from core.event import VoteEvent, seal
 from core.settings import load
 from processor.settings import ProcessorSettings
 
@@ -87,7 +88,8 @@ def make_events(n: int, election: str, seed: int = 7) -> list[VoteEvent]:
     return events
 
 
-def preload(bootstrap: str, topic: str, events: list[VoteEvent]) -> float:
+def preload(bootstrap: str, topic: str, events: list[VoteEvent], key: keyset.Key) -> float:
+    """Produce the events, signed with ``key`` as a gateway would."""
     p = Producer(
         {
             "bootstrap.servers": bootstrap,
@@ -102,7 +104,7 @@ def preload(bootstrap: str, topic: str, events: list[VoteEvent]) -> float:
     for e in events:
         while True:
             try:
-                p.produce(topic, value=encode(e), key=e.voter_id.encode())
+                p.produce(topic, value=seal(e, key), key=e.voter_id.encode())
                 break
             except BufferError:
                 p.poll(0.05)
@@ -265,7 +267,8 @@ def main(argv: list[str]) -> int:
                 conn.execute("INSERT INTO candidates VALUES (%s, %s, %s)", (election, c, c))
         events = make_events(args.events, election)
         time.sleep(1.0)  # topic leaders
-        preload_s = preload(bootstrap, topic, events)
+        key = keyset.load(load(ProcessorSettings, env).event_keys_path).signing()
+        preload_s = preload(bootstrap, topic, events, key)
         ends = end_offsets(bootstrap, topic, args.partitions)
         proc = time_processor(env, dsn, topic, group, ends, log_path, args.members)
         base = time_copy_baseline(dsn, election)

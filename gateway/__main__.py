@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 
+from core import keyset
 from core import settings as settings_mod
 from gateway.config import GatewaySettings
 
@@ -83,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(json.dumps(settings_mod.describe(settings), indent=2))
         return 0
+    try:  # unusable keys stop the gateway here, before any worker starts
+        keyset.read_secret(settings.receipt_key_file)
+        keyset.load(settings.event_keys_file).signing()
+    except keyset.KeyFileError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
 
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces, Loops, RuntimeModes, TaskImpl

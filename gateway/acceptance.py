@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from core import keyset
 from gateway import _fast
 from gateway import problems as p
 from gateway.durability import DurabilityPipeline, NotDurable
@@ -40,11 +41,19 @@ class VoteAcceptor:
         idempotency: _fast.IdempotencyCache,
         receipt_key: bytes,
         gateway_id: str,
+        signer: _fast.EventSigner,
     ) -> None:
         self.durability = durability
         self.idempotency = idempotency
-        self.receipt_key = receipt_key
         self.gateway_id = gateway_id
+        self.signer = signer  # the worker replaces it when the event key file changes
+        self.use_receipt_key(receipt_key)
+
+    def use_receipt_key(self, key: bytes) -> None:
+        """Sign receipts with ``key`` from now on. A receipt reads
+        ``<key id>.r1.<signature>``: the id tells a verifier which key signed it."""
+        self.receipt_key = key
+        self._receipt_prefix = (keyset.key_id("rk", key) + ".").encode()
 
     async def accept(
         self, election_id: str, voter_id: str, vote_id: str, choice: str, now: float
@@ -75,7 +84,13 @@ class VoteAcceptor:
             received_at_us = int(now * 1_000_000)
             try:
                 event = _fast.encode_event(
-                    vote_id, election_id, voter_id, choice, received_at_us, self.gateway_id
+                    vote_id,
+                    election_id,
+                    voter_id,
+                    choice,
+                    received_at_us,
+                    self.gateway_id,
+                    self.signer,
                 )
             except ValueError as exc:
                 # A field the processor would refuse as malformed: never acknowledge it.
@@ -95,6 +110,7 @@ class VoteAcceptor:
                 + b'","received_at":"'
                 + received_at_text(received_at_us).encode()
                 + b'","receipt":"'
+                + self._receipt_prefix
                 + receipt.encode()
                 + b'"}'
             )

@@ -1,6 +1,6 @@
 """Admin path for operators and tests: keys, elections, test tokens.
 
-    python -m gateway.admin init-keys
+    python -m gateway.admin init-keys [--rotate | --retire KID | --revoke KID]
     python -m gateway.admin create-election --election E --candidates a,b,c [--policy first_wins]
     python -m gateway.admin mint --election E --voters N --out votes.jsonl [--alg HS256|EdDSA]
     python -m gateway.admin token --election E --voter V
@@ -26,6 +26,7 @@ import psycopg
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from core import keyset
 from core import settings as settings_mod
 from gateway._fast.reference import b64url_decode, b64url_encode
 from gateway.config import DEFAULT_TOKEN_ISSUER, GatewaySettings
@@ -38,20 +39,87 @@ def keys_dir(settings: GatewaySettings) -> str:
 
 
 def init_keys(settings: GatewaySettings, *, rotate: bool = False) -> dict[str, str]:
-    """Create the verification keys, the issuer's private keys and the receipt key.
+    """Create the token keys (the issuer's private keys and the gateway's verification
+    keys), the event keys and the receipt key, each where it is missing.
 
-    Idempotent: existing keys are kept unless ``rotate``, which adds a new kid of each
-    kind beside the old ones (tokens signed with either stay valid — rotation).
+    Idempotent: existing keys are kept unless ``rotate``, which adds a new token kid of
+    each kind beside the old ones (tokens signed with either stay valid) and a new event
+    key that signs from now on, the previous one retired (it still verifies).
     """
     directory = keys_dir(settings)
     os.makedirs(directory, mode=0o700, exist_ok=True)
     issuer_file = os.path.join(directory, "issuer.json")
-    if os.path.exists(issuer_file) and not rotate:
-        return {
-            "jwks": settings.jwks_file,
-            "issuer": issuer_file,
-            "receipt": settings.receipt_key_file,
-        }
+    if rotate or not os.path.exists(issuer_file):
+        _add_token_keys(settings, issuer_file)
+    if rotate or not os.path.exists(settings.event_keys_file):
+        _add_event_key(settings.event_keys_file)
+    if not os.path.exists(settings.receipt_key_file):
+        _write_private(settings.receipt_key_file, os.urandom(32))
+    return {
+        "jwks": settings.jwks_file,
+        "issuer": issuer_file,
+        "event": settings.event_keys_file,
+        "receipt": settings.receipt_key_file,
+    }
+
+
+def _add_event_key(path: str) -> None:
+    document: dict[str, Any] = {"keys": []}
+    if os.path.exists(path):
+        with open(path) as fh:
+            document = json.load(fh)
+    for key in document["keys"]:
+        if key.get("status", keyset.ACTIVE) == keyset.ACTIVE:
+            key["status"] = keyset.RETIRED
+    generation = 1 + max((_generation(k["kid"]) for k in document["keys"]), default=0)
+    document["keys"].append(
+        {"kid": f"ev-{generation}", "k": keyset.b64url(os.urandom(32)), "status": keyset.ACTIVE}
+    )
+    keyset.parse(document, path)  # never write a file the services would refuse
+    _write_private(path, json.dumps(document, indent=2).encode())
+
+
+def _generation(kid: str) -> int:
+    tail = kid.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+def retire_key(settings: GatewaySettings, kid: str) -> str:
+    """Stop signing with ``kid``; what it signed still verifies. Returns where it was."""
+    return _change_key(settings, kid, revoke=False)
+
+
+def revoke_key(settings: GatewaySettings, kid: str) -> str:
+    """Remove ``kid``: nothing it signed verifies any more (the services reload their key
+    files within seconds). Returns where it was."""
+    return _change_key(settings, kid, revoke=True)
+
+
+def _change_key(settings: GatewaySettings, kid: str, *, revoke: bool) -> str:
+    issuer_file = os.path.join(keys_dir(settings), "issuer.json")
+    for path in (settings.event_keys_file, issuer_file):
+        if not os.path.exists(path):
+            continue
+        with open(path) as fh:
+            document = json.load(fh)
+        if not any(k["kid"] == kid for k in document["keys"]):
+            continue
+        if revoke:
+            document["keys"] = [k for k in document["keys"] if k["kid"] != kid]
+        else:
+            for k in document["keys"]:
+                if k["kid"] == kid:
+                    k["status"] = keyset.RETIRED
+        if path == settings.event_keys_file:
+            keyset.parse(document, path).signing()  # an event key must remain to sign with
+            _write_private(path, json.dumps(document, indent=2).encode())
+        else:
+            _write_token_keys(settings, issuer_file, document)
+        return path
+    raise KeyError(f"no key {kid!r} in {settings.event_keys_file} or {issuer_file}")
+
+
+def _add_token_keys(settings: GatewaySettings, issuer_file: str) -> None:
     issuer: dict[str, Any] = {"keys": []}
     if os.path.exists(issuer_file):
         with open(issuer_file) as fh:
@@ -86,14 +154,20 @@ def init_keys(settings: GatewaySettings, *, rotate: bool = False) -> dict[str, s
             ),
         },
     ]
-    # The gateway's file holds no Ed25519 private part. (HS256 is symmetric: its
-    # secret is necessarily in both.)
-    public = {"keys": [{k: v for k, v in key.items() if k != "d"} for key in issuer["keys"]]}
+    _write_token_keys(settings, issuer_file, issuer)
+
+
+def _write_token_keys(settings: GatewaySettings, issuer_file: str, issuer: dict[str, Any]) -> None:
+    # The gateway's file holds no Ed25519 private part and no issuer-side status: a
+    # retired key still verifies, a revoked one is gone from both. (HS256 is symmetric:
+    # its secret is necessarily in both, so the gateway could mint such tokens.)
+    public = {
+        "keys": [
+            {k: v for k, v in key.items() if k not in ("d", "status")} for key in issuer["keys"]
+        ]
+    }
     _write_private(issuer_file, json.dumps(issuer, indent=2).encode())
     _write_private(settings.jwks_file, json.dumps(public, indent=2).encode())
-    if not os.path.exists(settings.receipt_key_file):
-        _write_private(settings.receipt_key_file, os.urandom(32))
-    return {"jwks": settings.jwks_file, "issuer": issuer_file, "receipt": settings.receipt_key_file}
 
 
 def _write_private(path: str, data: bytes) -> None:
@@ -142,7 +216,8 @@ def _load_issuer(issuer_file: str) -> tuple[str, dict[str, dict[str, Any]]]:
     """The issuer's name and its newest key of each alg."""
     with open(issuer_file) as fh:
         doc = json.load(fh)
-    return doc.get("iss", DEFAULT_TOKEN_ISSUER), {k["alg"]: k for k in doc["keys"]}
+    live = [k for k in doc["keys"] if k.get("status", keyset.ACTIVE) == keyset.ACTIVE]
+    return doc.get("iss", DEFAULT_TOKEN_ISSUER), {k["alg"]: k for k in live}
 
 
 def _signing_key(jwk: dict[str, Any]) -> Any:
@@ -244,8 +319,11 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    keys = sub.add_parser("init-keys", help="create signing/verification/receipt keys")
-    keys.add_argument("--rotate", action="store_true", help="add a new kid of each kind")
+    keys = sub.add_parser("init-keys", help="create, rotate, retire or revoke keys")
+    change = keys.add_mutually_exclusive_group()
+    change.add_argument("--rotate", action="store_true", help="add a new kid of each kind")
+    change.add_argument("--retire", metavar="KID", help="stop signing with KID (still verifies)")
+    change.add_argument("--revoke", metavar="KID", help="remove KID: nothing it signed verifies")
     ce = sub.add_parser("create-election", help="create or update an election")
     ce.add_argument("--election", required=True)
     ce.add_argument("--candidates", required=True, help="comma-separated candidate ids")
@@ -268,7 +346,16 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = settings_mod.load(GatewaySettings)
     issuer_file = os.path.join(keys_dir(settings), "issuer.json")
-    if args.command == "init-keys":
+    if args.command == "init-keys" and (args.retire or args.revoke):
+        try:
+            where = (retire_key if args.retire else revoke_key)(
+                settings, args.retire or args.revoke
+            )
+        except (KeyError, keyset.KeyFileError) as exc:
+            print(f"init-keys: {exc}", file=sys.stderr)
+            return 2
+        print(f"{'retired' if args.retire else 'revoked'} {args.retire or args.revoke} in {where}")
+    elif args.command == "init-keys":
         print(json.dumps(init_keys(settings, rotate=args.rotate)))
     elif args.command == "create-election":
         now = time.time()

@@ -24,7 +24,7 @@ from typing import Any
 import msgspec
 
 from core import event as event_schema
-from core import jsonlog
+from core import jsonlog, keyset
 from gateway import _fast, batch, metrics
 from gateway import problems as p
 from gateway.acceptance import VoteAcceptor
@@ -45,6 +45,8 @@ log = logging.getLogger("gateway")
 
 _JSON = [("content-type", "application/json")]
 _VOTES_PREFIX = "/v1/elections/"
+# How often a worker looks at its key files' inode, size and mtime.
+KEY_RELOAD_INTERVAL_S = 2.0
 
 
 def _status_counter(code: int) -> metrics.BufferedCounter:
@@ -70,8 +72,16 @@ class VoteGateway:
         jsonlog.setup("gateway", s.log_level)
         loop = asyncio.get_running_loop()
         self.keys = _fast.KeyRing(_read_json(s.jwks_file))
-        with open(s.receipt_key_file, "rb") as fh:
-            receipt_key = fh.read()
+        self._key_watches = {
+            "jwks": keyset.FileWatch(s.jwks_file),
+            "event": keyset.FileWatch(s.event_keys_file),
+            "receipt": keyset.FileWatch(s.receipt_key_file),
+        }
+        try:
+            signer = _event_signer(s.event_keys_file)
+            receipt_key = keyset.read_secret(s.receipt_key_file)
+        except keyset.KeyFileError as exc:
+            raise SystemExit(f"keys: {exc}") from None
         self.elections = ElectionCache(s.pg_dsn, s.election_refresh_s)
         await self.elections.refresh()
         self.elections.start()
@@ -94,6 +104,7 @@ class VoteGateway:
             _fast.IdempotencyCache(s.idempotency_capacity),
             receipt_key,
             self.gateway_id,
+            signer,
         )
         self.ip_limiter = _fast.RateLimiter(
             s.rate_ip_per_s, s.rate_ip_burst, s.rate_limiter_capacity
@@ -115,6 +126,7 @@ class VoteGateway:
         self._tasks = [
             loop.create_task(self.durability.drainer.run()),
             loop.create_task(self._watch_kafka()),
+            loop.create_task(self._watch_keys()),
             loop.create_task(self._adopt_orphans_forever()),
             loop.create_task(self._flush_metrics_forever()),
         ]
@@ -148,6 +160,25 @@ class VoteGateway:
             await self.elections.stop()
         if getattr(self, "results", None) is not None:
             await self.results.close()
+
+    async def _watch_keys(self) -> None:
+        """Reload a key file when it changes (rotation, retirement, revocation): no
+        restart, and a file that does not load leaves the keys in use as they are."""
+        s = self.settings
+        while True:
+            await asyncio.sleep(KEY_RELOAD_INTERVAL_S)
+            try:
+                if self._key_watches["jwks"].changed():
+                    self.keys = _fast.KeyRing(_read_json(s.jwks_file))
+                    log.info("token keys reloaded", extra={"kids": self.keys.kids()})
+                if self._key_watches["event"].changed():
+                    self.acceptor.signer = _event_signer(s.event_keys_file)
+                    log.info("event keys reloaded", extra={"kid": self.acceptor.signer.kid})
+                if self._key_watches["receipt"].changed():
+                    self.acceptor.use_receipt_key(keyset.read_secret(s.receipt_key_file))
+                    log.info("receipt key reloaded")
+            except (OSError, ValueError, KeyError, SystemExit) as exc:
+                log.error("key file not reloaded; the keys in use stay", extra={"error": str(exc)})
 
     async def _watch_kafka(self) -> None:
         while True:
@@ -442,6 +473,11 @@ class VoteGateway:
             for task in (pump_task, disconnect):
                 task.cancel()
             await asyncio.gather(pump_task, disconnect, return_exceptions=True)
+
+
+def _event_signer(path: str) -> _fast.EventSigner:
+    key = keyset.load(path).signing()
+    return _fast.EventSigner(key.kid, key.secret)
 
 
 def _request_id(scope: Any) -> str:

@@ -44,6 +44,8 @@ class GatewaySettings(msgspec.Struct, kw_only=True):
     # Keys: the JWKS-style verification keys and the receipt-signing secret.
     jwks_file: str = ""
     receipt_key_file: str = ""
+    # The event keys (core.keyset): the newest active one signs every event.
+    event_keys_file: str = ""
     token_leeway_s: float = 30.0
     # The identity service's name: a token's ``iss`` must equal it.
     token_issuer: str = DEFAULT_TOKEN_ISSUER
@@ -73,6 +75,8 @@ class GatewaySettings(msgspec.Struct, kw_only=True):
     def __post_init__(self) -> None:
         if not self.jwks_file:
             self.jwks_file = os.path.join(self.stack_dir, "keys", "jwks.json")
+        if not self.event_keys_file:
+            self.event_keys_file = os.path.join(self.stack_dir, "keys", "event_keys.json")
         if not self.receipt_key_file:
             self.receipt_key_file = os.path.join(self.stack_dir, "keys", "receipt.key")
         if not self.spill_dir:

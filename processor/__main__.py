@@ -23,6 +23,7 @@ import os
 
 import psycopg
 
+from core import keyset
 from core.settings import ConfigError, describe, load
 from processor import logs
 from processor.settings import ProcessorSettings
@@ -79,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from processor.members import run
 
+    try:  # no event keys, no way to tell a gateway's events from forged ones
+        keyset.load(settings.event_keys_path)
+    except keyset.KeyFileError as exc:
+        print(f"processor: event keys: {exc}", file=sys.stderr)
+        return 2
     pid_file = settings.processor_pid_file
     if pid_file:
         with open(pid_file, "w") as f:

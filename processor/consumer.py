@@ -36,11 +36,11 @@ from confluent_kafka import (
 )
 from confluent_kafka import Message as KafkaMessage
 
-from core import failpoints
+from core import failpoints, keyset
 from processor import metrics
 from processor.cache import TallyCache
 from processor.logs import FieldsAdapter
-from processor.policy import Election, Message, Plan, decode_all, timestamp_us
+from processor.policy import Election, EventAuth, Message, Plan, decode_all, timestamp_us
 from processor.settings import ProcessorSettings
 from processor.store import (
     BatchResult,
@@ -82,6 +82,11 @@ class Processor:
         self._dirty: set[str] = set()  # elections whose Redis tallies need a full write
         self._last_lag = 0.0
         self._dlq: Producer | None = None
+        # Event keys are re-read when their file changes (a rotation, a revocation).
+        self._keys_watch = keyset.FileWatch(settings.event_keys_path)
+        self.auth = EventAuth(
+            keyset.load(settings.event_keys_path), settings.processor_accept_unsigned_events
+        )
         self.store = Store(
             settings.pg_dsn,
             settings.processor_group,
@@ -291,7 +296,8 @@ class Processor:
             first.setdefault(p, o)
             nxt[p] = o + 1
             messages.append(Message(p, o, m.value(), m.key(), timestamp_us(m.timestamp())))
-        decoded = decode_all(messages)
+        self._reload_keys()
+        decoded = decode_all(messages, self.auth)
         self._refresh_elections(
             force={d.event.election_id for d in decoded if d.event is not None}
             - self._elections.keys()
@@ -358,6 +364,19 @@ class Processor:
             )
         except KafkaException as exc:  # advisory only: the next batch commits again
             self.log.debug("kafka commit failed", extra={"error": str(exc)})
+
+    def _reload_keys(self) -> None:
+        if not self._keys_watch.changed():
+            return
+        try:
+            keys = keyset.load(self._keys_watch.path)
+        except keyset.KeyFileError as exc:
+            self.log.error(
+                "event keys not reloaded, keeping the old ones", extra={"error": str(exc)}
+            )
+            return
+        self.auth = EventAuth(keys, self.auth.accept_unsigned)
+        self.log.info("event keys reloaded", extra={"kids": [k.kid for k in keys.keys]})
 
     def _reseek(self, first: dict[int, int], stored: dict[int, int]) -> None:
         """After a fenced (rolled-back) batch: continue from what PostgreSQL holds."""

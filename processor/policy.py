@@ -39,7 +39,15 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from core.event import VoteEvent, decode, event_problem
+from core.event import (
+    SCHEMA_VERSION,
+    UNSIGNED_VERSION,
+    VoteEvent,
+    authentication_problem,
+    decode,
+    event_problem,
+)
+from core.keyset import KeySet
 
 # How far an event's received_at may be ahead of its Kafka timestamp (the producer's clock
 # when the gateway produced it, never before it received the vote). Beyond it the event is
@@ -53,6 +61,7 @@ ELECTION_CLOSED = "election_closed"
 UNKNOWN_CANDIDATE = "unknown_candidate"
 UNKNOWN_ELECTION = "unknown_election"
 MALFORMED = "malformed"
+UNAUTHENTICATED = "unauthenticated"  # no MAC, an unknown event key or a wrong MAC
 REASONS = (
     DUPLICATE_VOTE_ID,
     VOTER_ALREADY_VOTED,
@@ -60,6 +69,7 @@ REASONS = (
     UNKNOWN_CANDIDATE,
     UNKNOWN_ELECTION,
     MALFORMED,
+    UNAUTHENTICATED,
 )
 # Outcomes that are not rejections (metrics label vote_rows_total{outcome}).
 COUNTED = "counted"
@@ -144,6 +154,15 @@ class Decoded(msgspec.Struct, gc=False):
     msg: Message
     event: VoteEvent | None
     error: str | None  # why decoding failed
+    reason: str = MALFORMED  # the rejection when event is None
+
+
+@dataclass(frozen=True, slots=True)
+class EventAuth:
+    """The event keys, and whether unsigned (schema version 1) events are still taken."""
+
+    keys: KeySet
+    accept_unsigned: bool = False
 
 
 class VoteRow(msgspec.Struct, gc=False):
@@ -195,35 +214,46 @@ class Plan:
 
 
 def decode_storable(
-    value: bytes | None, timestamp_us: int | None = None
-) -> tuple[VoteEvent | None, str | None]:
-    """The event in ``value``, or None and why it cannot be stored under its own ids.
+    value: bytes | None, timestamp_us: int | None, auth: EventAuth
+) -> tuple[VoteEvent | None, str, str | None]:
+    """The event in ``value``; or None, the rejection reason and why it cannot be stored
+    under its own ids.
 
-    Besides undecodable bytes that is every event ``core.event.event_problem`` refuses:
-    an oversized field would fail its batch's index insert, a NUL or a received_at
-    outside PostgreSQL's range its lookups, again and again, stopping the partition.
-    ``timestamp_us`` (the Kafka timestamp) bounds how far received_at may lie ahead.
+    ``unauthenticated``: no gateway signed it (no MAC, an unknown or revoked event key,
+    a wrong MAC), so its ids are not to be believed. ``malformed``: undecodable bytes and
+    every event ``core.event.event_problem`` refuses: an oversized field would fail its
+    batch's index insert, a NUL or a received_at outside PostgreSQL's range its lookups,
+    again and again, stopping the partition. ``timestamp_us`` (the Kafka timestamp)
+    bounds how far received_at may lie ahead.
     """
     if value is None:
-        return None, "empty message"
+        return None, MALFORMED, "empty message"
     try:
         e = decode(value)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        return None, str(exc)[:200]
+        return None, MALFORMED, str(exc)[:200]
+    if e.v == SCHEMA_VERSION:
+        unauthentic = authentication_problem(value, e, auth.keys)
+    elif e.v == UNSIGNED_VERSION and not auth.accept_unsigned:
+        unauthentic = "an unsigned event (schema version 1)"
+    else:
+        unauthentic = None
+    if unauthentic is not None:
+        return None, UNAUTHENTICATED, unauthentic
     problem = event_problem(e)
     ahead = timestamp_us is not None and e.received_at_us > timestamp_us + MAX_RECEIVED_AHEAD_US
     if problem is None and ahead:
         problem = "received_at_us is later than its Kafka timestamp"
     if problem is not None:
-        return None, problem
-    return e, None
+        return None, MALFORMED, problem
+    return e, MALFORMED, None
 
 
-def decode_all(messages: list[Message]) -> list[Decoded]:
+def decode_all(messages: list[Message], auth: EventAuth) -> list[Decoded]:
     out: list[Decoded] = []
     for m in messages:
-        e, error = decode_storable(m.value, m.timestamp_us)
-        out.append(Decoded(m, e, error))
+        e, reason, error = decode_storable(m.value, m.timestamp_us, auth)
+        out.append(Decoded(m, e, error, reason))
     return out
 
 
@@ -292,15 +322,15 @@ def plan_batch(
                     f"kafka:{topic}:{m.partition}:{m.offset}",
                     "",
                     "",
-                    MALFORMED,
+                    d.reason,
                     detail,
                     None,
                     m.partition,
                     m.offset,
                 )
             )
-            outcomes[MALFORMED] += 1
-            plan.dead_letters.append(DeadLetter(m, MALFORMED, detail))
+            outcomes[d.reason] += 1
+            plan.dead_letters.append(DeadLetter(m, d.reason, detail))
             continue
 
         eid = e.election_id

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import msgspec
 
 from core.event import DLQ_TOPIC, TOPIC
@@ -64,6 +66,19 @@ class ProcessorSettings(msgspec.Struct, frozen=True, kw_only=True):
     # 0 disables the metrics endpoint (several processors in one test).
     processor_metrics_port: int = 9101
     processor_log_level: str = "INFO"
+    # The event keys the gateways sign with (gateway.admin init-keys); one variable for
+    # both services. Default: <stack_dir>/keys/event_keys.json.
+    event_keys_file: str = ""
+    # Unsigned (schema version 1) events are unauthenticated unless this is set: only
+    # while an upgrade drains what older gateways produced (docs/ARCHITECTURE.md).
+    processor_accept_unsigned_events: bool = False
+
+    @property
+    def event_keys_path(self) -> str:
+        if self.event_keys_file:
+            return self.event_keys_file
+        stack = self.stack_dir or os.path.join(os.path.dirname(os.path.dirname(__file__)), ".stack")
+        return os.path.join(stack, "keys", "event_keys.json")
 
     @property
     def vote_topic(self) -> str:

@@ -24,7 +24,8 @@ from typing import Any
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
 
-from processor.policy import Election, decode_storable, timestamp_us
+from core import keyset
+from processor.policy import Election, EventAuth, decode_storable, timestamp_us
 from processor.settings import ProcessorSettings
 from processor.store import load_elections
 
@@ -34,7 +35,7 @@ class VerifyError(RuntimeError):
 
 
 def scan_topic(
-    bootstrap: str, topic: str, election_id: str, timeout_s: float = 120.0
+    bootstrap: str, topic: str, election_id: str, auth: EventAuth, timeout_s: float = 120.0
 ) -> dict[str, Any]:
     """Distinct vote identities of one election in the topic, from offset 0 to the end."""
     consumer = Consumer(
@@ -74,7 +75,7 @@ def scan_topic(
                 if o + 1 >= ends[p]:
                     todo.discard(p)
                 # What the processor rejects under its Kafka position is only counted.
-                ev, _why = decode_storable(m.value(), timestamp_us(m.timestamp()))
+                ev, _reason, _why = decode_storable(m.value(), timestamp_us(m.timestamp()), auth)
                 if ev is None:
                     undecodable += 1
                     continue
@@ -96,7 +97,10 @@ def scan_topic(
 
 def verify(settings: ProcessorSettings, election_id: str) -> dict[str, Any]:
     """The reconciliation report; ``report["ok"]`` says whether every check passed."""
-    kafka = scan_topic(settings.kafka_bootstrap, settings.vote_topic, election_id)
+    auth = EventAuth(
+        keyset.load(settings.event_keys_path), settings.processor_accept_unsigned_events
+    )
+    kafka = scan_topic(settings.kafka_bootstrap, settings.vote_topic, election_id, auth)
     with psycopg.connect(settings.pg_dsn) as conn:
         # One snapshot for every query, so a running processor can't make the
         # checks disagree with each other.

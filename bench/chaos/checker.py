@@ -31,7 +31,8 @@ from confluent_kafka import Consumer, TopicPartition
 
 from bench.chaos.client import FAIL, INFO, OK, UNSENT, Vote
 from bench.outage import spilled_events
-from processor.policy import decode_storable
+from core import keyset
+from processor.policy import EventAuth, decode_storable
 
 
 @dataclass
@@ -135,6 +136,7 @@ def recount_from_kafka(
     election: str,
     candidates: set[str],
     starts: dict[int, int],
+    auth: EventAuth,
     timeout_s: float = 300.0,
 ) -> tuple[Counter[str], int, int]:
     """A ``first_wins`` recount of ``election`` from Kafka order, independent of the
@@ -170,7 +172,7 @@ def recount_from_kafka(
                     continue
                 _kind, timestamp_ms = m.timestamp()
                 # What the processor must refuse (core.event's contract) never counts.
-                e, _why = decode_storable(m.value(), timestamp_ms * 1000)
+                e, _reason, _why = decode_storable(m.value(), timestamp_ms * 1000, auth)
                 if e is None or e.election_id != election:
                     continue
                 copies += 1
@@ -311,8 +313,10 @@ class Checker:
             }
         finally:
             client.close()
+        # The processor's own event keys: what it must refuse as unauthenticated never counts.
+        auth = EventAuth(keyset.load(s.event_keys_path), s.processor_accept_unsigned_events)
         recount, r.kafka_copies, r.kafka_duplicate_copies = recount_from_kafka(
-            s.kafka_bootstrap, s.vote_topic, election, set(candidates), starts
+            s.kafka_bootstrap, s.vote_topic, election, set(candidates), starts, auth
         )
         r.kafka_recount = dict(recount)
 

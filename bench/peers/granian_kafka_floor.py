@@ -36,6 +36,9 @@ from gateway.producer import KafkaSink, QueueFull
 
 _JSON = [("content-type", "application/json")]
 _PREFIX = "/v1/elections/"
+# The gateway signs every event (docs/ARCHITECTURE.md, Event schema); the floor pays the
+# same cost with a key nobody verifies.
+_SIGNER = _fast.EventSigner("floor", os.urandom(32))
 
 
 class KafkaFloor:
@@ -81,6 +84,7 @@ class KafkaFloor:
             request.choice,
             int(time.time() * 1_000_000),
             self.gateway_id,
+            _SIGNER,
         )
         assert self.sink is not None
         try:

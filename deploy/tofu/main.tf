@@ -106,6 +106,7 @@ resource "helm_release" "vote" {
     { name = "secrets.redisUrl", value = var.redis_url },
     { name = "secrets.jwks", value = var.jwks },
     { name = "secrets.receiptKeyBase64", value = var.receipt_key_base64 },
+    { name = "secrets.eventKeys", value = var.event_keys },
   ]
 
   lifecycle {

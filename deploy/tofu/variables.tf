@@ -103,7 +103,7 @@ variable "existing_env_secret" {
 }
 
 variable "existing_keys_secret" {
-  description = "Name of a Secret with jwks.json and receipt.key; when empty, jwks and receipt_key_base64 are used."
+  description = "Name of a Secret with jwks.json, receipt.key and event_keys.json; when empty, jwks, receipt_key_base64 and event_keys are used."
   type        = string
   default     = ""
 }
@@ -131,6 +131,13 @@ variable "jwks" {
 
 variable "receipt_key_base64" {
   description = "Base64 of the receipt-signing secret."
+  type        = string
+  default     = ""
+  sensitive   = true
+}
+
+variable "event_keys" {
+  description = "The event keys (event_keys.json of gateway.admin init-keys): gateways sign events, processors verify them."
   type        = string
   default     = ""
   sensitive   = true

@@ -10,6 +10,7 @@ try:
     from gateway._fast._core import (
         OPENSSL_VERSION_TEXT,
         TOKEN_REASONS,
+        EventSigner,
         IdempotencyCache,
         KeyRing,
         RateLimiter,
@@ -30,6 +31,7 @@ except ImportError as exc:  # pragma: no cover - depends on the build
 __all__ = [
     "OPENSSL_VERSION_TEXT",
     "TOKEN_REASONS",
+    "EventSigner",
     "IdempotencyCache",
     "KeyRing",
     "RateLimiter",

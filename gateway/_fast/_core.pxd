@@ -187,3 +187,9 @@ cdef class IdempotencyCache(_LRU):
 cdef class RateLimiter(_LRU):
     cdef readonly double rate
     cdef readonly double burst
+
+
+cdef class EventSigner:
+    cdef EVP_MAC_CTX *_ctx      # HMAC-SHA256 keyed with the event key
+    cdef readonly str kid
+    cdef bytes _kid_utf8

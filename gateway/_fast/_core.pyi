@@ -72,6 +72,13 @@ class RateLimiter:
     def __len__(self) -> int: ...
     def acquire(self, key: str, now: float) -> float: ...
 
+class EventSigner:
+    """One event key (``core.keyset``): its kid and a keyed HMAC-SHA256 context."""
+
+    @property
+    def kid(self) -> str: ...
+    def __init__(self, kid: str, secret: bytes) -> None: ...
+
 def encode_event(
     vote_id: str,
     election_id: str,
@@ -79,9 +86,10 @@ def encode_event(
     choice: str,
     received_at_us: int,
     gateway_id: str,
+    signer: EventSigner,
 ) -> bytes:
-    """The msgpack event of docs/ARCHITECTURE.md (Event schema), byte-identical to
-    ``core.event.encode``. Raises ValueError, in core.event's words, for a field the
+    """The signed msgpack event of docs/ARCHITECTURE.md (Event schema), byte-identical to
+    ``core.event.seal``. Raises ValueError, in core.event's words, for a field the
     processor would refuse as malformed."""
 
 def sign_receipt(
@@ -97,6 +105,7 @@ def sign_receipt(
 __all__ = [
     "OPENSSL_VERSION_TEXT",
     "TOKEN_REASONS",
+    "EventSigner",
     "IdempotencyCache",
     "KeyRing",
     "RateLimiter",

@@ -39,6 +39,7 @@ include "_encoders.pxi"
 __all__ = [
     "OPENSSL_VERSION_TEXT",
     "TOKEN_REASONS",
+    "EventSigner",
     "IdempotencyCache",
     "KeyRing",
     "RateLimiter",

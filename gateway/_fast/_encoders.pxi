@@ -1,15 +1,19 @@
 # Included by _core.pyx: the msgpack event encoder and the receipt signer.
 
 from core import event as _event
+from core import keyset as _keyset
 
 # The fixed parts of the msgpack map {v, vote_id, election_id, voter_id, choice,
-# received_at_us, gateway_id} (all keys are fixstr), in core.event.VoteEvent field order.
-cdef const char *_K_HEAD = b"\x87\xa1v\x01\xa7vote_id"  # map of 7, "v": 1, "vote_id"
+# received_at_us, gateway_id, kid, mac} (all keys are fixstr), in core.event.VoteEvent
+# field order.
+cdef const char *_K_HEAD = b"\x89\xa1v\x02\xa7vote_id"  # map of 9, "v": 2, "vote_id"
 cdef const char *_K_ELECTION = b"\xabelection_id"
 cdef const char *_K_VOTER = b"\xa8voter_id"
 cdef const char *_K_CHOICE = b"\xa6choice"
 cdef const char *_K_RECEIVED = b"\xaereceived_at_us"
 cdef const char *_K_GATEWAY = b"\xaagateway_id"
+cdef const char *_K_KID = b"\xa3kid"
+cdef const char *_K_MAC = b"\xa3mac\xc4\x20"  # "mac", then bin 8 of 32 bytes
 cdef enum:
     K_HEAD_LEN = 12
     K_ELECTION_LEN = 12
@@ -17,6 +21,8 @@ cdef enum:
     K_CHOICE_LEN = 7
     K_RECEIVED_LEN = 15
     K_GATEWAY_LEN = 11
+    K_KID_LEN = 4
+    K_MAC_LEN = 6
 
 
 cdef inline Py_ssize_t _str_header_len(Py_ssize_t n) noexcept nogil:
@@ -134,10 +140,46 @@ cdef uint64_t _received_at(object value) except? 0:
     return <uint64_t>v
 
 
+@cython.final
+cdef class EventSigner:
+    """One event key (``core.keyset``): its kid and a keyed HMAC-SHA256 context.
+
+    The gateway builds one per worker from the newest active event key and a new one
+    when the key file changes.
+    """
+
+    def __cinit__(self):
+        self._ctx = NULL
+
+    def __init__(self, str kid not None, secret):
+        cdef Py_buffer view
+        cdef Py_ssize_t n
+        problem = _keyset.kid_problem(kid)
+        if problem is not None:
+            raise ValueError(problem)
+        self.kid = kid
+        self._kid_utf8 = kid.encode("utf-8")
+        PyObject_GetBuffer(secret, &view, PyBUF_SIMPLE)
+        try:
+            if view.len < _keyset.MIN_SECRET_BYTES:
+                raise ValueError(f"event key {kid!r}: shorter than {_keyset.MIN_SECRET_BYTES} bytes")
+            self._ctx = _hmac_sha256_new(<const unsigned char *>view.buf, view.len)
+        finally:
+            PyBuffer_Release(&view)
+        if self._ctx == NULL:
+            ERR_clear_error()
+            raise RuntimeError("libcrypto HMAC-SHA256 failed")
+
+    def __dealloc__(self):
+        if self._ctx != NULL:
+            EVP_MAC_CTX_free(self._ctx)
+
+
 def encode_event(str vote_id not None, str election_id not None, str voter_id not None,
-                 str choice not None, received_at_us, str gateway_id not None):
-    """The msgpack event of docs/ARCHITECTURE.md (Event schema), byte-identical to
-    ``core.event.encode``.
+                 str choice not None, received_at_us, str gateway_id not None,
+                 EventSigner signer not None):
+    """The signed msgpack event of docs/ARCHITECTURE.md (Event schema), byte-identical
+    to ``core.event.seal``: the MAC under ``signer``'s key covers every byte before it.
 
     Raises ValueError, with core.event's words, for a field the processor would refuse as
     malformed, so the gateway never acknowledges a vote that cannot be counted.
@@ -149,18 +191,22 @@ def encode_event(str vote_id not None, str election_id not None, str voter_id no
     cdef const char *s_choice = _field("choice", choice, &n_choice)
     cdef const char *s_gateway = _field("gateway_id", gateway_id, &n_gateway)
     cdef uint64_t received = _received_at(received_at_us)
+    cdef const char *s_kid = PyBytes_AS_STRING(signer._kid_utf8)
+    cdef Py_ssize_t n_kid = PyBytes_GET_SIZE(signer._kid_utf8)
     cdef bytes out
     cdef char *o
+    cdef char *start
     size = (K_HEAD_LEN + K_ELECTION_LEN + K_VOTER_LEN + K_CHOICE_LEN + K_RECEIVED_LEN
-            + K_GATEWAY_LEN
+            + K_GATEWAY_LEN + K_KID_LEN + K_MAC_LEN + SHA256_LEN
             + _str_header_len(n_vote) + n_vote
             + _str_header_len(n_election) + n_election
             + _str_header_len(n_voter) + n_voter
             + _str_header_len(n_choice) + n_choice
             + _uint_len(received)
-            + _str_header_len(n_gateway) + n_gateway)
+            + _str_header_len(n_gateway) + n_gateway
+            + _str_header_len(n_kid) + n_kid)
     out = PyBytes_FromStringAndSize(NULL, size)
-    o = PyBytes_AS_STRING(out)
+    o = start = PyBytes_AS_STRING(out)
     o = _put_raw(o, _K_HEAD, K_HEAD_LEN)
     o = _put_str(o, s_vote, n_vote)
     o = _put_raw(o, _K_ELECTION, K_ELECTION_LEN)
@@ -172,7 +218,12 @@ def encode_event(str vote_id not None, str election_id not None, str voter_id no
     o = _put_raw(o, _K_RECEIVED, K_RECEIVED_LEN)
     o = _put_uint(o, received)
     o = _put_raw(o, _K_GATEWAY, K_GATEWAY_LEN)
-    _put_str(o, s_gateway, n_gateway)
+    o = _put_str(o, s_gateway, n_gateway)
+    o = _put_raw(o, _K_KID, K_KID_LEN)
+    o = _put_str(o, s_kid, n_kid)
+    o = _put_raw(o, _K_MAC, K_MAC_LEN)
+    _hmac_sha256(signer._ctx, <const unsigned char *>start, <size_t>(o - start),
+                 <unsigned char *>o)
     return out
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from core import event
+from core import event, keyset
 
 # Why a token was refused; also the label of vote_token_rejections_total{reason}.
 TOKEN_REASONS = (
@@ -356,6 +356,19 @@ def _msgpack_uint(value: int) -> bytes:
     return b"\xcf" + value.to_bytes(8, "big")
 
 
+class EventSigner:
+    """One event key (``core.keyset``): its kid and its secret."""
+
+    def __init__(self, kid: str, secret: bytes) -> None:
+        problem = keyset.kid_problem(kid)
+        if problem is not None:
+            raise ValueError(problem)
+        if len(secret) < keyset.MIN_SECRET_BYTES:
+            raise ValueError(f"event key {kid!r}: shorter than {keyset.MIN_SECRET_BYTES} bytes")
+        self.kid = kid
+        self._secret = bytes(secret)
+
+
 def encode_event(
     vote_id: str,
     election_id: str,
@@ -363,9 +376,10 @@ def encode_event(
     choice: str,
     received_at_us: int,
     gateway_id: str,
+    signer: EventSigner,
 ) -> bytes:
-    """The msgpack event of docs/ARCHITECTURE.md (Event schema), byte-identical to
-    ``core.event.encode``.
+    """The signed msgpack event of docs/ARCHITECTURE.md (Event schema), byte-identical
+    to ``core.event.seal``: the MAC under ``signer``'s key covers every byte before it.
 
     Raises ValueError, with ``core.event``'s words, for a field the processor would refuse
     as malformed, so the gateway never acknowledges a vote that cannot be counted.
@@ -378,11 +392,11 @@ def encode_event(
     problem = event.received_at_problem(received_at_us)
     if problem is not None:
         raise ValueError(problem)
-    return b"".join(
+    body = b"".join(
         (
-            b"\x87",
+            b"\x89",
             _msgpack_str("v"),
-            b"\x01",
+            b"\x02",
             _msgpack_str("vote_id"),
             _msgpack_str(vote_id),
             _msgpack_str("election_id"),
@@ -395,8 +409,13 @@ def encode_event(
             _msgpack_uint(received_at_us),
             _msgpack_str("gateway_id"),
             _msgpack_str(gateway_id),
+            _msgpack_str("kid"),
+            _msgpack_str(signer.kid),
+            _msgpack_str("mac"),
+            b"\xc4\x20",
         )
     )
+    return body + hmac.new(signer._secret, body, hashlib.sha256).digest()
 
 
 def sign_receipt(

@@ -28,7 +28,11 @@ import redis
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from core.event import VoteEvent, encode
+from core import keyset
+from core.event import UNSIGNED_VERSION, VoteEvent, encode, seal
+from core.settings import load
+from gateway import admin
+from gateway.config import GatewaySettings
 from tests.integration.services import Service, start_process
 
 REPO = Path(__file__).resolve().parents[2]
@@ -156,9 +160,14 @@ def unique_topic(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
 
 @dataclass
 class EventProducer:
-    """Produces ``VoteEvent``s (keyed by voter, as the gateway does) or raw bytes."""
+    """Produces ``VoteEvent``s (keyed by voter, as the gateway does) or raw bytes.
+
+    An unsigned (version 1) event is sealed with ``signer``, the stack's event key, as a
+    gateway would; other versions and raw bytes go as they are.
+    """
 
     bootstrap: str
+    signer: keyset.Key | None = None
     _producer: Producer = field(init=False)
 
     def __post_init__(self) -> None:
@@ -179,6 +188,8 @@ class EventProducer:
         for e in events:
             if isinstance(e, bytes):
                 value, key = e, b"poison"
+            elif e.v == UNSIGNED_VERSION and self.signer is not None:
+                value, key = seal(e, self.signer), e.voter_id.encode()
             else:
                 value, key = encode(e), e.voter_id.encode()
             kwargs = {} if partition is None else {"partition": partition}
@@ -196,9 +207,19 @@ class EventProducer:
         return n
 
 
+@pytest.fixture(scope="session", autouse=True)
+def event_key(stack_env: dict[str, str]) -> keyset.Key:
+    """The stack's signing event key (created with the other keys if missing), the one
+    the processors started with ``stack_env`` verify against: every processor a test
+    starts needs the file."""
+    settings = load(GatewaySettings, stack_env)
+    admin.init_keys(settings)
+    return keyset.load(settings.event_keys_file).signing()
+
+
 @pytest.fixture
-def producer(kafka_bootstrap: str) -> EventProducer:
-    return EventProducer(kafka_bootstrap)
+def producer(kafka_bootstrap: str, event_key: keyset.Key) -> EventProducer:
+    return EventProducer(kafka_bootstrap, event_key)
 
 
 def make_event(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 import uuid
 
@@ -81,7 +82,8 @@ def test_every_acknowledged_vote_is_stored_exactly_once(gateway_stack: GatewaySt
     for answer in acked.values():
         assert answer["status"] == "accepted"
         assert answer["durability"] in ("kafka", "spill")
-        assert answer["receipt"].startswith("r1.")
+        # "<receipt key id>.r1.<signature>"
+        assert re.fullmatch(r"rk-[A-Za-z0-9_-]{10}\.r1\.[A-Za-z0-9_-]{43}", answer["receipt"])
 
     # Only this test's voters: other tests vote in the same election (module-scoped stack).
     stored = _stored(stack, f"v-{run}-", len(acked))

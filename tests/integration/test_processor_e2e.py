@@ -458,7 +458,7 @@ def test_rebalance_two_processors_mid_load(
     env = proc_env(pg_dsn, topic, group, batch_max_messages="500", batch_min_messages="100")
 
     def feed() -> None:
-        own = type(producer)(kafka_bootstrap)
+        own = type(producer)(kafka_bootstrap, producer.signer)
         for chunk in chunks:
             own.send(topic, chunk)
             time.sleep(0.15)

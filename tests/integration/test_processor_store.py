@@ -20,10 +20,14 @@ import psycopg
 import pytest
 
 from core.event import VoteEvent, encode
-from processor.policy import Decoded, Message, Plan, decode_all
+from core.keyset import KeySet
+from processor.policy import Decoded, EventAuth, Message, Plan, decode_all
 from processor.store import BatchResult, Store, VoteIdRace
 
 pytestmark = pytest.mark.integration
+
+# The store's paths are under test here, not authentication: unsigned events are taken.
+UNSIGNED = EventAuth(KeySet(()), accept_unsigned=True)
 
 # lookup_threshold values that force each path for any batch these tests make.
 STAGED = 0
@@ -34,7 +38,9 @@ T0 = 1_764_000_000_123_457  # µs since the epoch, odd on purpose
 
 
 def _batch(partition: int, offset: int, *events: VoteEvent) -> list[Decoded]:
-    return decode_all([Message(partition, offset + i, encode(e)) for i, e in enumerate(events)])
+    return decode_all(
+        [Message(partition, offset + i, encode(e)) for i, e in enumerate(events)], UNSIGNED
+    )
 
 
 def _apply(store: Store, partition: int, offset: int, *events: VoteEvent, **kw: Any) -> BatchResult:
@@ -243,7 +249,7 @@ def _run_sequence(
                 staged_keys.append(n)
 
             result = store.apply_batch(
-                decode_all(msgs),
+                decode_all(msgs, UNSIGNED),
                 store.load_elections(list(eids.values())),
                 first,
                 {p: nxt[p] for p in first},

@@ -2,6 +2,7 @@
 
 from tests.integration.conftest import (  # noqa: F401
     create_election,
+    event_key,
     kafka_bootstrap,
     pg_dsn,
     producer,

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gateway._fast as fast
-from core import event
+from core import event, keyset
 from gateway._fast import reference
 
 PROPERTY = settings(
@@ -29,6 +29,7 @@ PROPERTY = settings(
 )
 
 RECEIPT_KEY = b"gateway-receipt-key-0123456789ab"
+EVENT_KEY = keyset.Key("ev-7", b"event-key-0123456789abcdef-0123456", keyset.ACTIVE)
 
 
 def expected_receipt(
@@ -150,6 +151,9 @@ class _TestStructures:
 
     # -- encode_event ----------------------------------------------------------------------
 
+    def signer(self, key: keyset.Key = EVENT_KEY) -> Any:
+        return self.m.EventSigner(key.kid, key.secret)
+
     @pytest.mark.parametrize(
         "received_at_us",
         [
@@ -166,19 +170,45 @@ class _TestStructures:
             event.MAX_RECEIVED_AT_US,
         ],
     )
-    def test_event_matches_core_event_encode(self, received_at_us: int) -> None:
+    def test_event_matches_core_event_seal(self, received_at_us: int) -> None:
         fields = ("01J9Z8", "election-1", "voter-7", "alice", received_at_us, "gw-a")
-        payload = self.m.encode_event(*fields)
-        assert payload == event.encode(event.VoteEvent(1, *fields))
-        assert event.decode(payload) == event.VoteEvent(1, *fields)
+        payload = self.m.encode_event(*fields, self.signer())
+        assert payload == event.seal(event.VoteEvent(1, *fields), EVENT_KEY)
+        mac = hmac.new(EVENT_KEY.secret, payload[:-32], hashlib.sha256).digest()
+        assert event.decode(payload) == event.VoteEvent(2, *fields, kid="ev-7", mac=mac)
         assert msgpack.unpackb(payload)["received_at_us"] == received_at_us
+        assert (
+            event.authentication_problem(
+                payload, event.decode(payload), keyset.KeySet((EVENT_KEY,))
+            )
+            is None
+        )
+
+    def test_event_mac_changes_with_the_key_and_the_kid(self) -> None:
+        fields = ("01J9Z8", "election-1", "voter-7", "alice", 5, "gw-a")
+        other_secret = keyset.Key("ev-7", b"another-event-key-0123456789abcdef", keyset.ACTIVE)
+        other_kid = keyset.Key("ev-8", EVENT_KEY.secret, keyset.ACTIVE)
+        payloads = {
+            self.m.encode_event(*fields, self.signer(k))
+            for k in (EVENT_KEY, other_secret, other_kid)
+        }
+        assert len({p[-32:] for p in payloads}) == 3
+
+    @pytest.mark.parametrize(
+        ("kid", "secret"), [("", b"k" * 32), ("a.b", b"k" * 32), ("ev-1", b"k" * 31)]
+    )
+    def test_event_signer_refuses_unusable_keys(self, kid: str, secret: bytes) -> None:
+        with pytest.raises(ValueError):
+            self.m.EventSigner(kid, secret)
 
     @pytest.mark.parametrize("length", [1, 31, 32, 255, 256])
     def test_event_string_length_boundaries(self, length: int) -> None:
         """Up to MAX_FIELD_BYTES UTF-8 bytes, in 1- to 4-byte characters."""
         text = "x" * (length - 2) + "\u00e9" if length >= 2 else "x"
         fields = (text, "e\u00e9", "v" * length, "\U0001f600" * max(1, length // 4), 5, text)
-        assert self.m.encode_event(*fields) == event.encode(event.VoteEvent(1, *fields))
+        assert self.m.encode_event(*fields, self.signer()) == event.seal(
+            event.VoteEvent(1, *fields), EVENT_KEY
+        )
 
     @pytest.mark.parametrize(
         ("position", "value", "problem"),
@@ -210,7 +240,7 @@ class _TestStructures:
         fields: list[Any] = ["v", "e", "voter", "c", 1, "gw"]
         fields[position] = value
         with pytest.raises(ValueError) as refused:
-            self.m.encode_event(*fields)
+            self.m.encode_event(*fields, self.signer())
         assert str(refused.value) == problem
 
     # -- sign_receipt ----------------------------------------------------------------------
@@ -322,17 +352,19 @@ def test_encode_event_agrees_with_reference_and_msgspec(
     """Both encoders refuse exactly what core.event refuses, in the same words, and
     produce the same bytes for the rest."""
     candidate = event.VoteEvent(1, *fields, received_at_us, gateway_id)
+    compiled = fast.EventSigner(EVENT_KEY.kid, EVENT_KEY.secret)
+    oracle = reference.EventSigner(EVENT_KEY.kid, EVENT_KEY.secret)
     try:
-        expected = reference.encode_event(*fields, received_at_us, gateway_id)
+        expected = reference.encode_event(*fields, received_at_us, gateway_id, oracle)
     except ValueError as exc:
         assert str(exc) == event.event_problem(candidate)
         with pytest.raises(ValueError) as refused:
-            fast.encode_event(*fields, received_at_us, gateway_id)
+            fast.encode_event(*fields, received_at_us, gateway_id, compiled)
         assert str(refused.value) == str(exc)
         return
     assert event.event_problem(candidate) is None
-    assert fast.encode_event(*fields, received_at_us, gateway_id) == expected
-    assert expected == event.encode(event.VoteEvent(1, *fields, received_at_us, gateway_id))
+    assert fast.encode_event(*fields, received_at_us, gateway_id, compiled) == expected
+    assert expected == event.seal(candidate, EVENT_KEY)
 
 
 @PROPERTY

@@ -16,6 +16,7 @@ import msgspec
 import pytest
 
 from core import event as core_event
+from core import keyset
 from gateway import _fast
 from gateway import problems as p
 from gateway.acceptance import VoteAcceptor
@@ -23,6 +24,7 @@ from gateway.durability import NotDurable
 from gateway.models import VoteAccepted
 
 RECEIPT_KEY = b"k" * 32
+EVENT_KEY = keyset.Key("ev-1", b"event-key-0123456789abcdef-0123456", keyset.ACTIVE)
 NOW = 1_800_000_000.25
 VOTE_ID = "0123456789abcdef0123456789abcdef"
 
@@ -55,6 +57,7 @@ def make(outcome: str | BaseException = "kafka") -> tuple[FakeDurability, VoteAc
         _fast.IdempotencyCache(100),
         RECEIPT_KEY,
         "gw-test-slot-0",
+        _fast.EventSigner(EVENT_KEY.kid, EVENT_KEY.secret),
     )
     return durability, acceptor
 
@@ -70,7 +73,8 @@ def test_first_vote_is_made_durable_and_answered_with_a_receipt() -> None:
         assert accepted.durability == "kafka"
         assert accepted.received_at == "2027-01-15T08:00:00.250000Z"
         received_at_us = int(NOW * 1_000_000)
-        assert accepted.receipt == _fast.sign_receipt(
+        # "<receipt key id>.r1.<signature>"
+        assert accepted.receipt == keyset.key_id("rk", RECEIPT_KEY) + "." + _fast.sign_receipt(
             RECEIPT_KEY, VOTE_ID, "e1", "alice", "a", received_at_us
         )
         [(key, event)] = durability.persisted
@@ -84,6 +88,11 @@ def test_first_vote_is_made_durable_and_answered_with_a_receipt() -> None:
         )
         assert decoded.received_at_us == received_at_us
         assert decoded.gateway_id == "gw-test-slot-0"
+        # Signed with the worker's event key: the processor can tell it from a forgery.
+        assert decoded.kid == EVENT_KEY.kid
+        assert (
+            core_event.authentication_problem(event, decoded, keyset.KeySet((EVENT_KEY,))) is None
+        )
 
     run(scenario)
 

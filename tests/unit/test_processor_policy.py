@@ -9,9 +9,13 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.event import VoteEvent, encode
+from core.event import VoteEvent, encode, seal
+from core.keyset import ACTIVE, Key, KeySet
 from processor import policy
-from processor.policy import Election, Lookups, Message, Plan, VoterState
+from processor.policy import Election, EventAuth, Lookups, Message, Plan, VoterState
+
+KEY = Key("ev-1", b"k" * 32, ACTIVE)
+AUTH = EventAuth(KeySet((KEY,)))
 
 E = "e1"
 CANDS = frozenset({"a", "b", "c"})
@@ -24,7 +28,8 @@ def ev(vote_id: str, voter: str, choice: str, t: int, election: str = E, v: int 
 def msgs(events: list[VoteEvent | bytes], start: int = 0, partition: int = 0) -> list[Message]:
     out = []
     for i, e in enumerate(events):
-        raw = e if isinstance(e, bytes) else encode(e)
+        # As a gateway would: version 1 fields sealed into a signed event.
+        raw = e if isinstance(e, bytes) else seal(e, KEY) if e.v == 1 else encode(e)
         out.append(Message(partition, start + i, raw))
     return out
 
@@ -68,7 +73,7 @@ class Db:
         cuts = [0, *sorted(splits), len(messages)]
         outcomes: Counter[str] = Counter()
         for lo, hi in itertools.pairwise(cuts):
-            decoded = policy.decode_all(messages[lo:hi])
+            decoded = policy.decode_all(messages[lo:hi], AUTH)
             plan = policy.plan_batch(decoded, elections, self.lookups(), "t")
             self.apply(plan)
             outcomes.update(plan.outcomes)
@@ -167,7 +172,7 @@ def test_poison_and_bad_events() -> None:
     window = {E: Election(E, "first_wins", CANDS, opens_at_us=100, closes_at_us=200)}
     events: list[VoteEvent | bytes] = [
         b"\xc1not msgpack",
-        ev("v1", "alice", "a", 150, v=2),
+        ev("v1", "alice", "a", 150, v=9),
         ev("v2", "bob", "a", 150, election="nope"),
         ev("v3", "carol", "a", 99),
         ev("v4", "dave", "zz", 150),
@@ -176,7 +181,7 @@ def test_poison_and_bad_events() -> None:
         ev("v7", "gina", "a", 150),
     ]
     messages = msgs(events)
-    plan = policy.plan_batch(policy.decode_all(messages), window, Lookups(), "votes.v1")
+    plan = policy.plan_batch(policy.decode_all(messages, AUTH), window, Lookups(), "votes.v1")
     reasons = [(r.vote_id, r.reason) for r in plan.rejections]
     assert reasons == [
         ("kafka:votes.v1:0:0", "malformed"),
@@ -191,6 +196,30 @@ def test_poison_and_bad_events() -> None:
     ]
     assert [d.msg.offset for d in plan.dead_letters] == [0, 1, 2, 5, 6]
     assert [v.vote_id for v in plan.votes] == ["v7"]
+
+
+def test_only_authentic_events_are_decided() -> None:
+    window = {E: Election(E, "first_wins", CANDS)}
+    other_secret = Key("ev-1", b"x" * 32, ACTIVE)
+    good = seal(ev("v1", "alice", "a", 150), KEY)
+    tampered = good.replace(b"alice", b"alicf")
+    events: list[VoteEvent | bytes] = [
+        good,
+        encode(ev("v2", "bob", "a", 150)),  # unsigned (version 1)
+        seal(ev("v3", "carol", "a", 150), other_secret),  # the right kid, another secret
+        seal(ev("v4", "dave", "a", 150), Key("ev-2", b"k" * 32, ACTIVE)),  # unknown kid
+        tampered,
+    ]
+    plan = policy.plan_batch(policy.decode_all(msgs(events), AUTH), window, Lookups(), "t")
+    assert [v.vote_id for v in plan.votes] == ["v1"]
+    assert [(r.vote_id, r.reason) for r in plan.rejections] == [
+        (f"kafka:t:0:{i}", "unauthenticated") for i in range(1, 5)
+    ]
+    assert [d.reason for d in plan.dead_letters] == ["unauthenticated"] * 4
+    # While an upgrade drains older gateways' events, unsigned ones may be taken.
+    lenient = EventAuth(KeySet((KEY,)), accept_unsigned=True)
+    plan = policy.plan_batch(policy.decode_all(msgs(events[:2]), lenient), window, Lookups(), "t")
+    assert [v.vote_id for v in plan.votes] == ["v1", "v2"]
 
 
 def test_zero_net_tally_moves_are_dropped() -> None:
