@@ -559,6 +559,7 @@ def test_package_exports_the_compiled_core() -> None:
     assert fast.KeyRing.__module__ == "gateway._fast._core"
     assert fast.verify_token is not reference.verify_token
     assert set(fast.__all__) >= {
+        "EventSigner",
         "KeyRing",
         "TokenError",
         "verify_token",
