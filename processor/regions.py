@@ -295,11 +295,16 @@ class RegionWatch:
         for source in self.s.takeover_regions:
             self._decide(source, beats.get(source), now_db)
         self._reap()
-        self._observe_postgres(conn)
-        self._observe_mirror()
         if time.monotonic() - self._synced_at >= self.s.processor_region_sync_ms / 1000:
             self._sync_tallies(conn)
             self._synced_at = time.monotonic()
+        # Observations only: without the pg_monitor role, or with the mirror's heartbeats
+        # topic missing, the duties above must go on.
+        try:
+            self._observe_postgres(conn)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            self.log.debug("no replication view", extra={"error": str(exc)})
+        self._observe_mirror()
 
     def _decide(self, source: str, seen: float | None, now_db: float) -> None:
         if seen is None:
