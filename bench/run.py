@@ -110,7 +110,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         mode=mode,
         rate=args.rate,
         warmup_s=args.warmup if args.warmup is not None else (2.0 if quick else 10.0),
-        warmup_rate=args.warmup_rate,
+        # The warm-up is in votes/s: with --batch N, N times fewer requests.
+        warmup_rate=max(1, args.warmup_rate // (args.batch or 1)),
         step_s=args.step_duration or (2.0 if quick else 10.0),
         run_s=args.duration or (3.0 if quick else 20.0),
         repeat=args.repeat or (1 if quick else 3),

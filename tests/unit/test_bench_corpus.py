@@ -83,3 +83,26 @@ def test_write_targets(tmp_path: Path) -> None:
     n = write(path, (vegeta_target("http://h/v", v) for v in itertools.islice(_votes(), 5)))
     lines = path.read_text().splitlines()
     assert n == 5 and len(lines) == 5 and len(set(_ids(lines))) == 5
+
+
+def test_batch_pool_sends_every_vote_once_n_to_a_request() -> None:
+    from bench.corpus import BatchPool
+
+    votes = iter([{"token": f"t{i}", "vote_id": f"v{i:020d}", "choice": "alice"} for i in range(7)])
+    pool = BatchPool(votes, "http://h/v1/elections/e/votes:batch", 3)
+    lines = pool.take(2)
+    bodies = [json.loads(base64.b64decode(json.loads(line)["body"])) for line in lines]
+    assert [[v["token"] for v in b["votes"]] for b in bodies] == [
+        ["t0", "t1", "t2"],
+        ["t3", "t4", "t5"],
+    ]
+    assert json.loads(lines[0])["url"].endswith("/votes:batch")
+    with pytest.raises(RuntimeError, match="exhausted"):
+        pool.take(1)
+
+
+def test_the_warm_up_rate_is_in_votes_per_second_with_batches() -> None:
+    from bench.run import build_parser, make_plan
+
+    assert make_plan(build_parser().parse_args(["--rate", "2", "--batch", "100"])).warmup_rate == 3
+    assert make_plan(build_parser().parse_args(["--rate", "200"])).warmup_rate == 300
