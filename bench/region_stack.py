@@ -16,20 +16,11 @@ from pathlib import Path
 
 import httpx
 
+from bench.chaos.cluster import base_port_offset
 from bench.env import REPO, BenchError, parse_env_lines
 
 SCRIPT = REPO / "deploy" / "local" / "regions"
 REGIONS = ("A", "B")
-
-
-def base_port_offset() -> int:
-    raw = os.environ.get("STACK_PORT_OFFSET")
-    if raw is None:
-        try:
-            raw = (REPO / ".stack" / "port-offset").read_text().strip()
-        except OSError:
-            raw = "0"
-    return int(raw or 0)
 
 
 class Regions:
