@@ -44,7 +44,7 @@ venv: deps $(INSTALLED)
 $(INSTALLED): pyproject.toml setup.py $(wildcard gateway/_fast/*.pyx gateway/_fast/*.pxd gateway/_fast/*.pxi)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip==26.3 setuptools==84.2.1 wheel Cython==3.3.1
-	$(PY) -m pip install -q -e '.[dev,bench]'
+	$(PY) -m pip install -q -e '.[dev,bench,admin]'
 	$(PY) -c "import gateway._fast as f; print('compiled hot path:', f.__file__)"
 	touch $@
 

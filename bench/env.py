@@ -185,15 +185,5 @@ def ensure_nginx() -> str:
     return shutil.which("nginx") or "/usr/sbin/nginx"
 
 
-def tool_version(argv: list[str]) -> str:
-    """First line a tool prints about its version ('' when it cannot be run)."""
-    try:
-        res = subprocess.run(argv, capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    text = (res.stdout or res.stderr).strip()
-    return text.splitlines()[0] if text else ""
-
-
 def python_exe() -> str:
     return sys.executable

@@ -6,7 +6,9 @@
     python -m gateway.admin token --election E --voter V
 
 In production tokens come from the identity service; ``mint`` stands in for it so that
-tests and benchmarks can sign votes with the same keys the gateway trusts.
+tests and benchmarks can sign votes with the same keys the gateway trusts. ``mint`` and
+``token`` sign with PyJWT, which the services do not need: it comes with the ``admin``
+extra (``pip install 'vote-platform[admin]'``).
 """
 
 from __future__ import annotations
@@ -19,19 +21,36 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from types import ModuleType
 from typing import Any
 
-import jwt
 import psycopg
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from core import keyset
 from core import settings as settings_mod
-from gateway._fast.reference import b64url_decode, b64url_encode
+from gateway._fast import b64url_decode, b64url_encode
 from gateway.config import DEFAULT_TOKEN_ISSUER, GatewaySettings
 
 POLICIES = ("first_wins", "last_wins")
+
+MISSING_PYJWT = (
+    "signing tokens needs PyJWT, which is not installed: "
+    "pip install 'vote-platform[admin]' (or: pip install 'pyjwt[crypto]')"
+)
+
+
+class MissingExtra(RuntimeError):
+    """An optional dependency of an admin command is not installed."""
+
+
+def _pyjwt() -> ModuleType:
+    try:
+        import jwt
+    except ImportError:
+        raise MissingExtra(MISSING_PYJWT) from None
+    return jwt
 
 
 def keys_dir(settings: GatewaySettings) -> str:
@@ -270,7 +289,7 @@ def _mint(
         "exp": int(now) + ttl_s,
         "jti": jti,
     }
-    return jwt.encode(claims, key, algorithm=jwk["alg"], headers={"kid": jwk["kid"]})
+    return _pyjwt().encode(claims, key, algorithm=jwk["alg"], headers={"kid": jwk["kid"]})
 
 
 def mint_votes(
@@ -344,6 +363,12 @@ def main(argv: list[str] | None = None) -> int:
     tok.add_argument("--ttl", type=int, default=3600)
     args = parser.parse_args(argv)
 
+    if args.command in ("mint", "token"):
+        try:
+            _pyjwt()
+        except MissingExtra as exc:
+            print(exc, file=sys.stderr)
+            return 2
     settings = settings_mod.load(GatewaySettings)
     issuer_file = os.path.join(keys_dir(settings), "issuer.json")
     if args.command == "init-keys" and (args.retire or args.revoke):

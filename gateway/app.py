@@ -39,6 +39,7 @@ from gateway.elections import Election, ElectionCache, LookupFailed
 from gateway.models import json_encoder, vote_request_decoder
 from gateway.openapi import OPENAPI
 from gateway.producer import KafkaSink
+from gateway.results import ResultsReader
 from gateway.spill import SpillStore
 
 log = logging.getLogger("gateway")
@@ -57,7 +58,6 @@ class VoteGateway:
     def __init__(self, settings: GatewaySettings | None = None) -> None:
         self.settings = settings or load()
         self._counters: dict[int, metrics.BufferedCounter] = {}
-        self.ready = False
 
     # -- lifecycle (granian calls these in each worker) --------------------------------
 
@@ -119,9 +119,8 @@ class VoteGateway:
             on_rate_limited=metrics.rate_limited_total.labels("voter").inc,
             on_token_bound=metrics.token_rejections_total.labels("token_bound").inc,
         )
-        self.results = _results_reader(s)
-        if self.results is not None:
-            await self.results.start()
+        self.results = ResultsReader(s.redis_url, s.pg_dsn)
+        await self.results.start()
         report_spill_size()
         self._tasks = [
             loop.create_task(self.durability.drainer.run()),
@@ -158,7 +157,7 @@ class VoteGateway:
             self.spill.close()
         if hasattr(self, "elections"):
             await self.elections.stop()
-        if getattr(self, "results", None) is not None:
+        if hasattr(self, "results"):
             await self.results.close()
 
     async def _watch_keys(self) -> None:
@@ -181,9 +180,9 @@ class VoteGateway:
                 log.error("key file not reloaded; the keys in use stay", extra={"error": str(exc)})
 
     async def _watch_kafka(self) -> None:
+        """Keep ``sink.metadata_ok`` current for /readyz."""
         while True:
             await asyncio.to_thread(self.sink.check_metadata)
-            self.ready = self.sink.metadata_ok and self.elections.healthy()
             await asyncio.sleep(2.0)
 
     async def _flush_metrics_forever(self) -> None:
@@ -427,16 +426,12 @@ class VoteGateway:
     async def get_vote(self, scope: Any, protocol: Any, election_id: str, vote_id: str) -> None:
         await self._election(election_id)
         voter_id, _jti = self._authenticate(scope.headers, election_id, time.time())
-        if self.results is None:
-            raise p.Unavailable("vote status is not available", retry_after=5)
         status = await self.results.vote_status(election_id, vote_id, voter_id)
         if status is None:
             raise p.NotFound(f"no vote {vote_id!r} of yours in {election_id!r}")
         self._send(protocol, 200, json_encoder.encode({"vote_id": vote_id, **status}))
 
     async def get_results(self, protocol: Any, election_id: str) -> None:
-        if self.results is None:
-            raise p.Unavailable("results are not available", retry_after=5)
         results = await self.results.results(election_id)
         if results is None:
             raise p.NotFound(f"unknown election {election_id!r}")
@@ -448,8 +443,6 @@ class VoteGateway:
         )
 
     async def stream_results(self, protocol: Any, election_id: str) -> None:
-        if self.results is None:
-            raise p.Unavailable("results are not available", retry_after=5)
         await self._election(election_id)
         self._count(200)
         transport = protocol.response_stream(
@@ -496,11 +489,3 @@ def _read_json(path: str) -> dict[str, Any]:
         raise SystemExit(
             f"{path} not found: run `python -m gateway.admin init-keys` first"
         ) from None
-
-
-def _results_reader(settings: GatewaySettings) -> Any:
-    try:
-        from gateway.results import ResultsReader
-    except ImportError:
-        return None
-    return ResultsReader(settings.redis_url, settings.pg_dsn)

@@ -145,9 +145,6 @@ class Drainer:
         self._healthy = True
         self._cursor = b""
 
-    def idle(self) -> bool:
-        return not self._in_flight and len(self.spill) == 0
-
     def hold(self, seq: bytes, first_delivery: asyncio.Future) -> None:
         """Leave spilled ``seq`` to its first produce: when that report says delivered
         the copy is deleted, when it says failed the copy is sent like any other."""

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
@@ -152,8 +151,3 @@ class KafkaSink:
             with contextlib.suppress(RuntimeError):  # the loop is already closed
                 self._loop.call_soon_threadsafe(self._resolve, batch)
         return remaining
-
-
-def when_delivered(future: asyncio.Future, callback: Callable[[bool], None]) -> None:
-    """Call ``callback(ok)`` once the delivery report behind ``future`` is in."""
-    future.add_done_callback(lambda f: callback(f.result() is None))

@@ -62,15 +62,6 @@ UNKNOWN_CANDIDATE = "unknown_candidate"
 UNKNOWN_ELECTION = "unknown_election"
 MALFORMED = "malformed"
 UNAUTHENTICATED = "unauthenticated"  # no MAC, an unknown event key or a wrong MAC
-REASONS = (
-    DUPLICATE_VOTE_ID,
-    VOTER_ALREADY_VOTED,
-    ELECTION_CLOSED,
-    UNKNOWN_CANDIDATE,
-    UNKNOWN_ELECTION,
-    MALFORMED,
-    UNAUTHENTICATED,
-)
 # Outcomes that are not rejections (metrics label vote_rows_total{outcome}).
 COUNTED = "counted"
 SUPERSEDED = "superseded"

@@ -222,25 +222,6 @@ def producer(kafka_bootstrap: str, event_key: keyset.Key) -> EventProducer:
     return EventProducer(kafka_bootstrap, event_key)
 
 
-def make_event(
-    election_id: str,
-    voter_id: str,
-    choice: str,
-    vote_id: str | None = None,
-    received_at_us: int | None = None,
-    gateway_id: str = "test-gw",
-) -> VoteEvent:
-    return VoteEvent(
-        1,
-        vote_id or uuid.uuid4().hex,
-        election_id,
-        voter_id,
-        choice,
-        received_at_us if received_at_us is not None else int(time.time() * 1e6),
-        gateway_id,
-    )
-
-
 @pytest.fixture
 def create_election(pg_dsn: str) -> Callable[..., str]:
     """Factory: ``create_election(candidates=("a","b"), policy="first_wins")`` → id."""
