@@ -86,6 +86,10 @@ class Regions:
 
     def prepare_schema_and_keys(self) -> None:
         env = self.service_env("A")
+        # init-keys creates the token keys' directory, not the event keys' one.
+        for key in ("VOTE_EVENT_KEYS_FILE", "VOTE_JWKS_FILE"):
+            if env.get(key):
+                Path(env[key]).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         py = str(REPO / ".venv" / "bin" / "python")
         for args in (["-m", "processor", "migrate"], ["-m", "gateway.admin", "init-keys"]):
             proc = subprocess.run([py, *args], env=env, capture_output=True, text=True, timeout=300)
