@@ -242,6 +242,7 @@ def make_target(name: str, election: str, cfg: TargetConfig) -> Target:
                 # per-address limit would measure the limiter, not the gateway.
                 "VOTE_RATE_IP_PER_S": "1000000000",
                 "VOTE_RATE_IP_BURST": "1000000000",
+                "VOTE_MAX_IN_FLIGHT_PER_CLIENT": "1000000000",
                 "VOTE_SPILL_DIR": str(stack_dir(cfg.env) / "bench" / "spill"),
                 "VOTE_GATEWAY_ID": "bench-gateway",
                 "VOTE_LOG_LEVEL": "WARNING",

@@ -9,13 +9,22 @@ the environment stops the service with a clear message instead of failing later.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import msgspec
 
 PREFIX = "VOTE_"
-_SECRET_HINTS = ("dsn", "password", "secret", "key", "url")
+_ADDRESS_HINTS = ("dsn", "url")  # may carry a password somewhere inside
+_SECRET_HINTS = ("password", "secret", "key")  # are a secret, unless a path
+_PATH_SUFFIXES = ("_file", "_dir", "_path", "_location")
+# A password in a URL query (…?password=x) or a libpq keyword string (password='x y').
+_QUERY_PASSWORD = re.compile(r"((?:^|&)[^=&]*pass(?:word|wd)?=)[^&]*", re.IGNORECASE)
+_KEYWORD_PASSWORD = re.compile(
+    r"(\b\w*pass(?:word|wd)?\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)", re.IGNORECASE
+)
 
 S = TypeVar("S", bound=msgspec.Struct)
 
@@ -44,17 +53,28 @@ def describe(settings: msgspec.Struct) -> dict[str, object]:
     shown: dict[str, object] = {}
     for name in settings.__struct_fields__:
         value = getattr(settings, name)
-        if any(h in name for h in _SECRET_HINTS) and isinstance(value, str) and value:
-            value = _mask(value)
+        if isinstance(value, str) and value:
+            if any(h in name for h in _ADDRESS_HINTS):
+                value = mask_address(value)
+            elif any(h in name for h in _SECRET_HINTS) and not name.endswith(_PATH_SUFFIXES):
+                value = "***"
         shown[PREFIX + name.upper()] = value
     return shown
 
 
-def _mask(value: str) -> str:
-    # Keep the scheme/host of URLs readable; hide credentials.
-    if "://" in value and "@" in value:
-        scheme, rest = value.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    if "://" in value or "/" in value:
-        return value  # a path or credential-free URL is not a secret
-    return "***"
+def mask_address(value: str) -> str:
+    """A DSN or URL with its credentials hidden wherever they are: the user info of a
+    URL, a ``password`` in its query, a ``password=`` of a libpq keyword string. The
+    host, port and database stay readable."""
+    if "://" in value:
+        parts = urlsplit(value)
+        netloc = parts.netloc
+        if "@" in netloc:
+            netloc = "***@" + netloc.rpartition("@")[2]
+        masked = f"{parts.scheme}://{netloc}{parts.path}"
+        if parts.query:
+            masked += "?" + _QUERY_PASSWORD.sub(r"\1***", parts.query)
+        return masked
+    if "=" in value:
+        return _KEYWORD_PASSWORD.sub(r"\1***", value)
+    return value

@@ -93,7 +93,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces, Loops, RuntimeModes, TaskImpl
+    from granian.http import HTTP1Settings, HTTP2Settings
 
+    # The metrics files, pid file and (in the workers) the spill are for this user only.
+    os.umask(0o077)
     _prepare_metrics_dir(settings)
     _serve_metrics(settings)
     run_dir = os.path.join(settings.stack_dir, "run")
@@ -115,6 +118,14 @@ def main(argv: list[str] | None = None) -> int:
             runtime_threads=settings.granian_runtime_threads,
             factory=True,
             backlog=4096,
+            # Slow clients: headers within a deadline and a size (431 past it), and a
+            # bounded number of connections per worker (more wait in the listen backlog).
+            backpressure=settings.max_connections_per_worker,
+            http1_settings=HTTP1Settings(
+                header_read_timeout=settings.header_read_timeout_ms,
+                max_buffer_size=settings.max_header_bytes,
+            ),
+            http2_settings=HTTP2Settings(max_headers_size=settings.max_header_bytes),
             log_access=False,
             respawn_failed_workers=True,
             workers_kill_timeout=15,

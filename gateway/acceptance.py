@@ -98,7 +98,10 @@ class VoteAcceptor:
             try:
                 durability = await self.durability.persist(voter_id.encode(), event)
             except NotDurable as exc:
-                raise p.Unavailable(f"vote not durable: {exc}", retry_after=1) from None
+                # The reason (RocksDB's or the OS's words) is for the log, not the client.
+                raise p.Unavailable(
+                    "the vote could not be made durable; retry", retry_after=1, internal=str(exc)
+                ) from None
             receipt = _fast.sign_receipt(
                 self.receipt_key, vote_id, election_id, voter_id, choice, received_at_us
             )

@@ -14,10 +14,12 @@ extra (``pip install 'vote-platform[admin]'``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -190,11 +192,23 @@ def _write_token_keys(settings: GatewaySettings, issuer_file: str, issuer: dict[
 
 
 def _write_private(path: str, data: bytes) -> None:
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    """Replace ``path`` whole with ``data``, mode 0600.
+
+    Through a new temporary file with a random name, created O_EXCL|O_NOFOLLOW (mkstemp),
+    so a file or symlink planted in the key directory is never opened or followed.
+    """
+    directory, name = os.path.split(path)
+    fd, tmp = tempfile.mkstemp(dir=directory or ".", prefix=f".{name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def create_election(

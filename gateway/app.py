@@ -5,8 +5,9 @@ worker before it serves: it loads keys and elections, opens the Kafka producer a
 a spill slot, so the first request already finds everything warm.
 
 The vote path (docs/ARCHITECTURE.md, HTTP API and Durability path), cheapest refusals first:
-path → election → client rate limit → content type / length → token (``_fast``) → window
-→ body (msgspec) → candidate → voter rate limit → idempotency, encode, Kafka or spill
+path → client rate limit → election → content type / length → requests in flight
+(``edge.InFlight``) → body, within its deadline → token (``_fast``) → window → body
+(msgspec) → candidate → voter rate limit → idempotency, encode, Kafka or spill
 (``acceptance.VoteAcceptor``) → 202.
 """
 
@@ -17,11 +18,14 @@ import gc
 import json
 import logging
 import os
+import re
 import time
 import uuid
 from typing import Any
 
 import msgspec
+import psycopg
+from psycopg_pool import PoolTimeout
 
 from core import event as event_schema
 from core import jsonlog, keyset
@@ -29,14 +33,16 @@ from gateway import _fast, batch, metrics
 from gateway import problems as p
 from gateway.acceptance import VoteAcceptor
 from gateway.batch import BatchAcceptor
+from gateway.clients import ClientResolver
 from gateway.config import GatewaySettings, load
 from gateway.durability import (
     DurabilityPipeline,
     adopt_orphans,
     report_spill_size,
 )
+from gateway.edge import ClientGone, InFlight, bearer_token, is_json
 from gateway.elections import Election, ElectionCache, LookupFailed
-from gateway.models import json_encoder, vote_request_decoder
+from gateway.models import VOTE_ID_PATTERN, DuplicateKey, decode_vote_request, json_encoder
 from gateway.openapi import OPENAPI
 from gateway.producer import KafkaSink
 from gateway.results import ResultsReader
@@ -48,6 +54,8 @@ _JSON = [("content-type", "application/json")]
 _VOTES_PREFIX = "/v1/elections/"
 # How often a worker looks at its key files' inode, size and mtime.
 KEY_RELOAD_INTERVAL_S = 2.0
+_MAX_ID_CHARS = 128
+_VOTE_ID = re.compile(VOTE_ID_PATTERN)
 
 
 def _status_counter(code: int) -> metrics.BufferedCounter:
@@ -58,6 +66,13 @@ class VoteGateway:
     def __init__(self, settings: GatewaySettings | None = None) -> None:
         self.settings = settings or load()
         self._counters: dict[int, metrics.BufferedCounter] = {}
+        s = self.settings
+        self.clients = ClientResolver(s.trusted_proxies.split(","))
+        self.in_flight = InFlight(
+            s.max_in_flight, s.max_in_flight_per_client, s.body_read_timeout_s
+        )
+        self.streams_total = 0
+        self.streams_per_client: dict[str, int] = {}
 
     # -- lifecycle (granian calls these in each worker) --------------------------------
 
@@ -69,6 +84,9 @@ class VoteGateway:
 
     async def startup(self) -> None:
         s = self.settings
+        # The spill holds voter ids and choices, the metrics files what was voted when:
+        # whatever this worker creates is for its own user only.
+        os.umask(0o077)
         jsonlog.setup("gateway", s.log_level)
         loop = asyncio.get_running_loop()
         self.keys = _fast.KeyRing(_read_json(s.jwks_file))
@@ -82,7 +100,13 @@ class VoteGateway:
             receipt_key = keyset.read_secret(s.receipt_key_file)
         except keyset.KeyFileError as exc:
             raise SystemExit(f"keys: {exc}") from None
-        self.elections = ElectionCache(s.pg_dsn, s.election_refresh_s)
+        self.elections = ElectionCache(
+            s.pg_dsn,
+            s.election_refresh_s,
+            negative_ttl_s=s.election_negative_ttl_s,
+            negative_capacity=s.election_negative_capacity,
+            max_lookups=s.election_max_lookups,
+        )
         await self.elections.refresh()
         self.elections.start()
         self.sink = KafkaSink(
@@ -128,6 +152,7 @@ class VoteGateway:
             loop.create_task(self._watch_keys()),
             loop.create_task(self._adopt_orphans_forever()),
             loop.create_task(self._flush_metrics_forever()),
+            loop.create_task(self.in_flight.sweep_forever()),
         ]
         # Everything loaded so far (modules, keys, elections) lives as long as the worker:
         # move it out of the collector's sight so a full collection only walks what
@@ -206,42 +231,50 @@ class VoteGateway:
         if scope.proto != "http":
             return
         path = scope.path
+        method = scope.method
         try:
             if path.startswith(_VOTES_PREFIX):
                 parts = path[len(_VOTES_PREFIX) :].split("/")
                 if len(parts) == 2 and parts[1] == "votes":
-                    if scope.method != "POST":
-                        raise p.MethodNotAllowed(f"{scope.method} is not allowed here")
+                    if method != "POST":
+                        raise p.MethodNotAllowed(method, allow="POST")
                     await self.post_vote(scope, protocol, parts[0])
                     return
                 if len(parts) == 2 and parts[1] == "votes:batch":
-                    if scope.method != "POST":
-                        raise p.MethodNotAllowed(f"{scope.method} is not allowed here")
+                    if method != "POST":
+                        raise p.MethodNotAllowed(method, allow="POST")
                     await self.post_batch(scope, protocol, parts[0])
                     return
-                if scope.method != "GET":
-                    raise p.MethodNotAllowed(f"{scope.method} is not allowed here")
                 if len(parts) == 3 and parts[1] == "votes":
+                    _only_get(method)
                     await self.get_vote(scope, protocol, parts[0], parts[2])
                     return
                 if len(parts) == 2 and parts[1] == "results":
+                    _only_get(method)
                     await self.get_results(protocol, parts[0])
                     return
                 if len(parts) == 3 and parts[1:] == ["results", "stream"]:
-                    await self.stream_results(protocol, parts[0])
+                    _only_get(method)
+                    await self.stream_results(scope, protocol, parts[0])
                     return
             elif path == "/livez":
+                _only_get(method)
                 self._send(protocol, 200, b'{"status":"ok"}')
                 return
             elif path == "/readyz":
+                _only_get(method)
                 self._readyz(protocol)
                 return
             elif path == "/openapi.json":
+                _only_get(method)
                 self._send(protocol, 200, OPENAPI)
                 return
             raise p.NotFound(f"no route for {path}")
         except p.Problem as problem:
             self._problem(protocol, problem, path, _request_id(scope))
+        except ClientGone:
+            # Nobody to answer; a client's doing, so a client error, not a 5xx.
+            self._count(499)
         except Exception:
             request_id = _request_id(scope)
             log.exception("unhandled error", extra={"path": path, "request_id": request_id})
@@ -272,6 +305,7 @@ class VoteGateway:
                 extra={
                     "status": problem.status,
                     "detail": problem.detail,
+                    "error": problem.internal,
                     "path": instance,
                     "request_id": request_id,
                 },
@@ -300,47 +334,56 @@ class VoteGateway:
     async def post_vote(self, scope: Any, protocol: Any, election_id: str) -> None:
         started = time.perf_counter()
         now = time.time()
-        election = self.elections.get(election_id) or await self._election(election_id)
-
-        client = scope.client.rpartition(":")[0] or scope.client
+        # The client's limit first: made-up election ids must cost the sender its
+        # budget before they can cost a lookup.
+        client = self.clients.key(scope)
         retry = self.ip_limiter.acquire(client, now)
         if retry:
             metrics.rate_limited_total.labels("client").inc()
             raise p.RateLimited("too many requests from this address", retry_after=retry)
+        election = self.elections.get(election_id) or await self._election(election_id)
 
         headers = scope.headers
-        if not headers.get("content-type", "").startswith("application/json"):
+        if not is_json(headers.get("content-type", "")):
             raise p.UnsupportedMediaType()
-        body = await self._read_body(protocol, headers)
-
-        voter_id, jti = self._authenticate(headers, election_id, now)
-        if not election.is_open(now):
-            raise p.ElectionNotOpen(f"election {election_id!r} is not open now")
+        in_flight = self.in_flight
+        in_flight.enter(client)
         try:
-            request = vote_request_decoder.decode(body)
-        except msgspec.ValidationError as exc:
-            raise p.BadRequest(f"invalid vote: {exc}") from None
-        except msgspec.DecodeError as exc:
-            raise p.BadRequest(f"body is not valid JSON: {exc}") from None
-        if request.vote_id != jti:
-            # One token, one vote, on every worker without shared state: the vote_id a
-            # token authorizes is its jti (docs/ARCHITECTURE.md, Trust boundaries).
-            metrics.token_rejections_total.labels("token_bound").inc()
-            raise p.Forbidden(
-                "this token authorizes only the vote whose vote_id is its jti",
-                reason="token_bound",
+            body = await self._read_body(protocol, headers, now)
+            voter_id, jti = self._authenticate(headers, election_id, now)
+            if not election.is_open(now):
+                raise p.ElectionNotOpen(f"election {election_id!r} is not open now")
+            try:
+                request = decode_vote_request(body)
+            except msgspec.ValidationError as exc:
+                raise p.BadRequest(f"invalid vote: {exc}") from None
+            except msgspec.DecodeError as exc:
+                raise p.BadRequest(f"body is not valid JSON: {exc}") from None
+            except DuplicateKey as exc:
+                raise p.BadRequest(str(exc)) from None
+            if request.vote_id != jti:
+                # One token, one vote, on every worker without shared state: the vote_id
+                # a token authorizes is its jti (docs/ARCHITECTURE.md, Trust boundaries).
+                metrics.token_rejections_total.labels("token_bound").inc()
+                raise p.Forbidden(
+                    "this token authorizes only the vote whose vote_id is its jti",
+                    reason="token_bound",
+                )
+            if request.choice not in election.candidates:
+                raise p.UnknownCandidate(
+                    f"{request.choice!r} is not a candidate of {election_id!r}"
+                )
+
+            retry = self.voter_limiter.acquire(voter_id, now)
+            if retry:
+                metrics.rate_limited_total.labels("voter").inc()
+                raise p.RateLimited("too many requests for this voter", retry_after=retry)
+
+            answer, via_kafka = await self.acceptor.accept(
+                election_id, voter_id, request.vote_id, request.choice, now
             )
-        if request.choice not in election.candidates:
-            raise p.UnknownCandidate(f"{request.choice!r} is not a candidate of {election_id!r}")
-
-        retry = self.voter_limiter.acquire(voter_id, now)
-        if retry:
-            metrics.rate_limited_total.labels("voter").inc()
-            raise p.RateLimited("too many requests for this voter", retry_after=retry)
-
-        answer, via_kafka = await self.acceptor.accept(
-            election_id, voter_id, request.vote_id, request.choice, now
-        )
+        finally:
+            in_flight.leave(client)
         self._send(protocol, 202, answer)
         (metrics.ack_kafka if via_kafka else metrics.ack_spill).observe(
             time.perf_counter() - started
@@ -350,48 +393,41 @@ class VoteGateway:
 
     async def post_batch(self, scope: Any, protocol: Any, election_id: str) -> None:
         now = time.time()
-        election = self.elections.get(election_id) or await self._election(election_id)
-        client = scope.client.rpartition(":")[0] or scope.client
+        # Limits before any lookup: a flood of made-up ids must not reach PostgreSQL.
+        client = self.clients.key(scope)
         retry = self.ip_limiter.acquire(client, now)
         if retry:
             metrics.rate_limited_total.labels("client").inc()
             raise p.RateLimited("too many requests from this address", retry_after=retry)
+        election = self.elections.get(election_id) or await self._election(election_id)
         headers = scope.headers
-        if not headers.get("content-type", "").startswith("application/json"):
+        if not is_json(headers.get("content-type", "")):
             raise p.UnsupportedMediaType()
-        body = await self._read_body(protocol, headers, self.settings.batch_max_body_bytes)
+        body = await self._read_body(protocol, headers, now, self.settings.batch_max_body_bytes)
         votes = batch.decode(body, self.settings.batch_max_votes)
         if not election.is_open(now):
             raise p.ElectionNotOpen(f"election {election_id!r} is not open now")
         answer, _statuses = await self.batches.accept(election, votes, now, scope.path)
         self._send(protocol, 200, answer)
 
-    async def _read_body(self, protocol: Any, headers: Any, limit: int = 0) -> bytes:
+    async def _read_body(self, protocol: Any, headers: Any, now: float, limit: int = 0) -> bytes:
         limit = limit or self.settings.max_body_bytes
         length = headers.get("content-length")
-        if length is not None:
-            if not length.isdigit():
-                raise p.BadRequest("invalid Content-Length")
-            if int(length) > limit:
-                raise p.PayloadTooLarge(f"body larger than {limit} bytes")
-            return await protocol()
-        # Chunked: count while reading, stop at the limit.
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in protocol:
-            size += len(chunk)
-            if size > limit:
-                raise p.PayloadTooLarge(f"body larger than {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        if length is None:
+            return await self.in_flight.read(protocol, now, chunked_limit=limit)
+        if not length.isdigit():
+            raise p.BadRequest("invalid Content-Length")
+        if int(length) > limit:
+            raise p.PayloadTooLarge(f"body larger than {limit} bytes")
+        return await self.in_flight.read(protocol, now)
 
     def _authenticate(self, headers: Any, election_id: str, now: float) -> tuple[str, str]:
         """The token's (sub, jti), or the problem that refuses it."""
-        auth = headers.get("authorization", "")
-        if not auth.startswith("Bearer "):
+        token = bearer_token(headers.get("authorization", ""))
+        if token is None:
             metrics.token_rejections_total.labels("missing").inc()
             raise p.Unauthorized("missing Bearer token")
-        return self._verify(auth[7:], election_id, now)
+        return self._verify(token, election_id, now)
 
     def _verify(self, token: str, election_id: str, now: float) -> tuple[str, str]:
         """A token's (sub, jti) for this election, or the problem that refuses it."""
@@ -413,10 +449,15 @@ class VoteGateway:
         return voter_id, jti
 
     async def _election(self, election_id: str) -> Election:
+        if not 0 < len(election_id) <= _MAX_ID_CHARS or not election_id.isprintable():
+            # Cannot exist (and PostgreSQL refuses NUL in text): no lookup.
+            raise p.NotFound("unknown election")
         try:
             election = await self.elections.lookup(election_id)
-        except LookupFailed:
-            raise p.Unavailable("elections cannot be looked up right now", retry_after=2) from None
+        except LookupFailed as exc:
+            raise p.Unavailable(
+                "elections cannot be looked up right now", retry_after=2, internal=str(exc)
+            ) from None
         if election is None:
             raise p.NotFound(f"unknown election {election_id!r}")
         return election
@@ -426,13 +467,28 @@ class VoteGateway:
     async def get_vote(self, scope: Any, protocol: Any, election_id: str, vote_id: str) -> None:
         await self._election(election_id)
         voter_id, _jti = self._authenticate(scope.headers, election_id, time.time())
-        status = await self.results.vote_status(election_id, vote_id, voter_id)
+        if not _VOTE_ID.fullmatch(vote_id):
+            raise p.NotFound("no such vote")  # no vote can have this id
+        try:
+            status = await self.results.vote_status(election_id, vote_id, voter_id)
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise p.Unavailable(
+                "vote status is not available right now", retry_after=2, internal=repr(exc)
+            ) from None
         if status is None:
             raise p.NotFound(f"no vote {vote_id!r} of yours in {election_id!r}")
         self._send(protocol, 200, json_encoder.encode({"vote_id": vote_id, **status}))
 
     async def get_results(self, protocol: Any, election_id: str) -> None:
-        results = await self.results.results(election_id)
+        # Unknown ids are answered by the election cache (and its negative cache), not by
+        # a PostgreSQL read per request.
+        await self._election(election_id)
+        try:
+            results = await self.results.results(election_id)
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise p.Unavailable(
+                "results are not available right now", retry_after=2, internal=repr(exc)
+            ) from None
         if results is None:
             raise p.NotFound(f"unknown election {election_id!r}")
         self._send(
@@ -442,8 +498,29 @@ class VoteGateway:
             [("content-type", "application/json"), ("cache-control", "no-cache")],
         )
 
-    async def stream_results(self, protocol: Any, election_id: str) -> None:
+    async def stream_results(self, scope: Any, protocol: Any, election_id: str) -> None:
+        client = self.clients.key(scope)
         await self._election(election_id)
+        # A stream holds a task and a queue for as long as the client stays: bounded per
+        # client and per worker, so viewers cannot exhaust the worker.
+        held = self.streams_per_client.get(client, 0)
+        if held >= self.settings.max_streams_per_client:
+            raise p.RateLimited("too many result streams from this address", retry_after=5)
+        if self.streams_total >= self.settings.max_streams:
+            raise p.Unavailable("too many result streams; retry", retry_after=5)
+        self.streams_per_client[client] = held + 1
+        self.streams_total += 1
+        try:
+            await self._stream(protocol, election_id)
+        finally:
+            self.streams_total -= 1
+            left = self.streams_per_client[client] - 1
+            if left:
+                self.streams_per_client[client] = left
+            else:
+                del self.streams_per_client[client]
+
+    async def _stream(self, protocol: Any, election_id: str) -> None:
         self._count(200)
         transport = protocol.response_stream(
             200,
@@ -471,6 +548,11 @@ class VoteGateway:
 def _event_signer(path: str) -> _fast.EventSigner:
     key = keyset.load(path).signing()
     return _fast.EventSigner(key.kid, key.secret)
+
+
+def _only_get(method: str) -> None:
+    if method != "GET":
+        raise p.MethodNotAllowed(method, allow="GET")
 
 
 def _request_id(scope: Any) -> str:

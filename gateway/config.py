@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 
@@ -32,8 +33,9 @@ class GatewaySettings(msgspec.Struct, kw_only=True):
     metrics_port: int = 9100
     workers: int = 1
     # granian's own knobs (see `granian --help`): HTTP version (auto | 1 | 2), task
-    # implementation (asyncio | rust), runtime mode (auto | st | mt), for trying them
-    # in the bench; the defaults are kept because no other setting was clearly cheaper.
+    # implementation (asyncio only: the body read deadline cancels the request's asyncio
+    # task), runtime mode (auto | st | mt), for trying them in the bench; the defaults
+    # are kept because no other setting was clearly cheaper.
     granian_http: str = "auto"
     granian_task_impl: str = "asyncio"
     granian_runtime_mode: str = "auto"
@@ -70,7 +72,26 @@ class GatewaySettings(msgspec.Struct, kw_only=True):
     rate_limiter_capacity: int = 1_000_000
     idempotency_capacity: int = 1_000_000
     election_refresh_s: float = 2.0
+    # Made-up election ids: how many are remembered as unknown, how many looked up at once.
+    election_negative_ttl_s: float = 1.0
+    election_negative_capacity: int = 100_000
+    election_max_lookups: int = 4
     log_level: str = "INFO"
+
+    # Slow and greedy clients (SECURITY.md). The header deadline, header size and
+    # connections per worker are granian's (HTTP/1 header_read_timeout and buffer size,
+    # HTTP/2 max header list size, backpressure); the rest are the app's.
+    header_read_timeout_ms: int = 5_000
+    max_header_bytes: int = 16_384
+    max_connections_per_worker: int = 4_096
+    body_read_timeout_s: float = 5.0
+    max_in_flight: int = 4_096
+    max_in_flight_per_client: int = 256
+    max_streams: int = 10_000
+    max_streams_per_client: int = 8
+    # Reverse proxies whose Forwarded / X-Forwarded-For are believed: comma-separated
+    # CIDRs. Empty: the peer address is the client.
+    trusted_proxies: str = ""
 
     def __post_init__(self) -> None:
         if not self.jwks_file:
@@ -89,6 +110,16 @@ class GatewaySettings(msgspec.Struct, kw_only=True):
             raise ValueError("VOTE_TOKEN_ISSUER must name the identity service")
         if self.token_max_lifetime_s <= 0:
             raise ValueError("VOTE_TOKEN_MAX_LIFETIME_S must be > 0")
+        if self.max_header_bytes < 8192:
+            raise ValueError("VOTE_MAX_HEADER_BYTES must be >= 8192 (hyper's smallest buffer)")
+        if not 1 <= self.header_read_timeout_ms <= 60_000:
+            raise ValueError("VOTE_HEADER_READ_TIMEOUT_MS must be within 1..60000")
+        if self.body_read_timeout_s <= 0:
+            raise ValueError("VOTE_BODY_READ_TIMEOUT_S must be > 0")
+        if self.granian_task_impl != "asyncio":
+            raise ValueError("VOTE_GRANIAN_TASK_IMPL must be asyncio (the body deadline)")
+        for cidr in filter(None, (c.strip() for c in self.trusted_proxies.split(","))):
+            ipaddress.ip_network(cidr, strict=False)  # ValueError names the bad one
         if self.batch_max_votes < 1:
             raise ValueError("VOTE_BATCH_MAX_VOTES must be >= 1")
 

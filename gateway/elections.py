@@ -1,11 +1,14 @@
 """What the gateway knows of each election: its voting window and its candidates.
 
-Loaded from PostgreSQL at start and refreshed in the background over one kept
-connection, so the request path never waits on the database. An id the cache does not
-know is looked up once on demand (a freshly created election works at once): requests
-arriving while that lookup is in flight wait for its answer, and an id PostgreSQL does
-not know is remembered as unknown for a short while, so a flood of requests for made-up
-elections cannot reach PostgreSQL.
+Loaded from PostgreSQL at start and refreshed in the background over a kept connection
+of its own, so the request path never waits on the database and readiness (which
+follows the refresh) never waits behind lookups. An id the cache does not know is looked
+up once on demand (a freshly created election works at once), over a second connection:
+requests arriving while that lookup is in flight wait for its answer, at most
+``max_lookups`` different ids are looked up at a time (more are refused at once), and an
+id PostgreSQL does not know is remembered as unknown for a short while, in a bounded
+cache that drops its oldest entries, so a flood of made-up ids cannot reach PostgreSQL
+for every request nor make the cache forget everything it knows.
 """
 
 from __future__ import annotations
@@ -15,9 +18,12 @@ import contextlib
 import logging
 import math
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import psycopg
+
+from gateway import metrics
 
 log = logging.getLogger("gateway.elections")
 
@@ -58,19 +64,62 @@ class LookupFailed(Exception):
     """PostgreSQL could not be asked: the election may well exist (a 503, not a 404)."""
 
 
-class ElectionCache:
-    def __init__(self, dsn: str, refresh_s: float = 2.0, negative_ttl_s: float = 1.0) -> None:
+class _Connection:
+    """One kept PostgreSQL connection, reopened on the next use after an error (kept
+    because opening one per refresh would start a PostgreSQL backend every refresh)."""
+
+    def __init__(self, dsn: str, purpose: str) -> None:
         self._dsn = dsn
-        self._refresh_s = refresh_s
-        self._negative_ttl_s = negative_ttl_s
-        self._elections: dict[str, Election] = {}
-        self._unknown_until: dict[str, float] = {}
-        self._in_flight: dict[str, asyncio.Future[Election | None]] = {}
-        self._task: asyncio.Task[None] | None = None
-        # One connection per worker, kept: a new one per refresh would cost a PostgreSQL
-        # backend start per refresh per worker, and more of the worker's loop.
+        self._purpose = purpose
         self._conn: psycopg.AsyncConnection | None = None
         self._connecting = asyncio.Lock()
+
+    async def get(self) -> psycopg.AsyncConnection:
+        async with self._connecting:
+            if self._conn is None or self._conn.closed:
+                self._conn = await psycopg.AsyncConnection.connect(
+                    self._dsn,
+                    autocommit=True,
+                    connect_timeout=3,
+                    application_name=f"vote-gateway-{self._purpose}",
+                )
+            return self._conn
+
+    async def drop(self, conn: psycopg.AsyncConnection) -> None:
+        if self._conn is conn:
+            self._conn = None
+        with contextlib.suppress(psycopg.Error):
+            await conn.close()
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self.drop(self._conn)
+
+
+class ElectionCache:
+    """``negative_ttl_s``: how long an unknown id is remembered as unknown;
+    ``negative_capacity``: how many such ids at most (the oldest go first);
+    ``max_lookups``: different ids looked up at once."""
+
+    def __init__(
+        self,
+        dsn: str,
+        refresh_s: float = 2.0,
+        negative_ttl_s: float = 1.0,
+        negative_capacity: int = 100_000,
+        max_lookups: int = 4,
+    ) -> None:
+        self._refresh_s = refresh_s
+        self._negative_ttl_s = negative_ttl_s
+        self._negative_capacity = negative_capacity
+        self._max_lookups = max_lookups
+        self._elections: dict[str, Election] = {}
+        # Insertion order is expiry order (one TTL for all): the first entry is the oldest.
+        self._unknown_until: OrderedDict[str, float] = OrderedDict()
+        self._in_flight: dict[str, asyncio.Future[Election | None]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._refresh_conn = _Connection(dsn, "elections")
+        self._lookup_conn = _Connection(dsn, "election-lookup")
         self.loaded = False
         self.last_refresh_ok = 0.0
 
@@ -83,7 +132,8 @@ class ElectionCache:
 
         One query per id at a time: concurrent callers share its answer, so none is told
         "unknown" while the first caller's query is still running. An unknown id is not
-        asked again for ``negative_ttl_s``.
+        asked again for ``negative_ttl_s``. Past ``max_lookups`` ids in flight a new one
+        is refused (LookupFailed) without a query.
         """
         election = self._elections.get(election_id)
         if election is not None:
@@ -91,8 +141,14 @@ class ElectionCache:
         in_flight = self._in_flight.get(election_id)
         if in_flight is not None:
             return await asyncio.shield(in_flight)
-        if self._unknown_until.get(election_id, 0.0) > time.monotonic():
-            return None
+        until = self._unknown_until.get(election_id)
+        if until is not None:
+            if until > time.monotonic():
+                return None
+            del self._unknown_until[election_id]
+        if len(self._in_flight) >= self._max_lookups:
+            metrics.election_lookups_refused_total.inc()
+            raise LookupFailed("too many election lookups at once")
         answer: asyncio.Future[Election | None] = asyncio.get_running_loop().create_future()
         self._in_flight[election_id] = answer
         try:
@@ -109,8 +165,8 @@ class ElectionCache:
             if election is not None:
                 self._elections[election_id] = election
             else:
-                if len(self._unknown_until) > 100_000:
-                    self._unknown_until.clear()  # bounded: made-up ids cost fixed memory
+                while len(self._unknown_until) >= self._negative_capacity:
+                    self._unknown_until.popitem(last=False)
                 self._unknown_until[election_id] = time.monotonic() + self._negative_ttl_s
             answer.set_result(election)
             return election
@@ -133,9 +189,8 @@ class ElectionCache:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
+        await self._refresh_conn.close()
+        await self._lookup_conn.close()
 
     def healthy(self) -> bool:
         # Stale by more than a few refresh periods means PostgreSQL is out of reach.
@@ -152,24 +207,19 @@ class ElectionCache:
                 log.warning("election refresh failed", extra={"error": str(exc)})
 
     async def _fetch(self, election_id: str | None) -> list[Election]:
+        """All elections (the refresh) or one (a lookup), each over its own connection."""
         where = "" if election_id is None else "WHERE e.election_id = %s"
         params = () if election_id is None else (election_id,)
-        conn = await self._connection()
+        kept = self._refresh_conn if election_id is None else self._lookup_conn
+        conn = await kept.get()
+        metrics.postgres_queries_total.labels(
+            "elections" if election_id is None else "election"
+        ).inc()
         try:
             cur = await conn.execute(_QUERY.replace("{where}", where), params)
             return [_row_to_election(r) for r in await cur.fetchall()]
         except psycopg.Error:
             # Most likely the connection broke (PostgreSQL restarted): the next call opens
             # a new one. Dropping it after any error keeps that rule simple.
-            self._conn = None
-            with contextlib.suppress(psycopg.Error):
-                await conn.close()
+            await kept.drop(conn)
             raise
-
-    async def _connection(self) -> psycopg.AsyncConnection:
-        async with self._connecting:  # a refresh and a lookup must not both connect
-            if self._conn is None or self._conn.closed:
-                self._conn = await psycopg.AsyncConnection.connect(
-                    self._dsn, autocommit=True, connect_timeout=3
-                )
-            return self._conn

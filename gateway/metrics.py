@@ -68,6 +68,14 @@ rate_limited_total = Counter(
 token_rejections_total = Counter(
     "vote_token_rejections_total", "Tokens refused, by reason", ["reason"]
 )
+# What requests cost PostgreSQL: a flood of made-up election ids shows here first.
+postgres_queries_total = Counter(
+    "vote_postgres_queries_total", "Queries the gateway sent to PostgreSQL, by query", ["query"]
+)
+election_lookups_refused_total = Counter(
+    "vote_election_lookups_refused_total",
+    "Election lookups refused because the most allowed at once were in flight",
+)
 
 
 class BufferedCounter:

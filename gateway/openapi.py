@@ -28,7 +28,55 @@ _components["Problem"] = {
     },
     "required": ["type", "title", "status"],
 }
-_election = {"name": "election_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_components["VoteStatus"] = {
+    "type": "object",
+    "properties": {
+        "vote_id": {"type": "string"},
+        "status": {"enum": ["pending", "counted", "superseded", "rejected"]},
+        "superseded_by": {"type": "string"},
+        "reason": {"type": "string"},
+    },
+    "required": ["vote_id", "status"],
+}
+_components["Results"] = {
+    "type": "object",
+    "properties": {
+        "election_id": {"type": "string"},
+        "tallies": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "total": {"type": "integer"},
+        "source": {"enum": ["redis", "postgres"]},
+        "as_of": {"type": "number", "description": "unix seconds"},
+    },
+    "required": ["election_id", "tallies", "total", "source", "as_of"],
+}
+_components["Health"] = {
+    "type": "object",
+    "properties": {
+        "status": {"type": "string"},
+        "checks": {"type": "object", "additionalProperties": {"type": "boolean"}},
+        "spilled": {"type": "integer"},
+    },
+    "required": ["status"],
+}
+
+
+def _json(description: str, schema: str) -> dict[str, object]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+    }
+
+
+def _problems(*codes: int) -> dict[str, object]:
+    return {str(code): _problem for code in codes}
+
+
+_election = {
+    "name": "election_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "minLength": 1},
+}
 _bearer = [{"bearer": []}]
 
 SPEC = {
@@ -53,10 +101,7 @@ SPEC = {
                         "description": "Accepted and durable",
                         "content": {"application/json": {"schema": _schemas[1]}},
                     },
-                    **{
-                        str(code): _problem
-                        for code in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
-                    },
+                    **_problems(400, 401, 403, 404, 408, 409, 413, 415, 422, 429, 503),
                 },
             }
         },
@@ -88,7 +133,8 @@ SPEC = {
         },
         "/v1/elections/{election_id}/votes/{vote_id}": {
             "get": {
-                "summary": "Status of one of your votes: pending, counted, superseded, rejected",
+                "summary": "Status of one of your votes: pending, counted, superseded, rejected."
+                " Another voter's vote_id answers exactly as an unknown one (pending).",
                 "security": _bearer,
                 "parameters": [
                     _election,
@@ -96,33 +142,56 @@ SPEC = {
                         "name": "vote_id",
                         "in": "path",
                         "required": True,
-                        "schema": {"type": "string"},
+                        "schema": {"type": "string", "minLength": 1},
                     },
                 ],
-                "responses": {"200": {"description": "Status"}, "401": _problem, "404": _problem},
+                "responses": {
+                    "200": _json("Status", "VoteStatus"),
+                    **_problems(401, 403, 404, 503),
+                },
             }
         },
         "/v1/elections/{election_id}/results": {
             "get": {
                 "summary": "Live tallies",
                 "parameters": [_election],
-                "responses": {"200": {"description": "Tallies"}, "404": _problem},
+                "responses": {"200": _json("Tallies", "Results"), **_problems(404, 503)},
             }
         },
         "/v1/elections/{election_id}/results/stream": {
             "get": {
                 "summary": "Server-Sent Events, one per tally change",
                 "parameters": [_election],
-                "responses": {"200": {"description": "text/event-stream"}},
+                "responses": {
+                    "200": {
+                        "description": "One event per change, heartbeats between",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    **_problems(404, 429, 503),
+                },
             }
         },
         "/livez": {
-            "get": {"summary": "Process is alive", "responses": {"200": {"description": "ok"}}}
+            "get": {"summary": "Process is alive", "responses": {"200": _json("ok", "Health")}}
         },
         "/readyz": {
             "get": {
                 "summary": "Kafka metadata, spill and election cache are good",
-                "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
+                "responses": {
+                    "200": _json("ready", "Health"),
+                    "503": _json("not ready", "Health"),
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "responses": {
+                    "200": {
+                        "description": "OpenAPI 3.1",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }
+                },
             }
         },
     },

@@ -12,10 +12,20 @@ class Problem(Exception):
     slug: str = "internal"
     title: str = "Internal error"
 
-    def __init__(self, detail: str = "", *, retry_after: float | None = None, **extra: object):
+    def __init__(
+        self,
+        detail: str = "",
+        *,
+        retry_after: float | None = None,
+        internal: str = "",
+        **extra: object,
+    ):
         super().__init__(detail or self.title)
         self.detail = detail or self.title
         self.retry_after = retry_after
+        # For the log only: error text of RocksDB, the OS or a database tells a client
+        # about the machine, never anything it can act on.
+        self.internal = internal
         self.extra = extra
 
     def headers(self) -> list[tuple[str, str]]:
@@ -63,6 +73,21 @@ class NotFound(Problem):
 
 class MethodNotAllowed(Problem):
     status, slug, title = 405, "method-not-allowed", "Method not allowed"
+
+    def __init__(self, method: str, *, allow: str) -> None:
+        super().__init__(f"{method} is not allowed here; {allow} is")
+        self.allow = allow
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [*super().headers(), ("allow", self.allow)]
+
+
+class RequestTimeout(Problem):
+    status, slug, title = 408, "request-timeout", "The request did not arrive in time"
+
+    def headers(self) -> list[tuple[str, str]]:
+        # The rest of the body may still come: the connection cannot carry another request.
+        return [*super().headers(), ("connection", "close")]
 
 
 class Conflict(Problem):

@@ -29,6 +29,8 @@ import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool
 from redis.exceptions import RedisError
 
+from gateway import metrics
+
 log = logging.getLogger("gateway.results")
 
 HEARTBEAT = b": ping\n\n"
@@ -204,6 +206,7 @@ class ResultsReader:
         return await self._results_from_postgres(election_id)
 
     async def _results_from_postgres(self, election_id: str) -> dict[str, Any] | None:
+        metrics.postgres_queries_total.labels("results").inc()
         async with self._pool.connection() as conn:
             cur = await conn.execute(
                 "SELECT c.candidate_id, coalesce(t.votes, 0)"
@@ -232,6 +235,7 @@ class ResultsReader:
         hit = self._candidates.get(election_id)
         if hit is not None and hit[0] > now:
             return hit[1]
+        metrics.postgres_queries_total.labels("candidates").inc()
         try:
             async with self._pool.connection(timeout=1.0) as conn:
                 cur = await conn.execute(
@@ -252,9 +256,11 @@ class ResultsReader:
     ) -> dict[str, Any] | None:
         """pending | counted | superseded | rejected (+ reason) for this voter's vote.
 
-        None when the election is unknown or the vote_id is stored for another voter
-        only (a voter must not learn about other voters' votes).
+        None when the election is unknown. A vote_id stored for another voter is
+        ``pending``, exactly as an unknown one: a voter must not learn which vote_ids
+        other voters used.
         """
+        metrics.postgres_queries_total.labels("vote_status").inc()
         async with self._pool.connection() as conn:
             cur = await conn.execute(
                 "SELECT 'election', NULL, NULL, NULL"
@@ -280,8 +286,6 @@ class ResultsReader:
         rejection = kinds.get("rejection")
         if rejection is not None:
             return {"status": "rejected", "reason": rejection[3]}
-        if vote is not None:
-            return None
         return {"status": "pending"}
 
     # -- stream ------------------------------------------------------------------------------

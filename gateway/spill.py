@@ -54,7 +54,7 @@ def try_lock(lock_path: str) -> int | None:
     """Exclusive, non-blocking flock; the fd (kept open to hold the lock) or None, also
     when the slot directory is gone (a live worker removed it as a drained orphan)."""
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     except FileNotFoundError:
         return None
     try:
@@ -65,6 +65,11 @@ def try_lock(lock_path: str) -> int | None:
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
+
+
+def _private_dir(path: str) -> None:
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
 
 
 class SpillStore:
@@ -111,11 +116,15 @@ class SpillStore:
     def claim(
         cls, root: str, loop: asyncio.AbstractEventLoop, max_events: int, max_slots: int = 256
     ) -> SpillStore:
-        """Open the lowest-numbered slot no live process holds."""
-        os.makedirs(root, exist_ok=True)
+        """Open the lowest-numbered slot no live process holds.
+
+        The spill holds voter ids and choices: its directories are 0700 (also when an
+        older version left them 0755) and its files 0600 (the gateway's umask is 077).
+        """
+        _private_dir(root)
         for i in range(max_slots):
             slot = os.path.join(root, f"slot-{i:02d}")
-            os.makedirs(slot, exist_ok=True)
+            _private_dir(slot)
             fd = try_lock(os.path.join(slot, "lock"))
             if fd is not None:
                 return cls(slot, fd, loop, max_events)

@@ -169,9 +169,11 @@ def running_gateway(
         "VOTE_HTTP_PORT": str(port),
         "VOTE_METRICS_PORT": str(free_port()),
         "VOTE_WORKERS": "1",
-        # One client address sends everything here; the per-address limit has its own test.
+        # One client address sends everything here; the per-address limits have their own
+        # tests.
         "VOTE_RATE_IP_PER_S": "100000",
         "VOTE_RATE_IP_BURST": "100000",
+        "VOTE_MAX_IN_FLIGHT_PER_CLIENT": "100000",
         **overrides,
     }
     create_topic(kafka_bootstrap, topic)

@@ -113,6 +113,8 @@ class FakeConnection:
 
 
 def test_refreshes_keep_one_connection_and_replace_it_only_after_an_error(monkeypatch) -> None:
+    """Refreshes share one kept connection, lookups another (so readiness, which follows
+    the refresh, never waits behind lookups); each is replaced only after an error."""
     rows = [("e1", "first_wins", None, None, ["alice", "bob"])]
     broken: list[bool] = []
     opened: list[FakeConnection] = []
@@ -127,18 +129,20 @@ def test_refreshes_keep_one_connection_and_replace_it_only_after_an_error(monkey
         cache = ElectionCache("postgresql://unused")
         for _ in range(5):
             await cache.refresh()
+        assert len(opened) == 1  # not a new connection (a backend start) per refresh
         await asyncio.gather(cache.refresh(), cache.lookup("other"), cache.refresh())
-        assert len(opened) == 1  # before: a new connection (a backend start) per refresh
+        await cache.lookup("another")
+        assert len(opened) == 2  # the lookups' own, kept too
         assert cache.get("e1") == Election(
             "e1", "first_wins", -math.inf, math.inf, frozenset({"alice", "bob"})
         )
         broken.append(True)
         with pytest.raises(psycopg.OperationalError):
             await cache.refresh()
-        assert opened[0].closed
+        assert opened[0].closed and not opened[1].closed
         await cache.refresh()
-        assert len(opened) == 2 and not opened[1].closed
+        assert len(opened) == 3 and not opened[2].closed
         await cache.stop()
-        assert opened[1].closed
+        assert opened[1].closed and opened[2].closed
 
     asyncio.run(scenario())

@@ -107,9 +107,13 @@ def test_results_streams_share_one_buffered_counter() -> None:
 
     gateway._election = no_lookup  # type: ignore[method-assign]
 
+    class Scope:
+        client = "127.0.0.1:5000"
+        headers: dict[str, str] = {}
+
     async def open_streams() -> None:
         for _ in range(5):
-            await gateway.stream_results(Protocol(), "e1")
+            await gateway.stream_results(Scope(), Protocol(), "e1")
 
     before = len(metrics._BUFFERS)
     asyncio.run(open_streams())

@@ -108,6 +108,7 @@ def test_openapi_lists_every_route():
         "/v1/elections/{election_id}/results/stream",
         "/livez",
         "/readyz",
+        "/openapi.json",
     }
     post = spec["paths"]["/v1/elections/{election_id}/votes"]["post"]
     assert {"202", "400", "401", "409", "413", "415", "422", "429", "503"} <= set(post["responses"])
