@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 import socket
 
-import msgspec
-
 from core import settings as _settings
 from core.event import TOPIC
+from core.kafka_security import KafkaSecurity
 
 # The issuer that `python -m gateway.admin init-keys` names in issuer.json and mints with.
 DEFAULT_TOKEN_ISSUER = "vote-identity"
@@ -19,7 +18,8 @@ def _default_stack_dir() -> str:
     return os.path.join(here, ".stack")
 
 
-class GatewaySettings(msgspec.Struct, kw_only=True):
+class GatewaySettings(KafkaSecurity, kw_only=True):
+    # KafkaSecurity: the VOTE_KAFKA_* TLS/SASL settings of the producer.
     # Where the local stack keeps its data; other paths default beneath it.
     stack_dir: str = _default_stack_dir()
     kafka_bootstrap: str = "127.0.0.1:19092"
@@ -73,6 +73,7 @@ class GatewaySettings(msgspec.Struct, kw_only=True):
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.jwks_file:
             self.jwks_file = os.path.join(self.stack_dir, "keys", "jwks.json")
         if not self.event_keys_file:

@@ -119,6 +119,7 @@ class Processor:
                 # (processor_batch_max_ms), so results are not made later by it.
                 "fetch.wait.max.ms": 100,
                 "fetch.min.bytes": 1 << 20,
+                **settings.kafka_client_config(),
             }
         )
 
@@ -405,6 +406,7 @@ class Processor:
                     "enable.idempotence": True,
                     "acks": "all",
                     "linger.ms": 5,
+                    **self.s.kafka_client_config(),
                 }
             )
         errors: list[str] = []
