@@ -40,7 +40,7 @@ class ProcessorSettings(KafkaSecurity, frozen=True, kw_only=True):
     processor_batch_max_ms: int = 250
     processor_batch_target_ms: int = 400
     # Batches with fewer messages than this look their keys up with array
-    # parameters and touch no temporary table (processor.store.LOOKUP_THRESHOLD says
+    # parameters and touch no temporary table (processor.lookup.LOOKUP_THRESHOLD says
     # why); 0 sends every batch through the staged path.
     processor_lookup_threshold: int = 4000
     # Regions (docs/ARCHITECTURE.md, "Regions"). processor_cluster names the Kafka
