@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STACK := deploy/local/stack
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test prepare deps venv stack services migrate keys unit integration lint down status clean chaos regions-test
+.PHONY: run test prepare deps venv stack tools services migrate keys unit integration lint down status clean chaos regions-test
 
 run: prepare
 	deploy/local/run
@@ -18,7 +18,7 @@ test: prepare lint
 	$(STACK) env > .stack/env.sh
 	source .stack/env.sh && $(PY) -m pytest tests -q -p no:cacheprovider
 
-unit: venv
+unit: venv tools
 	$(PY) -m pytest tests/unit -q
 
 integration: venv stack
@@ -28,7 +28,7 @@ integration: venv stack
 # are built side by side. All apt work happens first: two apt-gets would fight over its lock.
 prepare: deps
 	$(STACK) prerequisites
-	$(MAKE) --no-print-directory -j2 venv stack
+	$(MAKE) --no-print-directory -j2 venv stack tools
 
 # System packages the build needs (the servers are installed by deploy/local/stack).
 deps:
@@ -48,8 +48,25 @@ $(INSTALLED): pyproject.toml setup.py $(wildcard gateway/_fast/*.pyx gateway/_fa
 	$(PY) -c "import gateway._fast as f; print('compiled hot path:', f.__file__)"
 	touch $@
 
+# --secure: Kafka also gets a SASL/SCRAM listener for tests/integration/test_kafka_sasl.py;
+# the plaintext listener the services use by default is unchanged.
 stack:
-	$(STACK) up
+	$(STACK) up --secure
+
+# The operator tools the deploy checks run (tests/unit/test_deploy_tools.py), built from
+# source with Go into .stack/bin. One stamp per version: a second run does nothing, and a
+# version bump here rebuilds the tool.
+GO ?= $(or $(shell command -v go),/usr/local/go/bin/go)
+TOOLS := .stack/bin
+HELM_VERSION := v3.22.0
+
+tools: $(TOOLS)/.built/helm-$(HELM_VERSION)
+
+$(TOOLS)/.built/helm-%:
+	@test -x $(GO) || { echo "building helm needs the Go toolchain (>= 1.25)"; exit 1; }
+	@mkdir -p $(@D)
+	GOBIN=$(abspath $(TOOLS)) $(GO) install helm.sh/helm/v3/cmd/helm@$*
+	@touch $@
 
 status:
 	$(STACK) status

@@ -17,7 +17,7 @@ per-row cost does. This times both directly, without Kafka:
    ``other`` is BEGIN and the offsets UPDATE.
 
 Prints medians per size (and, with ``--json F``, every batch). ``--lookup-threshold T``
-is passed to ``Store`` (keys below it take the array path, see processor/store.py).
+is passed to ``Store`` (keys below it take the array path, see processor/lookup.py).
 """
 
 from __future__ import annotations

@@ -154,11 +154,13 @@ def topic_bytes_per_event(data_dirs: Sequence[Path], topic: str, events: int) ->
     return size / (len(dirs) / len(partitions)) / events
 
 
-def topic_events(bootstrap: str, topic: str) -> int:
-    """Events in the topic now (end minus start offset, summed over its partitions)."""
+def topic_events(kafka: dict[str, str], topic: str) -> int:
+    """Events in the topic now (end minus start offset, summed over its partitions).
+
+    ``kafka``: the client settings (``bench.env.kafka_config``)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-capacity"})
+    consumer = Consumer({**kafka, "group.id": "bench-capacity"})
     try:
         meta = consumer.list_topics(topic, timeout=30)
         total = 0
@@ -267,13 +269,13 @@ def build_model(args: argparse.Namespace, report: dict) -> dict[str, object]:
         "cores": [asdict(n) for n in needs],
     }
     if not args.no_storage:
-        from bench.env import stack_dir, stack_env
+        from bench.env import kafka_config, stack_dir, stack_env
         from core.event import TOPIC
 
         env = stack_env()
         model["storage"] = storage(relation_sizes(env["VOTE_PG_DSN"]), args.voters)
         data_dirs = sorted(stack_dir(env).glob("kafka/node-*/data"))
-        events = topic_events(env["VOTE_KAFKA_BOOTSTRAP"], TOPIC)
+        events = topic_events(kafka_config(env), TOPIC)
         processor = next(n for n in needs if n.component == "processors")
         model["kafka"] = kafka(
             topic_bytes_per_event(data_dirs, TOPIC, events),

@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from core.kafka_security import client_config
+
 REPO = Path(__file__).resolve().parents[1]
 STACK_SCRIPT = REPO / "deploy" / "local" / "stack"
 GO_PEER_DIR = REPO / "bench" / "peers" / "go"
@@ -69,6 +71,12 @@ def stack_env() -> dict[str, str]:
     if missing:
         raise BenchError(f"{', '.join(missing)} not set: run `deploy/local/stack up` first")
     return env
+
+
+def kafka_config(env: dict[str, str]) -> dict[str, str]:
+    """librdkafka settings of the harness's own Kafka clients: the stack's bootstrap and the
+    same ``VOTE_KAFKA_*`` TLS/SASL settings the services read (core/kafka_security.py)."""
+    return {"bootstrap.servers": env["VOTE_KAFKA_BOOTSTRAP"], **client_config(env)}
 
 
 def preflight(env: dict[str, str], *, kafka: bool = True, postgres: bool = True) -> None:

@@ -39,7 +39,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from bench import probe, scratchdb
-from bench.env import stack_env
+from bench.env import kafka_config, stack_env
 from core import keyset
 from core.event import VoteEvent, seal
 from core.settings import load
@@ -88,11 +88,11 @@ def make_events(n: int, election: str, seed: int = 7) -> list[VoteEvent]:
     return events
 
 
-def preload(bootstrap: str, topic: str, events: list[VoteEvent], key: keyset.Key) -> float:
+def preload(kafka: dict[str, str], topic: str, events: list[VoteEvent], key: keyset.Key) -> float:
     """Produce the events, signed with ``key`` as a gateway would."""
     p = Producer(
         {
-            "bootstrap.servers": bootstrap,
+            **kafka,
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 20,
@@ -113,8 +113,8 @@ def preload(bootstrap: str, topic: str, events: list[VoteEvent], key: keyset.Key
     return time.perf_counter() - t0
 
 
-def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex}"})
+def end_offsets(kafka: dict[str, str], topic: str, partitions: int) -> dict[int, int]:
+    c = Consumer({**kafka, "group.id": f"bench-{uuid.uuid4().hex}"})
     try:
         return {
             p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
@@ -251,11 +251,11 @@ def main(argv: list[str]) -> int:
 
     speed = probe.announced_speed()
     env = stack_env()
-    bootstrap, admin_dsn = env["VOTE_KAFKA_BOOTSTRAP"], env["VOTE_PG_DSN"]
+    kafka, admin_dsn = kafka_config(env), env["VOTE_PG_DSN"]
     db, dsn = scratchdb.create(admin_dsn)
     tag = db.removeprefix("vote_bench_")
     topic = group = election = f"bench-{tag}"
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(kafka)
     admin.create_topics([NewTopic(topic, args.partitions, replication_factor=-1)])[topic].result(30)
     log_path = Path(f"/tmp/bench-processor-{tag}.log")
     try:
@@ -268,8 +268,8 @@ def main(argv: list[str]) -> int:
         events = make_events(args.events, election)
         time.sleep(1.0)  # topic leaders
         key = keyset.load(load(ProcessorSettings, env).event_keys_path).signing()
-        preload_s = preload(bootstrap, topic, events, key)
-        ends = end_offsets(bootstrap, topic, args.partitions)
+        preload_s = preload(kafka, topic, events, key)
+        ends = end_offsets(kafka, topic, args.partitions)
         proc = time_processor(env, dsn, topic, group, ends, log_path, args.members)
         base = time_copy_baseline(dsn, election)
         with psycopg.connect(dsn) as conn:

@@ -29,13 +29,14 @@ import re
 import statistics
 import subprocess
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 
 from bench import cpu, probe
 from bench.env import VEGETA_VERSION
 from bench.loadgen import StepResult
+from bench.verify import compare
 
 MEDIAN_FIELDS = (
     "rps",
@@ -92,6 +93,76 @@ def median_cpu(steps: Sequence[StepResult]) -> dict[str, float | None] | None:
         values = [v for m in measured if (v := m.get(group)) is not None]
         out[group] = round(statistics.median(values), 1) if values else None
     return out
+
+
+def step_line(res: StepResult, why: Sequence[str], *, noisy: bool, stolen: bool) -> str:
+    """One measured step as printed during a session; ``why``: the criteria it failed,
+    ``noisy`` / ``stolen``: whether to show its CPU pressure / steal."""
+    return (
+        f"{res.rps:>8.0f}/s  p50 {res.p50_ms:7.2f}  p99 {res.p99_ms:8.2f}  "
+        f"p99.9 {res.p999_ms:8.2f} ms  err {res.error_rate:.2%}"
+        + (f"  [{'; '.join(why)}]" if why else "  [ok]")
+        + (f"  ({res.acked_from_spill} from the spill)" if res.acked_from_spill else "")
+        + (f"  (cpu pressure {res.cpu_pressure:.0f}%)" if noisy else "")
+        + (f"  (steal {res.cpu_steal:.0f}%)" if stolen else "")
+    )
+
+
+# Order of the runs in a report: the max runs, then those at half of it, then fixed rates.
+RUN_ORDER = {"max": 0, "half-max": 1, "rate": 2, "kafka-stopped": 3}
+
+
+def runs_of(
+    run_steps: Mapping[tuple[str, str], Sequence[StepResult]],
+    targets: Sequence[str],
+    passes: Callable[[StepResult], bool],
+    stored_counts: Mapping[str, Mapping[str, int]],
+    best: Mapping[str, int | None],
+    dead: Mapping[str, str],
+) -> list[dict[str, object]]:
+    """One median run per (target, mode) of ``run_steps``, in report order.
+
+    ``stored_counts[target]``: ``vote_id -> rows in votes`` of a verified target, which
+    adds the run's own stored/missing/duplicates. ``best[target]``: a ``--max`` search's
+    result; a search that found no passing rate gets an empty max run with a note (the
+    reason from ``dead``, or "no step passed").
+    """
+    runs: list[dict[str, object]] = []
+    for (name, mode), steps in sorted(
+        run_steps.items(),
+        key=lambda kv: (RUN_ORDER.get(kv[0][1], 9), list(targets).index(kv[0][0])),
+    ):
+        run = median_run(name, mode, steps[0].rate, steps)
+        run["passed"] = [passes(s) for s in steps]
+        if name in stored_counts:
+            ids = {v for s in steps for v in s.acked_ids}
+            counts = compare(ids, stored_counts[name])
+            run.update({k: counts[k] for k in ("stored", "missing", "duplicates")})
+        runs.append(run)
+    for name, rate in best.items():
+        if rate is None:
+            note = dead.get(name, "no step passed")
+            runs.append({**median_run(name, "max", 0, []), "note": note})
+    return runs
+
+
+def failures(
+    doc: Mapping[str, object], targets: Iterable[str], mode: str, dead: Mapping[str, str]
+) -> list[str]:
+    """Why a session failed (empty when it passed): a target died, a ``--max`` target
+    has no max, or a verified target lost or duplicated an acknowledged vote."""
+    why = [f"{name} died" for name in dead]
+    runs: list[dict] = doc["runs"]  # type: ignore[assignment]
+    if mode == "max":
+        for name in targets:
+            run = find_run(runs, name, "max")
+            if not (run and run.get("rate")):
+                why.append(f"{name} has no passing max rate")
+    verify: dict[str, dict] = doc["verify"]  # type: ignore[assignment]
+    for name, v in verify.items():
+        if "error" in v or v.get("missing") or v.get("duplicates"):
+            why.append(f"FAILED exactly-once check for {name}: {v}")
+    return why
 
 
 def find_run(runs: Iterable[dict[str, object]], target: str, mode: str) -> dict[str, object] | None:

@@ -200,15 +200,7 @@ class Session:
         why = self.criteria.failures(res)
         noisy = res.cpu_pressure is not None and res.cpu_pressure >= NOISY_PSI
         stolen = res.cpu_steal is not None and res.cpu_steal >= NOISY_STEAL
-        print(
-            f"{res.rps:>8.0f}/s  p50 {res.p50_ms:7.2f}  p99 {res.p99_ms:8.2f}  "
-            f"p99.9 {res.p999_ms:8.2f} ms  err {res.error_rate:.2%}"
-            + (f"  [{'; '.join(why)}]" if why else "  [ok]")
-            + (f"  ({res.acked_from_spill} from the spill)" if res.acked_from_spill else "")
-            + (f"  (cpu pressure {res.cpu_pressure:.0f}%)" if noisy else "")
-            + (f"  (steal {res.cpu_steal:.0f}%)" if stolen else ""),
-            flush=True,
-        )
+        print(report.step_line(res, why, noisy=noisy, stolen=stolen), flush=True)
         if why and res.error_samples:
             print(f"{'':>10}errors: {' | '.join(res.error_samples)}", flush=True)
         self.steps.append(res)
@@ -562,34 +554,14 @@ class Session:
         verify_counts: dict[str, dict[str, int]],
         json_path: Path,
     ) -> dict[str, object]:
-        from bench.verify import compare
-
-        runs = []
-        order = {"max": 0, "half-max": 1, "rate": 2, "kafka-stopped": 3}
-        for (name, mode), steps in sorted(
-            self.run_steps.items(),
-            key=lambda kv: (order.get(kv[0][1], 9), list(self.targets).index(kv[0][0])),
-        ):
-            run = report.median_run(name, mode, steps[0].rate, steps)
-            run["passed"] = [self.criteria.passes(s) for s in steps]
-            if name in verify_counts:
-                ids = {v for s in steps for v in s.acked_ids}
-                run.update(
-                    {
-                        k: v
-                        for k, v in compare(ids, verify_counts[name]).items()
-                        if k in ("stored", "missing", "duplicates")
-                    }
-                )
-            runs.append(run)
-        for name, search in searches.items():
-            if search.best is None:
-                runs.append(
-                    {
-                        **report.median_run(name, "max", 0, []),
-                        "note": self.dead.get(name, "no step passed"),
-                    }
-                )
+        runs = report.runs_of(
+            self.run_steps,
+            list(self.targets),
+            self.criteria.passes,
+            verify_counts,
+            {n: s.best for n, s in searches.items()},
+            self.dead,
+        )
         return {
             "date": report.now_iso(),
             "command": self.command,
@@ -619,18 +591,10 @@ class Session:
         }
 
     def _exit_code(self, doc: dict[str, object]) -> int:
-        ok = not self.dead
-        runs: list[dict] = doc["runs"]  # type: ignore[assignment]
-        if self.plan.mode == "max":
-            for name in self.targets:
-                run = report.find_run(runs, name, "max")
-                ok = ok and bool(run and run.get("rate"))
-        verify: dict[str, dict] = doc["verify"]  # type: ignore[assignment]
-        for name, v in verify.items():
-            if "error" in v or v.get("missing") or v.get("duplicates"):
-                self.log(f"FAILED exactly-once check for {name}: {v}")
-                ok = False
-        return 0 if ok else 1
+        why = report.failures(doc, self.targets, self.plan.mode, self.dead)
+        for line in why:
+            self.log(line)
+        return 1 if why else 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -115,6 +115,7 @@ class VoteGateway:
             loop,
             linger_ms=s.kafka_linger_ms,
             queue_max_messages=s.kafka_queue_max_messages,
+            extra=s.kafka_client_config(),
         )
         self.sink.start()
         self.spill = SpillStore.claim(s.spill_dir, loop, s.spill_max_events)

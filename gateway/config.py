@@ -6,10 +6,9 @@ import ipaddress
 import os
 import socket
 
-import msgspec
-
 from core import settings as _settings
 from core.event import TOPIC
+from core.kafka_security import KafkaSecurity
 
 # The issuer that `python -m gateway.admin init-keys` names in issuer.json and mints with.
 DEFAULT_TOKEN_ISSUER = "vote-identity"
@@ -20,7 +19,8 @@ def _default_stack_dir() -> str:
     return os.path.join(here, ".stack")
 
 
-class GatewaySettings(msgspec.Struct, kw_only=True):
+class GatewaySettings(KafkaSecurity, kw_only=True):
+    # KafkaSecurity: the VOTE_KAFKA_* TLS/SASL settings of the producer.
     # Where the local stack keeps its data; other paths default beneath it.
     stack_dir: str = _default_stack_dir()
     kafka_bootstrap: str = "127.0.0.1:19092"
@@ -94,6 +94,7 @@ class GatewaySettings(msgspec.Struct, kw_only=True):
     trusted_proxies: str = ""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.jwks_file:
             self.jwks_file = os.path.join(self.stack_dir, "keys", "jwks.json")
         if not self.event_keys_file:

@@ -26,10 +26,12 @@ instead, so the cache heals itself at the next batch.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Collection, Iterable
 
 import redis
 
-from processor.store import ShardTally
+from processor import metrics
+from processor.store import BatchResult, ShardTally, group_by_election
 
 log = logging.getLogger("processor.cache")
 
@@ -134,3 +136,63 @@ class TallyCache:
         keys = [tally_key(election_id), meta_key(election_id)]
         keys += list(self.client.scan_iter(match=shard_key(election_id, "*"), count=1000))
         self.client.delete(*keys)
+
+
+class TallyPublisher:
+    """Keeps one member's Redis tallies in step with what its batches committed.
+
+    After each commit ``publish`` writes the shards the batch changed (incrementally);
+    an election whose write failed, or whose partitions this member has just taken over
+    (``mark_stale``), is rewritten in full from PostgreSQL (``read_shards``) at the next
+    ``publish`` or ``heal``, so Redis catches up without waiting for a new vote.
+    """
+
+    def __init__(
+        self,
+        cache: TallyCache,
+        read_shards: Callable[[str], list[ShardTally]],
+        logger: logging.Logger | logging.LoggerAdapter = log,
+    ) -> None:
+        self.cache = cache
+        self._read_shards = read_shards
+        self._log = logger
+        self.stale: set[str] = set()  # elections whose Redis tallies need a full write
+
+    def mark_stale(self, election_ids: Iterable[str]) -> None:
+        self.stale.update(election_ids)
+
+    def publish(self, result: BatchResult, known: Collection[str]) -> None:
+        """Write what ``result`` changed; ``known``: the elections the member knows."""
+        by_election = group_by_election(result.tallies)
+        # A batch whose votes all lost (a first_wins repeat, say) changes no tally, but it
+        # still writes (an empty, cheap increment) for every known election it touched, so
+        # a flushed Redis heals at that election's next batch, not at its next counted vote.
+        plan = result.plan
+        touched = {r.election_id for r in plan.votes} | {r.election_id for r in plan.rejections}
+        for eid in touched:
+            if eid in known:
+                by_election.setdefault(eid, [])
+        for eid, shards in by_election.items():
+            self._write(eid, shards)
+        self.heal()
+
+    def heal(self) -> None:
+        """Rewrite every stale election in full (also called when the member is idle)."""
+        for eid in list(self.stale):
+            self._write(eid, None)
+
+    def _write(self, eid: str, shards: list[ShardTally] | None) -> None:
+        try:
+            if shards is None or eid in self.stale or self.cache.write(eid, shards, full=False) < 0:
+                self.cache.write(eid, self._read_shards(eid), full=True)
+            self.stale.discard(eid)
+        except (redis.RedisError, OSError) as exc:
+            metrics.CACHE_ERRORS.inc()
+            if eid not in self.stale:
+                self._log.warning(
+                    "redis tally write failed", extra={"election": eid, "error": repr(exc)}
+                )
+            self.stale.add(eid)
+
+    def close(self) -> None:
+        self.cache.close()

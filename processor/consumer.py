@@ -1,5 +1,9 @@
 """One member of the consumer group: the consume → transaction → cache loop.
 
+This module ties the pieces together: batches from Kafka, their transaction in
+``processor.store``, dead letters through ``processor.deadletter`` and the Redis
+tallies through ``processor.cache`` after the commit.
+
 Offsets live in PostgreSQL (``consumer_offsets``), written in each batch's
 transaction; Kafka's own committed offsets are never used. On assignment the consumer
 is positioned at the stored offsets (or the beginning); on revoke/lost nothing needs
@@ -25,31 +29,23 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import psycopg
-import redis
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
     KafkaError,
     KafkaException,
-    Producer,
     TopicPartition,
 )
 from confluent_kafka import Message as KafkaMessage
 
 from core import failpoints, keyset
 from processor import metrics
-from processor.cache import TallyCache
+from processor.cache import TallyCache, TallyPublisher
+from processor.deadletter import DeadLetterError, DeadLetters
 from processor.logs import FieldsAdapter
 from processor.policy import Election, EventAuth, Message, Plan, decode_all, timestamp_us
 from processor.settings import ProcessorSettings
-from processor.store import (
-    BatchResult,
-    Fenced,
-    ShardTally,
-    Store,
-    VoteIdRace,
-    group_by_election,
-)
+from processor.store import BatchResult, Fenced, Store, VoteIdRace
 
 log = logging.getLogger("processor")
 
@@ -79,9 +75,7 @@ class Processor:
         self._target = settings.processor_batch_max_messages
         self._elections: dict[str, Election] = {}
         self._elections_at = 0.0
-        self._dirty: set[str] = set()  # elections whose Redis tallies need a full write
         self._last_lag = 0.0
-        self._dlq: Producer | None = None
         # Event keys are re-read when their file changes (a rotation, a revocation).
         self._keys_watch = keyset.FileWatch(settings.event_keys_path)
         self.auth = EventAuth(
@@ -94,7 +88,15 @@ class Processor:
             lookup_threshold=settings.processor_lookup_threshold,
             cluster=settings.processor_cluster,
         )
-        self.cache = TallyCache(settings.redis_url)
+        self.tallies = TallyPublisher(
+            TallyCache(settings.redis_url), self.store.shard_tallies, self.log
+        )
+        self.dead_letters = DeadLetters(
+            settings.kafka_bootstrap,
+            settings.processor_dlq_topic,
+            self.topic,
+            settings.kafka_client_config(),
+        )
         self.consumer = Consumer(
             {
                 "bootstrap.servers": settings.kafka_bootstrap,
@@ -119,6 +121,7 @@ class Processor:
                 # (processor_batch_max_ms), so results are not made later by it.
                 "fetch.wait.max.ms": 100,
                 "fetch.min.bytes": 1 << 20,
+                **settings.kafka_client_config(),
             }
         )
 
@@ -154,10 +157,9 @@ class Processor:
         # close() leaves the group at once, so the partitions move without waiting
         # for the session timeout.
         self.consumer.close()
-        if self._dlq is not None:
-            self._dlq.flush(5)
+        self.dead_letters.close()
         self.store.close()
-        self.cache.close()
+        self.tallies.close()
 
     # -- rebalance callbacks -------------------------------------------------------------
 
@@ -169,7 +171,7 @@ class Processor:
         # The previous owner may have died between its commit and its Redis write, and
         # those partitions may see no new vote for a long time: rewrite their elections'
         # tallies from PostgreSQL once (absolute, versioned values; see processor/cache.py).
-        self._dirty |= self._retry_db(lambda: self.store.elections_in_partitions(ids))
+        self.tallies.mark_stale(self._retry_db(lambda: self.store.elections_in_partitions(ids)))
         for tp in partitions:
             tp.offset = stored.get(tp.partition, OFFSET_BEGINNING)
             if tp.partition in stored:
@@ -315,7 +317,8 @@ class Processor:
                     nxt,
                     dict(self._gap_ok),
                     after_copy=lambda: failpoints.hit("processor.after_copy"),
-                    before_commit=self._send_dead_letters,
+                    # Inside the transaction: never a commit without its dead letters.
+                    before_commit=lambda plan: self.dead_letters.send(plan.dead_letters),
                 )
             except Fenced as f:
                 metrics.COMMITS.labels("fenced").inc()
@@ -345,7 +348,7 @@ class Processor:
             metrics.ROWS.labels(outcome).inc(n)
         self._next.update(nxt)
         self._commit_to_kafka(nxt)
-        self._publish(result)
+        self.tallies.publish(result, self._elections.keys())
         self._observe_latency(plan)
         self._adapt(len(kmsgs), db_seconds)
         self._update_lag(force=True)
@@ -395,73 +398,7 @@ class Processor:
             if p in stored and f > stored[p]:
                 self._gap_ok[p] = stored[p]
 
-    def _send_dead_letters(self, plan: Plan) -> None:
-        if not plan.dead_letters:
-            return
-        if self._dlq is None:
-            self._dlq = Producer(
-                {
-                    "bootstrap.servers": self.s.kafka_bootstrap,
-                    "enable.idempotence": True,
-                    "acks": "all",
-                    "linger.ms": 5,
-                }
-            )
-        errors: list[str] = []
-
-        def delivered(err: KafkaError | None, _msg: KafkaMessage) -> None:
-            if err is not None:
-                errors.append(str(err))
-
-        for d in plan.dead_letters:
-            self._dlq.produce(
-                self.s.processor_dlq_topic,
-                value=d.msg.value,
-                key=d.msg.key,
-                headers=[
-                    ("reason", d.reason.encode()),
-                    ("detail", d.detail.encode()),
-                    ("source", f"{self.topic}:{d.msg.partition}:{d.msg.offset}".encode()),
-                ],
-                on_delivery=delivered,
-            )
-        left = self._dlq.flush(10)
-        if left or errors:
-            raise DeadLetterError(f"dead letters not confirmed: {left} pending, {errors[:3]}")
-        metrics.DEAD_LETTERS.inc(len(plan.dead_letters))
-
     # -- after commit ------------------------------------------------------------------
-
-    def _publish(self, result: BatchResult) -> None:
-        by_election = group_by_election(result.tallies)
-        # A batch whose votes all lost (a first_wins repeat, say) changes no tally, but it
-        # still writes (an empty, cheap increment) for every known election it touched, so
-        # a flushed Redis heals at that election's next batch, not at its next counted vote.
-        plan = result.plan
-        touched = {r.election_id for r in plan.votes} | {r.election_id for r in plan.rejections}
-        for eid in touched & self._elections.keys():
-            by_election.setdefault(eid, [])
-        for eid, shards in by_election.items():
-            self._write_cache(eid, shards)
-        for eid in list(self._dirty):
-            self._write_cache(eid, None)
-
-    def _write_cache(self, eid: str, shards: list[ShardTally] | None) -> None:
-        try:
-            if (
-                shards is None
-                or eid in self._dirty
-                or self.cache.write(eid, shards, full=False) < 0
-            ):
-                self.cache.write(eid, self.store.shard_tallies(eid), full=True)
-            self._dirty.discard(eid)
-        except (redis.RedisError, OSError) as exc:
-            metrics.CACHE_ERRORS.inc()
-            if eid not in self._dirty:
-                self.log.warning(
-                    "redis tally write failed", extra={"election": eid, "error": repr(exc)}
-                )
-            self._dirty.add(eid)
 
     def _observe_latency(self, plan: Plan) -> None:
         stamps = plan.counted_received_at_us
@@ -499,8 +436,7 @@ class Processor:
     def _idle(self) -> None:
         self._update_lag()
         self._refresh_elections()
-        for eid in list(self._dirty):
-            self._write_cache(eid, None)
+        self.tallies.heal()
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -528,7 +464,3 @@ class Processor:
                 delay = min(delay * 2, 5.0)
                 with contextlib.suppress(psycopg.OperationalError):
                     self.store.reconnect()
-
-
-class DeadLetterError(RuntimeError):
-    """The dead-letter topic did not confirm; the batch is retried."""

@@ -91,7 +91,12 @@ def parse_checkpoint(key: bytes, value: bytes) -> tuple[str, str, int, int, int]
 
 
 def read_checkpoints(
-    bootstrap: str, source: str, group: str, topic: str, timeout_s: float = 15.0
+    bootstrap: str,
+    source: str,
+    group: str,
+    topic: str,
+    timeout_s: float = 15.0,
+    security: dict[str, str] | None = None,
 ) -> dict[int, int]:
     """Latest downstream offset per partition of ``topic`` (the mirrored one, e.g.
     ``A.votes.v1``) that the checkpoints of ``group`` from ``source`` translate to; what
@@ -104,6 +109,7 @@ def read_checkpoints(
             "group.id": f"{group}.checkpoint-reader",
             "enable.auto.commit": False,
             "enable.partition.eof": True,
+            **(security or {}),
         }
     )
     found: dict[int, int] = {}
@@ -169,7 +175,11 @@ class Takeover(Processor):
     def _before_assign(self, consumer: Consumer, partitions: list[int]) -> None:
         try:
             checkpoints = read_checkpoints(
-                self.s.kafka_bootstrap, self.source, self._source_group, self.mirrored
+                self.s.kafka_bootstrap,
+                self.source,
+                self._source_group,
+                self.mirrored,
+                security=self.s.kafka_client_config(),
             )
         except KafkaException as exc:
             self.log.warning("no checkpoints", extra={"error": str(exc)})

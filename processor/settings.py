@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 
-import msgspec
-
 from core.event import DLQ_TOPIC, TOPIC
+from core.kafka_security import KafkaSecurity
 
 
-class ProcessorSettings(msgspec.Struct, frozen=True, kw_only=True):
+class ProcessorSettings(KafkaSecurity, frozen=True, kw_only=True):
+    # KafkaSecurity: the VOTE_KAFKA_* TLS/SASL settings of the consumer and the DLQ producer.
     kafka_bootstrap: str = "127.0.0.1:19092"
     pg_dsn: str = "postgresql://vote:vote@127.0.0.1:15432/vote"
     redis_url: str = "redis://127.0.0.1:16379/0"
@@ -40,7 +40,7 @@ class ProcessorSettings(msgspec.Struct, frozen=True, kw_only=True):
     processor_batch_max_ms: int = 250
     processor_batch_target_ms: int = 400
     # Batches with fewer messages than this look their keys up with array
-    # parameters and touch no temporary table (processor.store.LOOKUP_THRESHOLD says
+    # parameters and touch no temporary table (processor.lookup.LOOKUP_THRESHOLD says
     # why); 0 sends every batch through the staged path.
     processor_lookup_threshold: int = 4000
     # Regions (docs/ARCHITECTURE.md, "Regions"). processor_cluster names the Kafka
@@ -91,6 +91,7 @@ class ProcessorSettings(msgspec.Struct, frozen=True, kw_only=True):
         return [r.strip() for r in self.processor_takeover.split(",") if r.strip()]
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.processor_members < 1:
             raise ValueError("processor_members must be >= 1")
         if self.processor_lookup_threshold < 0:

@@ -8,7 +8,8 @@ Inside the transaction, in this order:
    blocks here until the new owner commits and then fails the check, or commits first
    and makes the new owner fail it; either way no batch is applied twice.
 2. Look up what the batch's vote_ids, (vote, voter, choice) keys and voters already
-   have in ``votes``, ``vote_rejections`` and ``voters``. Below ``lookup_threshold``
+   have in ``votes``, ``vote_rejections`` and ``voters``, through the batch's
+   ``processor.lookup`` path (``Store.path_for``). Below ``lookup_threshold``
    messages (default ``LOOKUP_THRESHOLD``) the keys go as array parameters and the
    batch touches no temporary table; at or above it they are staged by binary COPY
    into temporary tables partitioned like the big ones (partitionwise joins).
@@ -38,11 +39,18 @@ from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
 from processor import policy
-from processor.policy import Decoded, Election, Lookups, Plan, VoterKey, VoterState
+from processor.lookup import (
+    LOOKUP_THRESHOLD,
+    VOTER_TYPES,
+    ArrayLookup,
+    LookupPath,
+    StagedLookup,
+    choose_path,
+)
+from processor.policy import Decoded, Election, Lookups, Plan, VoterKey
 
 log = logging.getLogger("processor.store")
 
-_EPOCH_US = "(timestamptz 'epoch' + {} * interval '1 microsecond')"
 # PostgreSQL's binary timestamptz counts microseconds from 2000-01-01 UTC.
 _PG_EPOCH_US = 946_684_800_000_000
 _pack_int8 = struct.Struct("!q").pack
@@ -94,57 +102,7 @@ class BatchResult:
     tallies: list[ShardTally]
 
 
-# `votes` and `voters` are hash-partitioned into this many partitions (001_initial.sql).
-_PARTITIONS = 32
-
-# Batches with fewer messages than this look their keys up with array parameters
-# and write rejections and known voters from arrays too, touching no temporary table:
-# once a transaction has used any temporary table, its COMMIT truncates *every* ON
-# COMMIT DELETE ROWS table of the session (the 66 stages below). Per key the staged
-# path (binary COPY, partitionwise joins) is cheaper, so it wins for large batches;
-# the two cost about the same between 4,000 and 6,000 (bench/README.md, batchcost).
-LOOKUP_THRESHOLD = 4000
-
-
-def _partitioned_stage(table: str, columns: str, key: str) -> list[str]:
-    """A temporary table hash-partitioned exactly like ``votes`` / ``voters``.
-
-    Joining it to its twin lets the planner join partition to partition
-    (enable_partitionwise_join): every probe goes straight to the one index it needs,
-    where a join through the parent re-runs partition pruning for every key, which
-    costs more than the index probe itself. Should a
-    migration re-partition the big tables, the join still works, only slower.
-    ON COMMIT DELETE ROWS is not inherited by partitions, so each gets its own.
-    """
-    return [
-        f"CREATE TEMP TABLE IF NOT EXISTS {table} ({columns}) PARTITION BY HASH ({key})",
-        *(
-            f"CREATE TEMP TABLE IF NOT EXISTS {table}_p{i:02d} PARTITION OF {table}"
-            f" FOR VALUES WITH (MODULUS {_PARTITIONS}, REMAINDER {i}) ON COMMIT DELETE ROWS"
-            for i in range(_PARTITIONS)
-        ),
-    ]
-
-
-_SESSION_SETUP = [
-    # Staging tables live per connection; ON COMMIT DELETE ROWS empties them cheaply.
-    *_partitioned_stage(
-        "stage_keys", "election_id text, vote_id text, voter_id text, choice text", "vote_id"
-    ),
-    *_partitioned_stage("stage_voter_keys", "election_id text, voter_id text", "voter_id"),
-    """CREATE TEMP TABLE IF NOT EXISTS stage_rejections (
-           election_id text, vote_id text, voter_id text, choice text, reason text,
-           detail text, received_at_us bigint, kafka_partition integer,
-           kafka_offset bigint) ON COMMIT DELETE ROWS""",
-    """CREATE TEMP TABLE IF NOT EXISTS stage_voters (
-           election_id text, voter_id text, counted integer, current_vote_id text,
-           current_choice text, current_received_at timestamptz) ON COMMIT DELETE ROWS""",
-]
-
-_KEY_TYPES = ["text", "text", "text", "text"]
 _VOTE_TYPES = ["text", "text", "text", "text", "timestamptz", "text", "int4", "int8", "text"]
-_REJ_TYPES = ["text", "text", "text", "text", "text", "text", "int8", "int4", "int8"]
-_VOTER_TYPES = ["text", "text", "int4", "text", "text", "timestamptz"]
 
 
 class Store:
@@ -169,6 +127,8 @@ class Store:
         self.topic = topic
         self.cluster = cluster
         self.lookup_threshold = lookup_threshold
+        self._array: LookupPath = ArrayLookup()
+        self._staged: LookupPath = StagedLookup()
         self.conn = self._connect()
 
     def _connect(self) -> psycopg.Connection:
@@ -176,8 +136,8 @@ class Store:
         # lookups made outside a batch (offsets on assignment, elections) don't leave
         # the session idle in a transaction.
         conn = psycopg.connect(self._dsn, autocommit=True, application_name="vote-processor")
-        for stmt in _SESSION_SETUP:
-            conn.execute(stmt)
+        for path in (self._array, self._staged):
+            path.prepare(conn)
         return conn
 
     def reconnect(self) -> None:
@@ -241,6 +201,10 @@ class Store:
 
     # -- the batch ---------------------------------------------------------------------
 
+    def path_for(self, messages: int) -> LookupPath:
+        """The lookup/write path of a batch of ``messages`` (see ``LOOKUP_THRESHOLD``)."""
+        return choose_path(messages, self.lookup_threshold, self._array, self._staged)
+
     def apply_batch(
         self,
         decoded: list[Decoded],
@@ -263,17 +227,14 @@ class Store:
             self._fence(cur, first_offsets, allow_gap or {})
             # Binary COPY of received_at_us ints into timestamptz columns.
             cur.adapters.register_dumper(None, _EpochMicrosDumper)
-            # One choice per batch, for the lookups and the writes alike: the array path
-            # must not touch any temporary table (see LOOKUP_THRESHOLD). Counting
-            # messages rather than decoded events: either path gives the same result.
-            staged = len(decoded) >= self.lookup_threshold
-            lookups = self._lookups(cur, decoded, staged)
+            path = self.path_for(len(decoded))
+            lookups = self._lookups(cur, decoded, path)
             known_voters = set(lookups.voters)  # plan_batch adds the new ones
             plan = policy.plan_batch(decoded, elections, lookups, self.topic)
             self._write_votes(cur, plan)
             if after_copy is not None:
                 after_copy()
-            self._write_rejections(cur, plan, staged)
+            self._write_rejections(cur, plan, path)
             if plan.supersede:
                 cur.execute(
                     "UPDATE votes v SET superseded_by = s.by"
@@ -285,7 +246,7 @@ class Store:
                         [s[2] for s in plan.supersede],
                     ),
                 )
-            self._write_voters(cur, plan, known_voters, staged)
+            self._write_voters(cur, plan, known_voters, path)
             tallies = self._write_tallies(cur, plan, next_offsets)
             cur.execute(
                 "UPDATE consumer_offsets c SET next_offset = t.o, updated_at = now()"
@@ -334,111 +295,8 @@ class Store:
         if bad:
             raise Fenced(bad)
 
-    def _lookups(self, cur: psycopg.Cursor, decoded: list[Decoded], staged: bool) -> Lookups:
-        if not staged:
-            return self._lookups_by_array(cur, decoded)
-        lk = Lookups()
-        # The batch's keys go in by binary COPY (psycopg's array parameters are dumped
-        # in Python and cost more than the queries); duplicates are harmless here.
-        n = 0
-        with cur.copy("COPY stage_keys FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(_KEY_TYPES)
-            write = copy.write_row
-            for d in decoded:
-                e = d.event
-                if e is not None:
-                    write((e.election_id, e.vote_id, e.voter_id, e.choice))
-                    n += 1
-        if not n:
-            return lk
-        # Index probes, partition against partition, whatever the table statistics say:
-        # a hash join would scan all of `votes` for every batch.
-        cur.execute("SET LOCAL enable_hashjoin = off")
-        cur.execute("SET LOCAL enable_mergejoin = off")
-        cur.execute("SET LOCAL enable_partitionwise_join = on")
-        # A key repeated in the batch yields its row twice below; the dicts absorb that.
-        cur.execute(
-            "SELECT v.election_id, v.vote_id, v.voter_id, v.choice"
-            " FROM stage_keys k JOIN votes v"
-            "  ON v.election_id = k.election_id AND v.vote_id = k.vote_id"
-        )
-        lk.votes = {(e, x): (a, c) for e, x, a, c in cur.fetchall()}
-        # vote_rejections is not partitioned. A join rather than IN (…): the semi-join
-        # first de-duplicates the keys in a hash table, which costs more than probing
-        # the few repeated keys twice.
-        cur.execute(
-            "SELECT r.election_id, r.vote_id, r.voter_id, r.choice"
-            " FROM stage_keys k JOIN vote_rejections r"
-            "  ON r.election_id = k.election_id AND r.vote_id = k.vote_id"
-            "  AND r.voter_id = k.voter_id AND r.choice = k.choice"
-        )
-        lk.rejected = {(e, x, a, c) for e, x, a, c in cur.fetchall()}
-        # The voter keys again, partitioned like `voters`; copied server-side, which is
-        # cheaper than a second COPY from here.
-        cur.execute("INSERT INTO stage_voter_keys SELECT election_id, voter_id FROM stage_keys")
-        cur.execute(
-            "SELECT v.election_id, v.voter_id, v.counted, v.current_vote_id,"
-            "  v.current_choice,"
-            "  (extract(epoch FROM v.current_received_at) * 1000000)::bigint"
-            " FROM stage_voter_keys k JOIN voters v"
-            "  ON v.election_id = k.election_id AND v.voter_id = k.voter_id"
-        )
-        lk.voters = {(e, a): VoterState(n, x, c, t) for e, a, n, x, c, t in cur.fetchall()}
-        return lk
-
-    def _lookups_by_array(self, cur: psycopg.Cursor, decoded: list[Decoded]) -> Lookups:
-        """The staged path's three lookups, with the keys as array parameters.
-
-        Each key is one index probe: a nested loop from ``unnest`` into the primary key,
-        forced as in the staged path (a hash join chosen for a young `votes` table scans
-        all of it). For `votes` and `voters` the Append prunes to the key's one
-        partition at run time, dearer per key than the staged partitionwise join but
-        fine for a few hundred keys. Not ``CROSS JOIN LATERAL (… OFFSET 0)``, which
-        forces the same plan without the SETs but is slow to start at a thousand keys.
-        Arrays go in binary (``%b``), cheaper than text. A key repeated in the batch is
-        probed twice; the dicts absorb that.
-        """
-        lk = Lookups()
-        es: list[str] = []
-        xs: list[str] = []
-        voters: list[str] = []
-        choices: list[str] = []
-        for d in decoded:
-            e = d.event
-            if e is not None:
-                es.append(e.election_id)
-                xs.append(e.vote_id)
-                voters.append(e.voter_id)
-                choices.append(e.choice)
-        if not es:
-            return lk
-        # One round trip; like the staged path's, these hold for the rest of the batch.
-        cur.execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
-        cur.execute(
-            "SELECT v.election_id, v.vote_id, v.voter_id, v.choice"
-            " FROM unnest(%b::text[], %b::text[]) AS k(e, x)"
-            " JOIN votes v ON v.election_id = k.e AND v.vote_id = k.x",
-            (es, xs),
-        )
-        lk.votes = {(e, x): (a, c) for e, x, a, c in cur.fetchall()}
-        cur.execute(
-            "SELECT r.election_id, r.vote_id, r.voter_id, r.choice"
-            " FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[]) AS k(e, x, a, c)"
-            " JOIN vote_rejections r ON r.election_id = k.e AND r.vote_id = k.x"
-            "  AND r.voter_id = k.a AND r.choice = k.c",
-            (es, xs, voters, choices),
-        )
-        lk.rejected = {(e, x, a, c) for e, x, a, c in cur.fetchall()}
-        cur.execute(
-            "SELECT v.election_id, v.voter_id, v.counted, v.current_vote_id,"
-            "  v.current_choice,"
-            "  (extract(epoch FROM v.current_received_at) * 1000000)::bigint"
-            " FROM unnest(%b::text[], %b::text[]) AS k(e, a)"
-            " JOIN voters v ON v.election_id = k.e AND v.voter_id = k.a",
-            (es, voters),
-        )
-        lk.voters = {(e, a): VoterState(n, x, c, t) for e, a, n, x, c, t in cur.fetchall()}
-        return lk
+    def _lookups(self, cur: psycopg.Cursor, decoded: list[Decoded], path: LookupPath) -> Lookups:
+        return path.lookups(cur, decoded)
 
     def _write_votes(self, cur: psycopg.Cursor, plan: Plan) -> None:
         if not plan.votes:
@@ -473,61 +331,12 @@ class Store:
         except psycopg.errors.UniqueViolation as exc:
             raise VoteIdRace(f"vote_id taken concurrently: {exc.diag.message_detail}") from exc
 
-    def _write_rejections(self, cur: psycopg.Cursor, plan: Plan, staged: bool) -> None:
-        if not plan.rejections:
-            return
-        # DO NOTHING only guards against a concurrent twin from another partition; the
-        # lookups already filtered replays. The array path: no temporary table.
-        if not staged:
-            rs = plan.rejections
-            cur.execute(
-                "INSERT INTO vote_rejections (election_id, vote_id, voter_id, choice, reason,"
-                "  detail, received_at, kafka_partition, kafka_offset)"
-                " SELECT e, x, a, c, r, d, "
-                + _EPOCH_US.format("t")
-                + ", p, o FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[],"
-                "  %b::text[], %b::text[], %b::int8[], %b::int4[], %b::int8[])"
-                "  AS u(e, x, a, c, r, d, t, p, o)"
-                " ON CONFLICT DO NOTHING",
-                (
-                    [r.election_id for r in rs],
-                    [r.vote_id for r in rs],
-                    [r.voter_id for r in rs],
-                    [r.choice for r in rs],
-                    [r.reason for r in rs],
-                    [r.detail for r in rs],
-                    [r.received_at_us for r in rs],
-                    [r.partition for r in rs],
-                    [r.offset for r in rs],
-                ),
-            )
-            return
-        with cur.copy("COPY stage_rejections FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(_REJ_TYPES)
-            for r in plan.rejections:
-                copy.write_row(
-                    (
-                        r.election_id,
-                        r.vote_id,
-                        r.voter_id,
-                        r.choice,
-                        r.reason,
-                        r.detail,
-                        r.received_at_us,
-                        r.partition,
-                        r.offset,
-                    )
-                )
-        cur.execute(
-            "INSERT INTO vote_rejections (election_id, vote_id, voter_id, choice, reason,"
-            "  detail, received_at, kafka_partition, kafka_offset)"
-            " SELECT election_id, vote_id, voter_id, choice, reason, detail, "
-            + _EPOCH_US.format("received_at_us")
-            + ", kafka_partition, kafka_offset FROM stage_rejections ON CONFLICT DO NOTHING"
-        )
+    def _write_rejections(self, cur: psycopg.Cursor, plan: Plan, path: LookupPath) -> None:
+        if plan.rejections:
+            path.write_rejections(cur, plan.rejections)
 
     def _write_voters(
-        self, cur: psycopg.Cursor, plan: Plan, known: set[VoterKey], staged: bool
+        self, cur: psycopg.Cursor, plan: Plan, known: set[VoterKey], path: LookupPath
     ) -> None:
         """New voters (not in the lookups) by COPY, the ``known`` ones by UPDATE."""
         if not plan.voters:
@@ -542,45 +351,15 @@ class Store:
                     "COPY voters (election_id, voter_id, counted, current_vote_id,"
                     "  current_choice, current_received_at) FROM STDIN (FORMAT BINARY)"
                 ) as copy:
-                    copy.set_types(_VOTER_TYPES)
+                    copy.set_types(VOTER_TYPES)
                     write = copy.write_row
                     for (e, a), s in plan.voters.items():
                         if (e, a) not in known:
                             write((e, a, s.counted, s.vote_id, s.choice, s.received_at_us))
             except psycopg.errors.UniqueViolation as exc:
                 raise VoteIdRace(f"voter inserted concurrently: {exc.diag.message_detail}") from exc
-        if not changed:
-            return
-        if not staged:  # the array path: no temporary table
-            cur.execute(
-                "UPDATE voters v SET counted = s.n, current_vote_id = s.x,"
-                "  current_choice = s.c, current_received_at = "
-                + _EPOCH_US.format("s.t")
-                + " FROM unnest(%b::text[], %b::text[], %b::int4[], %b::text[], %b::text[],"
-                "  %b::int8[]) AS s(e, a, n, x, c, t)"
-                " WHERE v.election_id = s.e AND v.voter_id = s.a",
-                (
-                    [k[0] for k, _ in changed],
-                    [k[1] for k, _ in changed],
-                    [st.counted for _, st in changed],
-                    [st.vote_id for _, st in changed],
-                    [st.choice for _, st in changed],
-                    [st.received_at_us for _, st in changed],
-                ),
-            )
-            return
-        with cur.copy("COPY stage_voters FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(_VOTER_TYPES)
-            write = copy.write_row
-            for (e, a), s in changed:
-                write((e, a, s.counted, s.vote_id, s.choice, s.received_at_us))
-        cur.execute(
-            "UPDATE voters v SET counted = s.counted, current_vote_id = s.current_vote_id,"
-            "  current_choice = s.current_choice,"
-            "  current_received_at = s.current_received_at"
-            " FROM stage_voters s"
-            " WHERE v.election_id = s.election_id AND v.voter_id = s.voter_id"
-        )
+        if changed:
+            path.update_voters(cur, changed)
 
     def _write_tallies(
         self, cur: psycopg.Cursor, plan: Plan, next_offsets: dict[int, int]

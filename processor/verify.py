@@ -35,15 +35,24 @@ class VerifyError(RuntimeError):
 
 
 def scan_topic(
-    bootstrap: str, topic: str, election_id: str, auth: EventAuth, timeout_s: float = 120.0
+    bootstrap: str,
+    topic: str,
+    election_id: str,
+    auth: EventAuth,
+    timeout_s: float = 120.0,
+    security: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Distinct vote identities of one election in the topic, from offset 0 to the end."""
+    """Distinct vote identities of one election in the topic, from offset 0 to the end.
+
+    ``security``: the librdkafka TLS/SASL properties (``KafkaSecurity.kafka_client_config``).
+    """
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
             "group.id": f"vote-verify-{uuid.uuid4().hex}",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
+            **(security or {}),
         }
     )
     try:
@@ -100,7 +109,13 @@ def verify(settings: ProcessorSettings, election_id: str) -> dict[str, Any]:
     auth = EventAuth(
         keyset.load(settings.event_keys_path), settings.processor_accept_unsigned_events
     )
-    kafka = scan_topic(settings.kafka_bootstrap, settings.vote_topic, election_id, auth)
+    kafka = scan_topic(
+        settings.kafka_bootstrap,
+        settings.vote_topic,
+        election_id,
+        auth,
+        security=settings.kafka_client_config(),
+    )
     with psycopg.connect(settings.pg_dsn) as conn:
         # One snapshot for every query, so a running processor can't make the
         # checks disagree with each other.

@@ -66,6 +66,17 @@ resource "helm_release" "vote" {
         topic      = kafka_topic.votes.name
         dlqTopic   = kafka_topic.dlq.name
         partitions = kafka_topic.votes.partitions
+
+        securityProtocol = var.kafka_security_protocol
+        sasl = {
+          mechanism      = var.kafka_sasl_mechanism
+          username       = var.kafka_sasl_username
+          existingSecret = var.kafka_sasl_existing_secret
+        }
+        tls = {
+          existingSecret    = var.kafka_tls_existing_secret
+          clientCertificate = var.kafka_tls_client_certificate
+        }
       }
       gateway = {
         autoscaling = {
@@ -107,6 +118,7 @@ resource "helm_release" "vote" {
     { name = "secrets.jwks", value = var.jwks },
     { name = "secrets.receiptKeyBase64", value = var.receipt_key_base64 },
     { name = "secrets.eventKeys", value = var.event_keys },
+    { name = "kafka.sasl.password", value = var.kafka_sasl_password },
   ]
 
   lifecycle {
@@ -121,6 +133,12 @@ resource "helm_release" "vote" {
     precondition {
       condition     = var.min_insync_replicas <= var.replication_factor
       error_message = "min_insync_replicas must not exceed replication_factor."
+    }
+    precondition {
+      condition = !startswith(var.kafka_security_protocol, "sasl_") || (
+        var.kafka_sasl_username != "" && (var.kafka_sasl_password != "" || var.kafka_sasl_existing_secret != "")
+      )
+      error_message = "sasl_* protocols need kafka_sasl_username and kafka_sasl_password or kafka_sasl_existing_secret."
     }
   }
 }

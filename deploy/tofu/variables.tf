@@ -32,6 +32,59 @@ variable "kafka_bootstrap" {
   type        = string
 }
 
+variable "kafka_security_protocol" {
+  description = "How the gateway and the processor reach the brokers (VOTE_KAFKA_SECURITY_PROTOCOL): plaintext, ssl, sasl_plaintext or sasl_ssl. Production: sasl_ssl, or ssl with client certificates."
+  type        = string
+  default     = "plaintext"
+
+  validation {
+    condition     = contains(["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"], var.kafka_security_protocol)
+    error_message = "kafka_security_protocol must be plaintext, ssl, sasl_plaintext or sasl_ssl."
+  }
+}
+
+variable "kafka_sasl_mechanism" {
+  description = "SASL mechanism with sasl_* protocols: SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN."
+  type        = string
+  default     = "SCRAM-SHA-512"
+
+  validation {
+    condition     = contains(["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"], var.kafka_sasl_mechanism)
+    error_message = "kafka_sasl_mechanism must be SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN."
+  }
+}
+
+variable "kafka_sasl_username" {
+  description = "SASL user of the gateway and the processor."
+  type        = string
+  default     = ""
+}
+
+variable "kafka_sasl_password" {
+  description = "SASL password; the chart keeps it in a Secret mounted as a file. Leave empty when kafka_sasl_existing_secret names one."
+  type        = string
+  default     = ""
+  sensitive   = true
+}
+
+variable "kafka_sasl_existing_secret" {
+  description = "Name of a Secret whose key `password` holds the SASL password (instead of kafka_sasl_password)."
+  type        = string
+  default     = ""
+}
+
+variable "kafka_tls_existing_secret" {
+  description = "Name of a Secret with ca.crt (and tls.crt, tls.key for mutual TLS) for ssl and sasl_ssl; empty: the image's CA bundle."
+  type        = string
+  default     = ""
+}
+
+variable "kafka_tls_client_certificate" {
+  description = "Authenticate with the client certificate in kafka_tls_existing_secret (mutual TLS)."
+  type        = bool
+  default     = false
+}
+
 variable "topic" {
   description = "The votes topic (docs/ARCHITECTURE.md, Event schema)."
   type        = string

@@ -15,8 +15,10 @@ import psycopg
 import pytest
 
 from gateway.results import HEARTBEAT, ResultsReader
-from processor.cache import TallyCache
-from processor.store import ShardTally
+from processor import metrics
+from processor.cache import TallyCache, TallyPublisher
+from processor.policy import Plan, VoteRow
+from processor.store import BatchResult, ShardTally
 
 pytestmark = pytest.mark.integration
 
@@ -100,6 +102,49 @@ def test_cache_ignores_older_versions_and_replays(
     finally:
         cache.delete(eid)
         cache.close()
+
+
+def test_publisher_heals_a_failed_or_flushed_election(
+    pg_dsn: str, redis_url: str, create_election: Callable[..., str]
+) -> None:
+    eid = create_election(("a", "b"))
+    in_postgres = _shards(eid, 7, a=2, b=1)  # what read_shards answers: the committed truth
+    reads: list[str] = []
+
+    def read_shards(election_id: str) -> list[ShardTally]:
+        reads.append(election_id)
+        return in_postgres
+
+    def result(shards: list[ShardTally]) -> BatchResult:
+        plan = Plan(votes=[VoteRow(eid, "x", "v", "a", 1, "g", 0, 6)])
+        return BatchResult(plan, shards)
+
+    down = TallyCache(f"redis://127.0.0.1:{_closed_port()}/0")
+    publisher = TallyPublisher(down, read_shards)
+    errors = metrics.CACHE_ERRORS._value.get()
+    try:
+        publisher.publish(result(_shards(eid, 7, a=1)), known={eid})
+        assert publisher.stale == {eid}
+        assert metrics.CACHE_ERRORS._value.get() > errors
+        down.close()
+        publisher.cache = TallyCache(redis_url)
+        reads.clear()
+        publisher.heal()  # the idle loop: rewritten in full from PostgreSQL
+        assert publisher.stale == set() and reads == [eid]
+        assert publisher.cache.client.hgetall(f"tally:{eid}") == {b"a": b"2", b"b": b"1"}
+
+        # Redis flushed; a batch that changed no tally of a known election still heals it.
+        publisher.cache.delete(eid)
+        publisher.publish(result([]), known={eid})
+        assert reads == [eid, eid]
+        assert publisher.cache.client.hgetall(f"tally:{eid}") == {b"a": b"2", b"b": b"1"}
+        # An election the member does not know is not written for a batch without tallies.
+        publisher.cache.delete(eid)
+        publisher.publish(result([]), known=set())
+        assert reads == [eid, eid] and publisher.cache.client.exists(f"tally:{eid}") == 0
+    finally:
+        publisher.cache.delete(eid)
+        publisher.close()
 
 
 def test_vote_status(pg_dsn: str, redis_url: str, create_election: Callable[..., str]) -> None:

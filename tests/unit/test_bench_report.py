@@ -7,7 +7,16 @@ import math
 from pathlib import Path
 
 from bench.loadgen import StepResult
-from bench.report import clean, markdown, median_run, ratios, write_json
+from bench.report import (
+    clean,
+    failures,
+    markdown,
+    median_run,
+    ratios,
+    runs_of,
+    step_line,
+    write_json,
+)
 
 
 def _step(target: str, rps: float, p99: float, errors: int = 0) -> StepResult:
@@ -115,3 +124,61 @@ def test_markdown_lists_runs_checks_ratios_and_command() -> None:
     assert "| gateway | 990 | 990 | 0 | 0 | 0 |" in text
     assert "| gateway/nginx-204 | 0.991 |" in text
     assert "command: `python -m bench gateway --quick`" in text
+
+
+def _acked(target: str, mode: str, ids: list[str], rps: float = 990) -> StepResult:
+    step = _step(target, rps, 9)
+    step.mode = mode
+    step.acked_ids = ids
+    return step
+
+
+def test_runs_of_orders_runs_and_counts_each_runs_own_votes() -> None:
+    run_steps = {
+        ("nginx-204", "half-max"): [_acked("nginx-204", "half-max", [])],
+        ("gateway", "half-max"): [_acked("gateway", "half-max", ["c"])],
+        ("gateway", "max"): [_acked("gateway", "max", ["a"]), _acked("gateway", "max", ["b"])],
+    }
+    stored = {"gateway": {"a": 1, "b": 2, "c": 1}}  # b twice; c is the half-max run's
+    runs = runs_of(
+        run_steps,
+        ["gateway", "nginx-204"],
+        lambda s: s.rps > 0,
+        stored,
+        {"gateway": 1000, "go-peer": None},
+        {"go-peer": "exited: boom"},
+    )
+    assert [(r["target"], r["mode"]) for r in runs] == [
+        ("gateway", "max"),
+        ("gateway", "half-max"),
+        ("nginx-204", "half-max"),
+        ("go-peer", "max"),
+    ]
+    assert runs[0]["passed"] == [True, True]
+    assert (runs[0]["stored"], runs[0]["missing"], runs[0]["duplicates"]) == (2, 0, 1)
+    assert (runs[1]["stored"], runs[1]["missing"], runs[1]["duplicates"]) == (1, 0, 0)
+    assert "stored" not in runs[2]  # not verified
+    assert runs[3]["note"] == "exited: boom" and runs[3]["repeats"] == 0
+
+
+def test_failures_name_what_is_wrong() -> None:
+    good = {"runs": [{"target": "gateway", "mode": "max", "rate": 1000}], "verify": {}}
+    assert failures(good, ["gateway"], "max", {}) == []
+    no_max = {"runs": [{"target": "gateway", "mode": "max", "rate": 0}], "verify": {}}
+    assert failures(no_max, ["gateway"], "max", {}) == ["gateway has no passing max rate"]
+    assert failures(no_max, ["gateway"], "rate", {}) == []  # --rate has no max to find
+    assert failures(good, ["gateway"], "max", {"gateway": "exited"}) == ["gateway died"]
+    for bad in ({"missing": 1}, {"duplicates": 2}, {"error": "boom"}):
+        doc = {**good, "verify": {"gateway": {"missing": 0, "duplicates": 0, **bad}}}
+        [why] = failures(doc, ["gateway"], "max", {})
+        assert why.startswith("FAILED exactly-once check for gateway")
+
+
+def test_step_line_shows_failures_and_noise() -> None:
+    step = _step("gateway", 990, 9, errors=10)
+    step.cpu_pressure, step.cpu_steal, step.acked_from_spill = 55.0, 12.0, 3
+    line = step_line(step, ["errors 1.00%"], noisy=True, stolen=True)
+    assert line.startswith("     990/s  p50    1.00  p99     9.00")
+    assert "[errors 1.00%]" in line and "(3 from the spill)" in line
+    assert "(cpu pressure 55%)" in line and "(steal 12%)" in line
+    assert step_line(_step("gateway", 990, 9), [], noisy=False, stolen=False).endswith("[ok]")

@@ -47,8 +47,8 @@ def test_print_config_masks_credentials():
 
 
 def test_processor_lookup_threshold():
+    from processor.lookup import LOOKUP_THRESHOLD
     from processor.settings import ProcessorSettings
-    from processor.store import LOOKUP_THRESHOLD
 
     # The setting's default is the one Store uses on its own (documented there).
     assert load(ProcessorSettings, {}).processor_lookup_threshold == LOOKUP_THRESHOLD
