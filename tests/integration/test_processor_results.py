@@ -179,7 +179,8 @@ def test_vote_status(pg_dsn: str, redis_url: str, create_election: Callable[...,
                 "status": "rejected",
                 "reason": "unknown_candidate",
             }
-            assert await st(eid, "v1", "mallory") is None  # someone else's vote
+            # Someone else's vote answers as an unknown one does: it reveals nothing.
+            assert await st(eid, "v1", "mallory") == {"status": "pending"}
             assert await st(eid, "v9", "al") == {"status": "pending"}
             assert await st("no-such-election", "v1", "al") is None
         finally:

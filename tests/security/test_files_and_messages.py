@@ -72,7 +72,8 @@ def test_a_503_does_not_quote_rocksdb_or_the_os() -> None:
                 " No space left on device"
             )
 
-    acceptor = VoteAcceptor(Broken(), _fast.IdempotencyCache(10), b"k" * 32, "gw")  # type: ignore[arg-type]
+    signer = _fast.EventSigner("ek1", b"e" * 32)
+    acceptor = VoteAcceptor(Broken(), _fast.IdempotencyCache(10), b"k" * 32, "gw", signer)  # type: ignore[arg-type]
 
     async def scenario() -> p.Problem:
         with pytest.raises(p.Unavailable) as refused:
