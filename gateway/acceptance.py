@@ -1,4 +1,8 @@
-"""Accepting one vote: durable once per ``vote_id``, and the 202 body that says so.
+"""Accepting one vote: the rules it must pass once its token is verified (``VoteRules``),
+then durable once per ``vote_id``, and the 202 body that says so (``VoteAcceptor``).
+
+Both serve a vote sent alone and each vote of a batch, so the two routes cannot drift
+apart (docs/ARCHITECTURE.md, "HTTP API").
 
 The first request for a ``vote_id`` makes the event durable (``DurabilityPipeline``) and
 signs its receipt; a retry with the same content gets the first answer's bytes; a retry
@@ -11,12 +15,52 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from core import keyset
 from gateway import _fast
 from gateway import problems as p
 from gateway.durability import DurabilityPipeline, NotDurable
+from gateway.elections import Election
 from gateway.models import json_encoder
+
+
+class VoteRules:
+    """What a vote must pass between its verified token and ``VoteAcceptor.accept``.
+
+    ``on_token_bound`` and ``on_rate_limited`` count the refusals (metrics); they are
+    called just before the problem is raised.
+    """
+
+    def __init__(
+        self,
+        voter_limiter: _fast.RateLimiter,
+        on_rate_limited: Callable[[], None] = lambda: None,
+        on_token_bound: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.voter_limiter = voter_limiter
+        self.on_rate_limited = on_rate_limited
+        self.on_token_bound = on_token_bound
+
+    def check(
+        self, election: Election, voter_id: str, jti: str, vote_id: str, choice: str, now: float
+    ) -> None:
+        """Raise the problem refusing this vote, if any: the cheap checks first, the rate
+        limit (which spends the voter's budget) last."""
+        if vote_id != jti:
+            # One token, one vote, on every worker without shared state: the vote_id a
+            # token authorizes is its jti (docs/ARCHITECTURE.md, "Trust boundaries").
+            self.on_token_bound()
+            raise p.Forbidden(
+                "this token authorizes only the vote whose vote_id is its jti",
+                reason="token_bound",
+            )
+        if choice not in election.candidates:
+            raise p.UnknownCandidate(f"{choice!r} is not a candidate of {election.election_id!r}")
+        retry = self.voter_limiter.acquire(voter_id, now)
+        if retry:
+            self.on_rate_limited()
+            raise p.RateLimited("too many requests for this voter", retry_after=retry)
 
 
 class _Pending:

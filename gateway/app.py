@@ -5,10 +5,11 @@ worker before it serves: it loads keys and elections, opens the Kafka producer a
 a spill slot, so the first request already finds everything warm.
 
 The vote path (docs/ARCHITECTURE.md, HTTP API and Durability path), cheapest refusals first:
-path → client rate limit → election → content type / length → requests in flight
-(``edge.InFlight``) → body, within its deadline → token (``_fast``) → window → body
-(msgspec) → candidate → voter rate limit → idempotency, encode, Kafka or spill
-(``acceptance.VoteAcceptor``) → 202.
+path → client rate limit → election → content type (``_admit``, both vote routes) →
+requests in flight (``edge.InFlight``) → length, body within its deadline → token
+(``_fast``) → window → body (msgspec) → vote_id is the token's jti, candidate, voter rate
+limit (``acceptance.VoteRules``, shared with the batch route) → idempotency, encode,
+Kafka or spill (``acceptance.VoteAcceptor``) → 202.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from core import event as event_schema
 from core import jsonlog, keyset
 from gateway import _fast, batch, metrics
 from gateway import problems as p
-from gateway.acceptance import VoteAcceptor
+from gateway.acceptance import VoteAcceptor, VoteRules
 from gateway.batch import BatchAcceptor
 from gateway.clients import ClientResolver
 from gateway.config import GatewaySettings, load
@@ -137,13 +138,12 @@ class VoteGateway:
         self.voter_limiter = _fast.RateLimiter(
             s.rate_voter_per_s, s.rate_voter_burst, s.rate_limiter_capacity
         )
-        self.batches = BatchAcceptor(
-            self.acceptor.accept,
-            self._verify,
+        self.rules = VoteRules(
             self.voter_limiter,
             on_rate_limited=metrics.rate_limited_total.labels("voter").inc,
             on_token_bound=metrics.token_rejections_total.labels("token_bound").inc,
         )
+        self.batches = BatchAcceptor(self.acceptor.accept, self._verify, self.rules)
         self.results = ResultsReader(s.redis_url, s.pg_dsn)
         await self.results.start()
         report_spill_size()
@@ -332,21 +332,26 @@ class VoteGateway:
 
     # -- POST /v1/elections/{id}/votes -------------------------------------------------
 
-    async def post_vote(self, scope: Any, protocol: Any, election_id: str) -> None:
-        started = time.perf_counter()
-        now = time.time()
-        # The client's limit first: made-up election ids must cost the sender its
-        # budget before they can cost a lookup.
+    async def _admit(self, scope: Any, election_id: str, now: float) -> tuple[str, Election]:
+        """The client's key and the election, for either vote route; what refuses the
+        request before its body is read comes here, cheapest first. The client's limit
+        comes before the election: made-up election ids must cost the sender its budget
+        before they can cost a lookup."""
         client = self.clients.key(scope)
         retry = self.ip_limiter.acquire(client, now)
         if retry:
             metrics.rate_limited_total.labels("client").inc()
             raise p.RateLimited("too many requests from this address", retry_after=retry)
         election = self.elections.get(election_id) or await self._election(election_id)
-
-        headers = scope.headers
-        if not is_json(headers.get("content-type", "")):
+        if not is_json(scope.headers.get("content-type", "")):
             raise p.UnsupportedMediaType()
+        return client, election
+
+    async def post_vote(self, scope: Any, protocol: Any, election_id: str) -> None:
+        started = time.perf_counter()
+        now = time.time()
+        client, election = await self._admit(scope, election_id, now)
+        headers = scope.headers
         in_flight = self.in_flight
         in_flight.enter(client)
         try:
@@ -362,24 +367,7 @@ class VoteGateway:
                 raise p.BadRequest(f"body is not valid JSON: {exc}") from None
             except DuplicateKey as exc:
                 raise p.BadRequest(str(exc)) from None
-            if request.vote_id != jti:
-                # One token, one vote, on every worker without shared state: the vote_id
-                # a token authorizes is its jti (docs/ARCHITECTURE.md, Trust boundaries).
-                metrics.token_rejections_total.labels("token_bound").inc()
-                raise p.Forbidden(
-                    "this token authorizes only the vote whose vote_id is its jti",
-                    reason="token_bound",
-                )
-            if request.choice not in election.candidates:
-                raise p.UnknownCandidate(
-                    f"{request.choice!r} is not a candidate of {election_id!r}"
-                )
-
-            retry = self.voter_limiter.acquire(voter_id, now)
-            if retry:
-                metrics.rate_limited_total.labels("voter").inc()
-                raise p.RateLimited("too many requests for this voter", retry_after=retry)
-
+            self.rules.check(election, voter_id, jti, request.vote_id, request.choice, now)
             answer, via_kafka = await self.acceptor.accept(
                 election_id, voter_id, request.vote_id, request.choice, now
             )
@@ -394,21 +382,21 @@ class VoteGateway:
 
     async def post_batch(self, scope: Any, protocol: Any, election_id: str) -> None:
         now = time.time()
-        # Limits before any lookup: a flood of made-up ids must not reach PostgreSQL.
-        client = self.clients.key(scope)
-        retry = self.ip_limiter.acquire(client, now)
-        if retry:
-            metrics.rate_limited_total.labels("client").inc()
-            raise p.RateLimited("too many requests from this address", retry_after=retry)
-        election = self.elections.get(election_id) or await self._election(election_id)
-        headers = scope.headers
-        if not is_json(headers.get("content-type", "")):
-            raise p.UnsupportedMediaType()
-        body = await self._read_body(protocol, headers, now, self.settings.batch_max_body_bytes)
-        votes = batch.decode(body, self.settings.batch_max_votes)
-        if not election.is_open(now):
-            raise p.ElectionNotOpen(f"election {election_id!r} is not open now")
-        answer, _statuses = await self.batches.accept(election, votes, now, scope.path)
+        client, election = await self._admit(scope, election_id, now)
+        # A batch holds one request slot, like a single vote: its body read is bounded
+        # in time and its votes in number, so one slot bounds what it can hold.
+        in_flight = self.in_flight
+        in_flight.enter(client)
+        try:
+            body = await self._read_body(
+                protocol, scope.headers, now, self.settings.batch_max_body_bytes
+            )
+            votes = batch.decode(body, self.settings.batch_max_votes)
+            if not election.is_open(now):
+                raise p.ElectionNotOpen(f"election {election_id!r} is not open now")
+            answer, _statuses = await self.batches.accept(election, votes, now, scope.path)
+        finally:
+            in_flight.leave(client)
         self._send(protocol, 200, answer)
 
     async def _read_body(self, protocol: Any, headers: Any, now: float, limit: int = 0) -> bytes:

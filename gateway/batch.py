@@ -29,8 +29,8 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
 
-from gateway import _fast
 from gateway import problems as p
+from gateway.acceptance import VoteRules
 from gateway.elections import Election
 from gateway.models import BatchRequest, BatchVote, batch_request_decoder, json_encoder
 
@@ -61,19 +61,10 @@ def decode(body: bytes, max_votes: int) -> list[BatchVote]:
 class BatchAcceptor:
     """Accepts the votes of one batch, each on its own, all at once."""
 
-    def __init__(
-        self,
-        accept: Accept,
-        verify: Verify,
-        voter_limiter: _fast.RateLimiter,
-        on_rate_limited: Callable[[], None] = lambda: None,
-        on_token_bound: Callable[[], None] = lambda: None,
-    ) -> None:
+    def __init__(self, accept: Accept, verify: Verify, rules: VoteRules) -> None:
         self.accept_one = accept
         self.verify = verify
-        self.voter_limiter = voter_limiter
-        self.on_rate_limited = on_rate_limited
-        self.on_token_bound = on_token_bound
+        self.rules = rules
 
     async def accept(
         self, election: Election, votes: Sequence[BatchVote], now: float, instance: str
@@ -103,22 +94,7 @@ class BatchAcceptor:
         """(status, the vote's result without its leading ``{"index":i,``)."""
         try:
             voter_id, jti = self.verify(vote.token, election.election_id, now)
-            if vote.vote_id != jti:
-                # As for a single vote: a token authorizes the one vote whose vote_id is its
-                # jti (docs/ARCHITECTURE.md, Trust boundaries).
-                self.on_token_bound()
-                raise p.Forbidden(
-                    "this token authorizes only the vote whose vote_id is its jti",
-                    reason="token_bound",
-                )
-            if vote.choice not in election.candidates:
-                raise p.UnknownCandidate(
-                    f"{vote.choice!r} is not a candidate of {election.election_id!r}"
-                )
-            retry = self.voter_limiter.acquire(voter_id, now)
-            if retry:
-                self.on_rate_limited()
-                raise p.RateLimited("too many requests for this voter", retry_after=retry)
+            self.rules.check(election, voter_id, jti, vote.vote_id, vote.choice, now)
             answer, _via_kafka = await self.accept_one(
                 election.election_id, voter_id, vote.vote_id, vote.choice, now
             )

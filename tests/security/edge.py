@@ -119,9 +119,13 @@ def status_of(answer: bytes) -> int | None:
     return int(answer.split(b" ", 2)[1])
 
 
-def vote_head(stack: GatewayStack, token: str, length: int, extra: str = "") -> bytes:
+def vote_head(
+    stack: GatewayStack, token: str, length: int, extra: str = "", route: str = "votes"
+) -> bytes:
+    """The head of a vote request (``route="votes:batch"`` for a batch) whose body is
+    still to be sent."""
     return (
-        f"POST /v1/elections/{stack.election}/votes HTTP/1.1\r\n"
+        f"POST /v1/elections/{stack.election}/{route} HTTP/1.1\r\n"
         f"Host: gateway\r\nContent-Type: application/json\r\n"
         f"Authorization: Bearer {token}\r\nContent-Length: {length}\r\n{extra}\r\n"
     ).encode()

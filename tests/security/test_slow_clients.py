@@ -112,11 +112,9 @@ def test_one_client_cannot_take_every_request_slot(edge_stack: GatewayStack) -> 
                 headers=headers,
                 timeout=30,
             )
-            return resp.status_code == 429
+            return _refused_for_slots(resp)
 
-        wait_until(
-            "the hog's next request refused", hog_refused, BODY_READ_TIMEOUT_S + 5, interval=0.05
-        )
+        wait_until("the hog's next request refused", hog_refused, BODY_READ_TIMEOUT_S, interval=0.5)
 
         other_vote = uuid.uuid4().hex
         other_token = edge_stack.token(f"other-{uuid.uuid4().hex[:8]}", jti=other_vote)
@@ -127,6 +125,57 @@ def test_one_client_cannot_take_every_request_slot(edge_stack: GatewayStack) -> 
             timeout=30,
         )
         assert resp.status_code == 202, resp.text
+
+
+def _refused_for_slots(resp: httpx.Response) -> bool:
+    """A 429 for holding too many requests, not for the address's rate limit."""
+    return resp.status_code == 429 and "in flight" in resp.json()["detail"]
+
+
+def test_slow_batches_hold_request_slots_like_single_votes(edge_stack: GatewayStack) -> None:
+    """A batch is a request in flight too: a client holding its share with batch bodies
+    that never arrive gets 429 for its next batch and its next vote, and each held batch
+    is answered 408 at the body deadline, no 5xx."""
+    before = status_counts(edge_stack)
+    hog = client_headers()["x-forwarded-for"]
+    token = edge_stack.token(f"batch-hog-{uuid.uuid4().hex[:8]}")
+    vote_id = uuid.uuid4().hex
+    batch_body = {
+        "votes": [
+            {
+                "token": edge_stack.token(f"b-{vote_id[:8]}", jti=vote_id),
+                "vote_id": vote_id,
+                "choice": edge_stack.candidates[0],
+            }
+        ]
+    }
+    url = f"{edge_stack.base_url}/v1/elections/{edge_stack.election}"
+    with contextlib.ExitStack() as held:
+        sockets = []
+        for _ in range(MAX_IN_FLIGHT_PER_CLIENT):
+            sock = held.enter_context(connect(edge_stack))
+            sock.sendall(
+                vote_head(edge_stack, token, 100, f"X-Forwarded-For: {hog}\r\n", "votes:batch")
+            )
+            sockets.append(sock)
+
+        def hog_refused() -> bool:
+            resp = httpx.post(
+                f"{url}/votes:batch", json=batch_body, headers={"x-forwarded-for": hog}, timeout=30
+            )
+            return _refused_for_slots(resp)
+
+        # Each try spends the hog's address budget (RATE_IP_BURST): a few tries only.
+        wait_until("the hog's next batch refused", hog_refused, BODY_READ_TIMEOUT_S, interval=1.0)
+        answers = [read_answer(sock, BODY_READ_TIMEOUT_S + MARGIN_S) for sock in sockets]
+    assert [status_of(answer) for answer in answers] == [408] * MAX_IN_FLIGHT_PER_CLIENT
+    # The slots are free again: the same batch from the same client is now answered.
+    resp = httpx.post(
+        f"{url}/votes:batch", json=batch_body, headers={"x-forwarded-for": hog}, timeout=30
+    )
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["results"][0]["code"] == 202
+    _no_5xx_and_no_traceback(edge_stack, before)
 
 
 def test_past_the_workers_cap_requests_are_refused_at_once(edge_stack: GatewayStack) -> None:

@@ -1,5 +1,6 @@
-"""gateway.acceptance.VoteAcceptor: one durable event per vote_id, the first answer for
-every retry with the same content, a conflict for other content, and a retry that waits
+"""gateway.acceptance: VoteRules refuses what a verified token does not allow, cheapest
+check first; VoteAcceptor makes one durable event per vote_id, gives the first answer to
+every retry with the same content, a conflict for other content, and makes a retry wait
 on a first request still in flight.
 
 The durability pipeline is a fake whose outcome each test sets (the real one has its own
@@ -19,8 +20,9 @@ from core import event as core_event
 from core import keyset
 from gateway import _fast
 from gateway import problems as p
-from gateway.acceptance import VoteAcceptor
+from gateway.acceptance import VoteAcceptor, VoteRules
 from gateway.durability import NotDurable
+from gateway.elections import Election
 from gateway.models import VoteAccepted
 
 RECEIPT_KEY = b"k" * 32
@@ -251,3 +253,34 @@ def test_a_field_the_processor_would_refuse_is_400_and_nothing_is_produced() -> 
         assert acceptor.idempotency.get(VOTE_ID) is None  # a corrected retry is fresh
 
     run(scenario)
+
+
+ELECTION = Election(
+    election_id="e1",
+    candidates=frozenset({"alice", "bob"}),
+    policy="first_wins",
+    opens_at=0.0,
+    closes_at=float("inf"),
+)
+
+
+def test_vote_rules_refuse_in_order_and_only_a_passing_vote_spends_the_voters_budget() -> None:
+    refused: list[str] = []
+    rules = VoteRules(
+        _fast.RateLimiter(0.001, 1.0, 100),  # one vote per voter, then none for a long time
+        on_rate_limited=lambda: refused.append("rate"),
+        on_token_bound=lambda: refused.append("bound"),
+    )
+    # The vote_id must be the token's jti, even when the choice is bad too.
+    with pytest.raises(p.Forbidden) as bound:
+        rules.check(ELECTION, "v1", "jti-1", "other-id", "zed", NOW)
+    assert bound.value.extra == {"reason": "token_bound"}
+    with pytest.raises(p.UnknownCandidate):
+        rules.check(ELECTION, "v1", "jti-1", "jti-1", "zed", NOW)
+    # Neither refusal spent v1's one vote: it still passes, and only then is v1 limited.
+    rules.check(ELECTION, "v1", "jti-1", "jti-1", "alice", NOW)
+    with pytest.raises(p.RateLimited) as limited:
+        rules.check(ELECTION, "v1", "jti-2", "jti-2", "bob", NOW)
+    assert limited.value.retry_after > 0
+    rules.check(ELECTION, "v2", "jti-3", "jti-3", "bob", NOW)  # another voter's own budget
+    assert refused == ["bound", "rate"]

@@ -15,6 +15,7 @@ import pytest
 
 from gateway import _fast
 from gateway import problems as p
+from gateway.acceptance import VoteRules
 from gateway.batch import BatchAcceptor, decode
 from gateway.elections import Election
 from gateway.models import BatchAnswer, BatchVote
@@ -80,7 +81,7 @@ def test_each_vote_is_judged_on_its_own_and_results_keep_the_order() -> None:
     limiter = _fast.RateLimiter(2.0, 1.0, 1000)  # one vote per voter at once
     limited: list[int] = []
     batch = BatchAcceptor(
-        acceptor.accept, verify, limiter, on_rate_limited=lambda: limited.append(1)
+        acceptor.accept, verify, VoteRules(limiter, on_rate_limited=lambda: limited.append(1))
     )
     votes = [
         _vote("v1", "first-vote-0000000"),
@@ -131,7 +132,8 @@ def test_votes_of_a_batch_are_made_durable_together() -> None:
             return await super().accept(*args)  # type: ignore[arg-type]
 
     async def run() -> list[int]:
-        batch = BatchAcceptor(Gate().accept, verify, _fast.RateLimiter(100.0, 100.0, 1000))
+        rules = VoteRules(_fast.RateLimiter(100.0, 100.0, 1000))
+        batch = BatchAcceptor(Gate().accept, verify, rules)
         task = asyncio.create_task(
             batch.accept(ELECTION, [_vote(f"v{i}", f"together-{i:09d}") for i in range(5)], 1.0, "")
         )
