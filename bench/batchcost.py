@@ -40,6 +40,7 @@ import psycopg
 from bench import probe, scratchdb
 from bench.env import stack_env
 from bench.processor import CANDIDATES, make_events
+from core import elections as core_elections
 from core.event import encode
 from core.keyset import KeySet
 from processor.policy import EventAuth, Message, decode_all
@@ -97,11 +98,7 @@ def _batches(
 def run(dsn: str, args: argparse.Namespace) -> dict[str, Any]:
     election = f"bench-{uuid.uuid4().hex[:8]}"
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(
-            "INSERT INTO elections (election_id, policy) VALUES (%s, 'first_wins')", (election,)
-        )
-        for c in CANDIDATES:
-            conn.execute("INSERT INTO candidates VALUES (%s, %s, %s)", (election, c, c))
+        core_elections.write(conn, election, CANDIDATES)
     kw = {} if args.lookup_threshold is None else {"lookup_threshold": args.lookup_threshold}
     store = Store(dsn, "bench", "bench", **kw)
     elections = store.load_elections()

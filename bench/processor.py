@@ -40,7 +40,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from bench import probe, scratchdb
 from bench.env import kafka_config, stack_env
-from core import keyset
+from core import elections as core_elections
+from core import jsonlog, keyset
 from core.event import VoteEvent, seal
 from core.settings import load
 from processor.settings import ProcessorSettings
@@ -129,7 +130,7 @@ def first_assignment_at(log_text: str) -> float | None:
     for line in log_text.splitlines():
         if '"partitions assigned"' in line:
             try:
-                return float(json.loads(line)["ts"])
+                return jsonlog.parse_ts(json.loads(line)["ts"])
             except (ValueError, KeyError):
                 continue
     return None
@@ -260,11 +261,7 @@ def main(argv: list[str]) -> int:
     log_path = Path(f"/tmp/bench-processor-{tag}.log")
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(
-                "INSERT INTO elections (election_id, policy) VALUES (%s, 'first_wins')", (election,)
-            )
-            for c in CANDIDATES:
-                conn.execute("INSERT INTO candidates VALUES (%s, %s, %s)", (election, c, c))
+            core_elections.write(conn, election, CANDIDATES)
         events = make_events(args.events, election)
         time.sleep(1.0)  # topic leaders
         key = keyset.load(load(ProcessorSettings, env).event_keys_path).signing()

@@ -30,12 +30,10 @@ import psycopg
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from core import keyset
+from core import elections, keyset
 from core import settings as settings_mod
 from gateway._fast import b64url_decode, b64url_encode
 from gateway.config import DEFAULT_TOKEN_ISSUER, GatewaySettings
-
-POLICIES = ("first_wins", "last_wins")
 
 MISSING_PYJWT = (
     "signing tokens needs PyJWT, which is not installed: "
@@ -221,28 +219,18 @@ def create_election(
     opens_at: float | None = None,
     closes_at: float | None = None,
 ) -> None:
-    """Create or update an election and its candidates (upsert)."""
-    if policy not in POLICIES and not policy.startswith("max_votes:"):
-        raise ValueError(f"unknown policy {policy!r}")
+    """Create or update an election and its candidates (upsert); ``opens_at`` and
+    ``closes_at`` in unix seconds, None for an open end."""
     with psycopg.connect(dsn) as conn:
-        conn.execute(
-            """
-            INSERT INTO elections (election_id, title, policy, opens_at, closes_at)
-            VALUES (%s, %s, %s, coalesce(to_timestamp(%s), '-infinity'),
-                    coalesce(to_timestamp(%s), 'infinity'))
-            ON CONFLICT (election_id) DO UPDATE
-               SET title = excluded.title, policy = excluded.policy,
-                   opens_at = excluded.opens_at, closes_at = excluded.closes_at,
-                   updated_at = now()
-            """,
-            (election_id, title, policy, opens_at, closes_at),
+        elections.write(
+            conn,
+            election_id,
+            candidates,
+            policy,
+            title=title,
+            opens_at_us=None if opens_at is None else elections.micros(opens_at),
+            closes_at_us=None if closes_at is None else elections.micros(closes_at),
         )
-        with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO candidates (election_id, candidate_id, name) VALUES (%s, %s, %s)"
-                " ON CONFLICT DO NOTHING",
-                [(election_id, c, c) for c in candidates],
-            )
 
 
 def _load_issuer(issuer_file: str) -> tuple[str, dict[str, dict[str, Any]]]:
@@ -337,12 +325,10 @@ def mint_votes(
 
 
 def election_candidates(dsn: str, election_id: str) -> list[str]:
+    """The election's candidates, sorted; empty when it does not exist."""
     with psycopg.connect(dsn) as conn:
-        rows = conn.execute(
-            "SELECT candidate_id FROM candidates WHERE election_id = %s ORDER BY candidate_id",
-            (election_id,),
-        ).fetchall()
-    return [r[0] for r in rows]
+        found = elections.load(conn, [election_id]).get(election_id)
+    return sorted(found.candidates) if found is not None else []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -398,15 +384,19 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(init_keys(settings, rotate=args.rotate)))
     elif args.command == "create-election":
         now = time.time()
-        create_election(
-            settings.pg_dsn,
-            args.election,
-            [c for c in args.candidates.split(",") if c],
-            args.policy,
-            title=args.title,
-            opens_at=None if args.opens_in is None else now + args.opens_in,
-            closes_at=None if args.closes_in is None else now + args.closes_in,
-        )
+        try:
+            create_election(
+                settings.pg_dsn,
+                args.election,
+                [c for c in args.candidates.split(",") if c],
+                args.policy,
+                title=args.title,
+                opens_at=None if args.opens_in is None else now + args.opens_in,
+                closes_at=None if args.closes_in is None else now + args.closes_in,
+            )
+        except elections.PolicyError as exc:
+            print(exc, file=sys.stderr)
+            return 2
         print(f"election {args.election} ready")
     elif args.command == "mint":
         candidates = election_candidates(settings.pg_dsn, args.election)

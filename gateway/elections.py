@@ -9,6 +9,8 @@ requests arriving while that lookup is in flight wait for its answer, at most
 id PostgreSQL does not know is remembered as unknown for a short while, in a bounded
 cache that drops its oldest entries, so a flood of made-up ids cannot reach PostgreSQL
 for every request nor make the cache forget everything it knows.
+
+The model (``Election``, times in microseconds) and its SQL are ``core.elections``'s.
 """
 
 from __future__ import annotations
@@ -16,48 +18,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 
 import psycopg
 
+from core.elections import SELECT_SQL, Election, from_row, select_params
 from gateway import metrics
 
 log = logging.getLogger("gateway.elections")
-
-_QUERY = """
-SELECT e.election_id, e.policy,
-       extract(epoch FROM e.opens_at)::float8, extract(epoch FROM e.closes_at)::float8,
-       coalesce(array_agg(c.candidate_id) FILTER (WHERE c.candidate_id IS NOT NULL), '{}')
-FROM elections e LEFT JOIN candidates c USING (election_id)
-{where}
-GROUP BY e.election_id
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class Election:
-    election_id: str
-    policy: str
-    opens_at: float  # epoch seconds; -inf when always open
-    closes_at: float  # epoch seconds; +inf when never closing
-    candidates: frozenset[str]
-
-    def is_open(self, now: float) -> bool:
-        return self.opens_at <= now < self.closes_at
-
-
-def _row_to_election(row: tuple) -> Election:
-    eid, policy, opens, closes, candidates = row
-    return Election(
-        eid,
-        policy,
-        -math.inf if opens is None else opens,
-        math.inf if closes is None else closes,
-        frozenset(candidates),
-    )
 
 
 class LookupFailed(Exception):
@@ -208,16 +177,15 @@ class ElectionCache:
 
     async def _fetch(self, election_id: str | None) -> list[Election]:
         """All elections (the refresh) or one (a lookup), each over its own connection."""
-        where = "" if election_id is None else "WHERE e.election_id = %s"
-        params = () if election_id is None else (election_id,)
+        params = select_params(None if election_id is None else [election_id])
         kept = self._refresh_conn if election_id is None else self._lookup_conn
         conn = await kept.get()
         metrics.postgres_queries_total.labels(
             "elections" if election_id is None else "election"
         ).inc()
         try:
-            cur = await conn.execute(_QUERY.replace("{where}", where), params)
-            return [_row_to_election(r) for r in await cur.fetchall()]
+            cur = await conn.execute(SELECT_SQL, params)
+            return [from_row(r) for r in await cur.fetchall()]
         except psycopg.Error:
             # Most likely the connection broke (PostgreSQL restarted): the next call opens
             # a new one. Dropping it after any error keeps that rule simple.

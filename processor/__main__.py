@@ -23,9 +23,8 @@ import os
 
 import psycopg
 
-from core import keyset
+from core import jsonlog, keyset
 from core.settings import ConfigError, describe, load
-from processor import logs
 from processor.settings import ProcessorSettings
 
 log = logging.getLogger("processor")
@@ -59,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(json.dumps(describe(settings), indent=2))
         return 0
-    logs.setup(settings.processor_log_level)
+    jsonlog.setup("processor", settings.processor_log_level)
     command = args.command or "run"
     if command == "migrate":
         from processor.migrate import migrate

@@ -39,11 +39,12 @@ from confluent_kafka import (
 from confluent_kafka import Message as KafkaMessage
 
 from core import failpoints, keyset
+from core.elections import Election
+from core.jsonlog import FieldsAdapter
 from processor import metrics
 from processor.cache import TallyCache, TallyPublisher
 from processor.deadletter import DeadLetterError, DeadLetters
-from processor.logs import FieldsAdapter
-from processor.policy import Election, EventAuth, Message, Plan, decode_all, timestamp_us
+from processor.policy import EventAuth, Message, Plan, decode_all, timestamp_us
 from processor.settings import ProcessorSettings
 from processor.store import BatchResult, Fenced, Store, VoteIdRace
 

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from core.elections import Election
 from core.event import (
     SCHEMA_VERSION,
     UNSIGNED_VERSION,
@@ -70,43 +71,6 @@ DUPLICATE = "duplicate"
 VoteKey = tuple[str, str]  # (election_id, vote_id)
 VoterKey = tuple[str, str]  # (election_id, voter_id)
 FullKey = tuple[str, str, str, str]  # (election_id, vote_id, voter_id, choice)
-
-
-class PolicyError(ValueError):
-    """An election's policy text is not first_wins, last_wins or max_votes:N."""
-
-
-@dataclass(frozen=True, slots=True)
-class Election:
-    election_id: str
-    policy: str
-    candidates: frozenset[str]
-    # Microseconds since the epoch; None for an open end (-infinity / infinity).
-    opens_at_us: int | None = None
-    closes_at_us: int | None = None
-
-    @property
-    def last_wins(self) -> bool:
-        return self.policy == "last_wins"
-
-    @property
-    def max_votes(self) -> int:
-        """Votes that may count per voter under first_wins / max_votes:N."""
-        if self.policy in ("first_wins", "last_wins"):
-            return 1
-        if self.policy.startswith("max_votes:"):
-            try:
-                n = int(self.policy.split(":", 1)[1])
-            except ValueError:
-                n = 0
-            if n >= 1:
-                return n
-        raise PolicyError(f"election {self.election_id}: unknown policy {self.policy!r}")
-
-    def is_open_at(self, received_at_us: int) -> bool:
-        if self.opens_at_us is not None and received_at_us < self.opens_at_us:
-            return False
-        return self.closes_at_us is None or received_at_us < self.closes_at_us
 
 
 # The per-message records below are msgspec Structs rather than dataclasses: a batch

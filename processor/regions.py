@@ -39,10 +39,10 @@ import psycopg
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
+from core.jsonlog import FieldsAdapter
 from processor import metrics
 from processor.cache import TallyCache
 from processor.consumer import Processor
-from processor.logs import FieldsAdapter
 from processor.settings import ProcessorSettings
 from processor.store import ShardTally, group_by_election, shard_tallies
 

@@ -38,6 +38,8 @@ import psycopg
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
+from core import elections as core_elections
+from core.elections import Election
 from processor import policy
 from processor.lookup import (
     LOOKUP_THRESHOLD,
@@ -47,7 +49,7 @@ from processor.lookup import (
     StagedLookup,
     choose_path,
 )
-from processor.policy import Decoded, Election, Lookups, Plan, VoterKey
+from processor.policy import Decoded, Lookups, Plan, VoterKey
 
 log = logging.getLogger("processor.store")
 
@@ -194,7 +196,7 @@ class Store:
         return {r[0] for r in rows}
 
     def load_elections(self, ids: list[str] | None = None) -> dict[str, Election]:
-        return load_elections(self.conn, ids)
+        return core_elections.load(self.conn, ids)
 
     def shard_tallies(self, election_id: str) -> list[ShardTally]:
         return shard_tallies(self.conn, election_id)
@@ -389,27 +391,6 @@ class Store:
             ),
         )
         return [ShardTally(*r) for r in cur.fetchall()]
-
-
-def load_elections(conn: psycopg.Connection, ids: list[str] | None = None) -> dict[str, Election]:
-    """Elections (all, or those in ``ids``) with their candidates and policy."""
-    rows = conn.execute(
-        "SELECT e.election_id, e.policy,"
-        "  CASE WHEN e.opens_at = '-infinity' THEN NULL"
-        "   ELSE (extract(epoch FROM e.opens_at) * 1000000)::bigint END,"
-        "  CASE WHEN e.closes_at = 'infinity' THEN NULL"
-        "   ELSE (extract(epoch FROM e.closes_at) * 1000000)::bigint END,"
-        "  coalesce(array_agg(c.candidate_id) FILTER (WHERE c.candidate_id IS NOT NULL),"
-        "   '{}')"
-        " FROM elections e LEFT JOIN candidates c USING (election_id)"
-        " WHERE %(all)s OR e.election_id = ANY(%(ids)s)"
-        " GROUP BY e.election_id",
-        {"all": ids is None, "ids": ids or []},
-    ).fetchall()
-    out: dict[str, Election] = {}
-    for eid, pol, opens, closes, cands in rows:
-        out[eid] = Election(eid, pol, frozenset(cands), opens, closes)
-    return out
 
 
 def shard_tallies(conn: psycopg.Connection, election_id: str) -> list[ShardTally]:

@@ -24,10 +24,11 @@ from typing import Any
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
 
+from core import elections as core_elections
 from core import keyset
-from processor.policy import Election, EventAuth, decode_storable, timestamp_us
+from core.elections import Election
+from processor.policy import EventAuth, decode_storable, timestamp_us
 from processor.settings import ProcessorSettings
-from processor.store import load_elections
 
 
 class VerifyError(RuntimeError):
@@ -120,7 +121,7 @@ def verify(settings: ProcessorSettings, election_id: str) -> dict[str, Any]:
         # One snapshot for every query, so a running processor can't make the
         # checks disagree with each other.
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        elections = load_elections(conn, [election_id])
+        elections = core_elections.load(conn, [election_id])
         election: Election | None = elections.get(election_id)
         votes = conn.execute(
             "SELECT vote_id, voter_id, choice, superseded_by IS NOT NULL FROM votes"

@@ -28,7 +28,7 @@ import redis
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from core import keyset
+from core import elections, keyset
 from core.event import UNSIGNED_VERSION, VoteEvent, encode, seal
 from core.settings import load
 from gateway import admin
@@ -224,27 +224,27 @@ def producer(kafka_bootstrap: str, event_key: keyset.Key) -> EventProducer:
 
 @pytest.fixture
 def create_election(pg_dsn: str) -> Callable[..., str]:
-    """Factory: ``create_election(candidates=("a","b"), policy="first_wins")`` → id."""
+    """Factory: ``create_election(candidates=("a","b"), policy="first_wins")`` → id;
+    ``opens_at_us`` / ``closes_at_us``: the window's ends (None: open)."""
 
     def make(
         candidates: Iterable[str] = ("alice", "bob", "carol"),
         policy: str = "first_wins",
-        opens_at: str = "-infinity",
-        closes_at: str = "infinity",
+        opens_at_us: int | None = None,
+        closes_at_us: int | None = None,
         prefix: str = "el",
     ) -> str:
         eid = unique_id(prefix)
-        with psycopg.connect(pg_dsn, autocommit=True) as conn, conn.transaction():
-            conn.execute(
-                "INSERT INTO elections (election_id, title, policy, opens_at, closes_at)"
-                " VALUES (%s, %s, %s, %s, %s)",
-                (eid, f"test {eid}", policy, opens_at, closes_at),
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            elections.write(
+                conn,
+                eid,
+                candidates,
+                policy,
+                title=f"test {eid}",
+                opens_at_us=opens_at_us,
+                closes_at_us=closes_at_us,
             )
-            for c in candidates:
-                conn.execute(
-                    "INSERT INTO candidates (election_id, candidate_id, name) VALUES (%s, %s, %s)",
-                    (eid, c, c.title()),
-                )
         return eid
 
     return make

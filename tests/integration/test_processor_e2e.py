@@ -25,9 +25,9 @@ import pytest
 import redis
 from confluent_kafka import Consumer, TopicPartition
 
+from core import elections
+from core.elections import Election
 from core.event import VoteEvent
-from processor.policy import Election
-from processor.store import load_elections
 from tests.integration.services import Service, wait_until
 
 pytestmark = pytest.mark.integration
@@ -172,7 +172,7 @@ def db_state(pg_dsn: str, election: str) -> dict:
                 (election,),
             ).fetchall()
         )
-        el: Election = load_elections(conn, [election])[election]
+        el: Election = elections.load(conn, [election])[election]
     return {"votes": votes, "rejections": rejections, "tallies": tallies, "election": el}
 
 

@@ -164,11 +164,11 @@ def test_same_new_voter_from_two_partitions_races_then_counts_once(
 # -- the same batches through either lookup path ---------------------------------------
 
 _ELECTIONS = {
-    # role: (candidates, policy, closes_at)
-    "F": (("a", "b"), "first_wins", "infinity"),
-    "L": (("a", "b"), "last_wins", "infinity"),
-    "M": (("a", "b", "c"), "max_votes:2", "infinity"),
-    "C": (("a", "b"), "first_wins", "2020-01-01"),  # closed before T0
+    # role: (candidates, policy, closes_at_us)
+    "F": (("a", "b"), "first_wins", None),
+    "L": (("a", "b"), "last_wins", None),
+    "M": (("a", "b", "c"), "max_votes:2", None),
+    "C": (("a", "b"), "first_wins", 1_577_836_800_000_000),  # 2020-01-01: closed before T0
 }
 _GARBAGE = b"\xc1 not msgpack"
 
@@ -219,7 +219,7 @@ def _run_sequence(
     """Apply ``_SEQUENCE`` with fresh elections, topic and group; return every batch's
     outcomes and the rows it left, with the run's own ids replaced by their roles."""
     eids = {
-        role: create_election(cands, policy=pol, closes_at=closes)
+        role: create_election(cands, policy=pol, closes_at_us=closes)
         for role, (cands, pol, closes) in _ELECTIONS.items()
     }
     eids["X"] = f"no-such-{uuid.uuid4().hex[:8]}"

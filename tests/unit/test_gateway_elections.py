@@ -8,14 +8,13 @@ after a delay, so concurrent callers really overlap. No database needed.
 from __future__ import annotations
 
 import asyncio
-import math
 
 import psycopg
 import pytest
 
 from gateway.elections import Election, ElectionCache, LookupFailed
 
-NEW = Election("fresh", "first_wins", -math.inf, math.inf, frozenset({"alice"}))
+NEW = Election("fresh", "first_wins", frozenset({"alice"}))
 
 
 class FakeDatabase:
@@ -133,9 +132,7 @@ def test_refreshes_keep_one_connection_and_replace_it_only_after_an_error(monkey
         await asyncio.gather(cache.refresh(), cache.lookup("other"), cache.refresh())
         await cache.lookup("another")
         assert len(opened) == 2  # the lookups' own, kept too
-        assert cache.get("e1") == Election(
-            "e1", "first_wins", -math.inf, math.inf, frozenset({"alice", "bob"})
-        )
+        assert cache.get("e1") == Election("e1", "first_wins", frozenset({"alice", "bob"}))
         broken.append(True)
         with pytest.raises(psycopg.OperationalError):
             await cache.refresh()

@@ -85,18 +85,3 @@ def test_members_setting() -> None:
     for bad in ("0", "-1", "two"):
         with pytest.raises(ConfigError):
             load(ProcessorSettings, {"VOTE_PROCESSOR_MEMBERS": bad})
-
-
-def test_member_field_is_added_to_the_calls_own_fields() -> None:
-    from processor.logs import FieldsAdapter
-
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign]
-    logger = logging.getLogger("test.members")
-    logger.addHandler(handler)
-    try:
-        FieldsAdapter(logger, {"member": 1}).warning("x", extra={"partition": 4})
-    finally:
-        logger.removeHandler(handler)
-    assert (records[0].member, records[0].partition) == (1, 4)  # type: ignore[attr-defined]

@@ -9,10 +9,11 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.elections import Election
 from core.event import VoteEvent, encode, seal
 from core.keyset import ACTIVE, Key, KeySet
 from processor import policy
-from processor.policy import Election, EventAuth, Lookups, Message, Plan, VoterState
+from processor.policy import EventAuth, Lookups, Message, Plan, VoterState
 
 KEY = Key("ev-1", b"k" * 32, ACTIVE)
 AUTH = EventAuth(KeySet((KEY,)))
