@@ -84,6 +84,7 @@ resource "helm_release" "vote" {
           minReplicas = var.gateway_min_replicas
           maxReplicas = var.gateway_max_replicas
         }
+        trustedProxies = var.trusted_proxies
       }
       processor = {
         replicas = var.processor_replicas

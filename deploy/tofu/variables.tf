@@ -149,6 +149,17 @@ variable "gateway_max_replicas" {
   default     = 60
 }
 
+variable "trusted_proxies" {
+  description = "CIDRs of the ingress or load balancer in front of the gateways, whose Forwarded / X-Forwarded-For name the client (VOTE_TRUSTED_PROXIES). Empty: every voter behind the ingress shares its address and rate-limit budget."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for c in var.trusted_proxies : can(cidrhost(c, 0))])
+    error_message = "trusted_proxies must be CIDRs such as 10.0.0.0/8 or fd00::/8."
+  }
+}
+
 variable "existing_env_secret" {
   description = "Name of a Secret with VOTE_PG_DSN and VOTE_REDIS_URL; when empty, pg_dsn and redis_url are used."
   type        = string

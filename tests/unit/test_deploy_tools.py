@@ -24,6 +24,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from core import settings as core_settings
+from gateway.config import GatewaySettings
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 CHART = DEPLOY / "helm" / "vote-platform"
@@ -185,6 +188,29 @@ def test_kafka_defaults_to_plaintext_without_credentials():
             assert keys == {"VOTE_KAFKA_SECURITY_PROTOCOL"}
             assert m["data"]["VOTE_KAFKA_SECURITY_PROTOCOL"] == "plaintext"
     assert "kafka-sasl" not in json.dumps(manifests)
+
+
+def _gateway_env(manifests: list[dict]) -> dict[str, str]:
+    return next(
+        m["data"]
+        for m in manifests
+        if m["kind"] == "ConfigMap"
+        and m["metadata"]["labels"]["app.kubernetes.io/component"] == "gateway"
+    )
+
+
+def test_trusted_proxies_reach_the_gateway_as_settings_it_accepts():
+    manifests = render(KUBE_VERSIONS[-1], "-f", str(FULL_VALUES))
+    env = _gateway_env(manifests)
+    assert env["VOTE_TRUSTED_PROXIES"] == "10.0.0.0/8,fd00::/8"
+    proxies = {"VOTE_TRUSTED_PROXIES": env["VOTE_TRUSTED_PROXIES"]}
+    assert core_settings.load(GatewaySettings, proxies).trusted_proxies == "10.0.0.0/8,fd00::/8"
+    with pytest.raises(core_settings.ConfigError, match="10.0.0.0/33"):
+        core_settings.load(GatewaySettings, {"VOTE_TRUSTED_PROXIES": "10.0.0.0/33"})
+    # By default no proxy is believed: the peer address is the client.
+    default = render(KUBE_VERSIONS[-1], *EXISTING_SECRETS)
+    env = _gateway_env(default)
+    assert env["VOTE_TRUSTED_PROXIES"] == ""
 
 
 @pytest.mark.parametrize(
