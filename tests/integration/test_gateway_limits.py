@@ -9,6 +9,7 @@ Linux, so the client can bind there and the gateway sees a different peer.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,10 +18,12 @@ import httpx
 import pytest
 
 from tests.integration.gateway_fixtures import GatewayStack, running_gateway
+from tests.integration.services import wait_until
 
 pytestmark = pytest.mark.integration
 
 IP_BURST = 10
+IP_PER_S = 5
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +36,7 @@ def limited_stack(
         pg_dsn,
         kafka_bootstrap,
         redis_url,
-        VOTE_RATE_IP_PER_S="5",
+        VOTE_RATE_IP_PER_S=str(IP_PER_S),
         VOTE_RATE_IP_BURST=str(IP_BURST),
         VOTE_RATE_VOTER_PER_S="0.5",
         VOTE_RATE_VOTER_BURST="3",
@@ -64,26 +67,40 @@ def _assert_429(resp: httpx.Response, scope: str) -> None:
 
 def test_a_flood_from_one_address_is_429_and_others_keep_voting(limited_stack: GatewayStack):
     stack = limited_stack
-    offsets_before = stack.topic_end_offsets()
-    spill_before = stack.metric("vote_spill_writes_total")
+    flood = f"flood-{uuid.uuid4().hex[:6]}-"
     with httpx.Client() as flooder:
-        answers = [_post(flooder, stack, f"flood-{i}") for i in range(4 * IP_BURST)]
+        started = time.monotonic()
+        answers = [_post(flooder, stack, f"{flood}{i}") for i in range(4 * IP_BURST)]
+        took = time.monotonic() - started
     accepted = [r for r in answers if r.status_code == 202]
     refused = [r for r in answers if r.status_code != 202]
-    # The burst goes through (plus the odd token regained meanwhile), the rest is refused.
-    assert IP_BURST <= len(accepted) < 2 * IP_BURST, [r.status_code for r in answers]
+    # The burst goes through, plus the tokens regained while the flood lasted (a slow
+    # machine takes longer to send it); the rest is refused.
+    regained = int(IP_PER_S * took) + 1
+    assert IP_BURST <= len(accepted) <= IP_BURST + regained, [r.status_code for r in answers]
+    assert refused
     for resp in refused:
         _assert_429(resp, "address")
+    assert stack.metric("vote_rate_limited_total") >= len(refused)
 
     # Another address is not affected by the flood.
     with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2")) as other:
-        assert _post(other, stack, "bystander").status_code == 202
+        bystander = _post(other, stack, f"{flood}bystander")
+    assert bystander.status_code == 202, bystander.text
 
-    # Only the accepted votes were produced; nothing refused went to the spill.
-    produced = stack.topic_end_offsets() - offsets_before
-    spilled = stack.metric("vote_spill_writes_total") - spill_before
-    assert produced + spilled == len(accepted) + 1
-    assert stack.metric("vote_rate_limited_total") >= len(refused)
+    # What is counted is exactly the accepted votes, each once: nothing refused reached
+    # Kafka or the spill (however a vote went, via Kafka or via the spill, it ends here).
+    expected = {r.json()["vote_id"] for r in [*accepted, bystander]}
+    stored: dict[str, int] = {}
+
+    def all_accepted_stored() -> bool:
+        nonlocal stored
+        stored = stack.stored_counts(flood)
+        return len(stored) >= len(expected)
+
+    wait_until("the accepted votes stored", all_accepted_stored, 120, lambda: f"{stored}")
+    assert set(stored) == expected
+    assert set(stored.values()) == {1}
 
 
 def test_one_voter_voting_again_and_again_is_429(limited_stack: GatewayStack):
