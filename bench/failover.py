@@ -51,8 +51,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.env import REPO, BenchError
 from bench.region_stack import REGIONS, Regions, base_port_offset
 from core.event import TOPIC, decode
+from core.results import tally_key
 from gateway import admin
-from processor.cache import tally_key
 
 CANDIDATES = ("alice", "bob", "carol")
 

@@ -4,11 +4,12 @@ Reads what the processor writes and never writes anything itself:
 
 * tallies from Redis (``tally:E``, written by ``processor.cache`` after every commit),
   falling back to PostgreSQL (view ``election_tallies``) when Redis is down or has no
-  key for the election;
-* the SSE stream from the Redis channel ``results:E``. One pub/sub connection per
-  gateway process is shared by all streams (a hub fans messages out), so a hundred
-  thousand viewers don't mean a hundred thousand Redis connections. Every message is
-  an absolute snapshot, so a slow client simply skips to the latest one;
+  key for the election; the keys and the document are ``core.results``'s;
+* the SSE stream, following the Redis channel ``results:E``. One pub/sub connection per
+  gateway process is shared by all streams (a hub fans out), so a hundred thousand
+  viewers don't mean a hundred thousand Redis connections. A message there only says
+  that E changed: the hub reads the results once and gives every stream of E that
+  absolute snapshot, so a slow client simply skips to the latest one;
 * a vote's status from PostgreSQL: pending (not processed yet), counted, superseded
   (``last_wins``: a later vote of the same voter replaced it) or rejected + reason.
 
@@ -29,24 +30,13 @@ import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool
 from redis.exceptions import RedisError
 
+from core.results import channel, document, meta_key, tally_key
 from gateway import metrics
 
 log = logging.getLogger("gateway.results")
 
 HEARTBEAT = b": ping\n\n"
 _CANDIDATES_TTL_S = 60.0
-
-
-def _tally_key(election_id: str) -> str:
-    return f"tally:{election_id}"
-
-
-def _meta_key(election_id: str) -> str:
-    return f"tally_meta:{election_id}"
-
-
-def _channel(election_id: str) -> str:
-    return f"results:{election_id}"
 
 
 def sse_frame(doc: dict[str, Any] | bytes, event: str = "tally") -> bytes:
@@ -64,7 +54,8 @@ class _Hub:
         self._queues: dict[str, set[asyncio.Queue[tuple[float, bytes]]]] = {}
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
-        self.on_reconnect: Any = None  # async callable(election_id) -> None
+        # async callable(election_id): reads E's results and hands them to ``deliver``.
+        self.on_change: Any = None
 
     async def add(self, election_id: str) -> asyncio.Queue[tuple[float, bytes]]:
         # maxsize=1 with replace-on-full: a slow client gets the latest snapshot only.
@@ -76,7 +67,7 @@ class _Hub:
                 self._pubsub = self._client.pubsub()
             if len(listeners) == 1:
                 try:
-                    await self._pubsub.subscribe(_channel(election_id))
+                    await self._pubsub.subscribe(channel(election_id))
                 except BaseException:
                     # Leave no listener behind, so the next stream subscribes again.
                     del self._queues[election_id]
@@ -94,9 +85,9 @@ class _Hub:
             if not listeners:
                 del self._queues[election_id]
                 with contextlib.suppress(RedisError, OSError):
-                    await self._pubsub.unsubscribe(_channel(election_id))
+                    await self._pubsub.unsubscribe(channel(election_id))
 
-    def _deliver(self, election_id: str, item: tuple[float, bytes]) -> None:
+    def deliver(self, election_id: str, item: tuple[float, bytes]) -> None:
         for q in self._queues.get(election_id, ()):
             if q.full():
                 q.get_nowait()
@@ -121,18 +112,13 @@ class _Hub:
                 # redis-py re-subscribed on reconnect; changes made meanwhile were not
                 # published to us, so push a fresh snapshot to every stream.
                 broken = False
-                if self.on_reconnect is not None:
-                    for eid in list(self._queues):
-                        await self.on_reconnect(eid)
+                for eid in list(self._queues):
+                    await self.on_change(eid)
             if msg is None or msg.get("type") != "message":
                 continue
-            channel = msg["channel"].decode()
-            data: bytes = msg["data"]
-            try:
-                as_of = float(json.loads(data).get("as_of", 0.0))
-            except (ValueError, AttributeError):
-                continue
-            self._deliver(channel.split(":", 1)[1], (as_of, data))
+            election_id = msg["channel"].decode().split(":", 1)[1]
+            if election_id in self._queues:
+                await self.on_change(election_id)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -168,7 +154,7 @@ class ResultsReader:
         )
         self._heartbeat_s = heartbeat_s
         self._hub = _Hub(self._redis)
-        self._hub.on_reconnect = self._push_snapshot
+        self._hub.on_change = self._push_snapshot
         self._candidates: dict[str, tuple[float, frozenset[str]]] = {}
 
     async def start(self) -> None:
@@ -186,8 +172,8 @@ class ResultsReader:
         """Current tallies; None when the election does not exist."""
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.hgetall(_tally_key(election_id))
-                pipe.hget(_meta_key(election_id), "as_of")
+                pipe.hgetall(tally_key(election_id))
+                pipe.hget(meta_key(election_id), "as_of")
                 raw, as_of = await pipe.execute()
         except (RedisError, OSError) as exc:
             log.debug("redis unavailable for results", extra={"error": repr(exc)})
@@ -196,13 +182,8 @@ class ResultsReader:
                 tallies = {k.decode(): int(v) for k, v in raw.items()}
                 for c in await self._known_candidates(election_id):
                     tallies.setdefault(c, 0)
-                return {
-                    "election_id": election_id,
-                    "tallies": dict(sorted(tallies.items())),
-                    "total": sum(tallies.values()),
-                    "source": "redis",
-                    "as_of": float(as_of) if as_of is not None else time.time(),
-                }
+                when = float(as_of) if as_of is not None else time.time()
+                return document(election_id, tallies, "redis", when)
         return await self._results_from_postgres(election_id)
 
     async def _results_from_postgres(self, election_id: str) -> dict[str, Any] | None:
@@ -221,13 +202,7 @@ class ResultsReader:
         if not rows:
             return None
         tallies = {c: int(n) for c, n in rows if c is not None}
-        return {
-            "election_id": election_id,
-            "tallies": dict(sorted(tallies.items())),
-            "total": sum(tallies.values()),
-            "source": "postgres",
-            "as_of": time.time(),
-        }
+        return document(election_id, tallies, "postgres", time.time())
 
     async def _known_candidates(self, election_id: str) -> frozenset[str]:
         """Candidates (cached), so a candidate without votes still shows 0."""
@@ -325,8 +300,12 @@ class ResultsReader:
             await self._hub.remove(election_id, q)
 
     async def _push_snapshot(self, election_id: str) -> None:
-        with contextlib.suppress(Exception):
+        """E's results, read once, to every stream of E in this process."""
+        try:
             current = await self.results(election_id)
-            if current is not None:
-                data = json.dumps(current, separators=(",", ":")).encode()
-                self._hub._deliver(election_id, (float(current["as_of"]), data))
+        except Exception as exc:  # psycopg errors, pool timeouts: the next change retries
+            log.debug("results snapshot failed", extra={"error": repr(exc)})
+            return
+        if current is not None:
+            data = json.dumps(current, separators=(",", ":")).encode()
+            self._hub.deliver(election_id, (float(current["as_of"]), data))

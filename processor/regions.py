@@ -36,12 +36,11 @@ from collections.abc import Callable
 
 import msgspec
 import psycopg
-import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from core.jsonlog import FieldsAdapter
 from processor import metrics
-from processor.cache import TallyCache
+from processor.cache import TallyCache, TallyPublisher
 from processor.consumer import Processor
 from processor.settings import ProcessorSettings
 from processor.store import ShardTally, group_by_election, shard_tallies
@@ -245,7 +244,13 @@ class RegionWatch:
         self._factory = takeover_factory
         self._stop = threading.Event()
         self._conn: psycopg.Connection | None = None
-        self._cache = TallyCache(settings.redis_url)
+        # The other clusters' shards go through the members' writer (stale elections are
+        # written in full from PostgreSQL at the next sync).
+        self._tallies = TallyPublisher(
+            TallyCache(settings.redis_url),
+            lambda eid: shard_tallies(self._connection(), eid),
+            self.log,
+        )
         # per source region: (heartbeat value last seen, monotonic time it was first seen)
         self._seen: dict[str, tuple[float, float]] = {}
         self._last_seen_unix: dict[str, float] = {}
@@ -281,7 +286,7 @@ class RegionWatch:
         for source in list(self._takeovers):
             self._end_takeover(source)
         self._close_conn()
-        self._cache.close()
+        self._tallies.close()
         if self._heartbeats is not None:
             self._heartbeats.close()
 
@@ -433,13 +438,8 @@ class RegionWatch:
             (self.region,),
         ).fetchall()
         for eid, shards in group_by_election([ShardTally(*r) for r in rows]).items():
-            try:
-                if self._cache.write(eid, shards, full=False) < 0:
-                    self._cache.write(eid, shard_tallies(conn, eid), full=True)
-            except (redis.RedisError, OSError) as exc:
-                metrics.CACHE_ERRORS.inc()
-                self.log.warning("redis region sync failed", extra={"error": repr(exc)})
-                return
+            if not self._tallies.write(eid, shards):
+                return  # Redis is down: don't wait out its timeout for every election
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:

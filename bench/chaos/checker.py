@@ -304,7 +304,7 @@ class Checker:
             "stored_twice": sorted(v for v, n in rows.items() if n > 1)[:5],
         }
 
-        from processor.cache import tally_key
+        from core.results import tally_key
 
         client = redis.Redis.from_url(s.redis_url, socket_timeout=10)
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from collections.abc import Callable
 
 import psycopg
@@ -145,6 +146,80 @@ def test_publisher_heals_a_failed_or_flushed_election(
     finally:
         publisher.cache.delete(eid)
         publisher.close()
+
+
+def test_publisher_write_says_whether_redis_took_it(
+    pg_dsn: str, redis_url: str, create_election: Callable[..., str]
+) -> None:
+    """What the region watch relies on: False (and the election stale) when Redis is
+    down, so it stops its sync; True once written, in full when Redis lost the keys."""
+    eid = create_election(("a", "b"))
+    reads: list[str] = []
+
+    def read_shards(election_id: str) -> list[ShardTally]:
+        reads.append(election_id)
+        return _shards(eid, 9, a=5, b=2)
+
+    down = TallyPublisher(TallyCache(f"redis://127.0.0.1:{_closed_port()}/0"), read_shards)
+    up = TallyPublisher(TallyCache(redis_url), read_shards)
+    try:
+        assert down.write(eid, _shards(eid, 3, a=1)) is False
+        assert down.stale == {eid}
+        assert up.write(eid, _shards(eid, 3, a=1)) is True  # no keys yet: written in full
+        assert reads == [eid] and up.stale == set()
+        assert up.cache.client.hgetall(f"tally:{eid}") == {b"a": b"5", b"b": b"2"}
+        assert up.write(eid, [ShardTally(eid, "a", "t", 0, 6, 10)]) is True  # incremental
+        assert reads == [eid]
+        assert up.cache.client.hgetall(f"tally:{eid}") == {b"a": b"6", b"b": b"2"}
+    finally:
+        up.cache.delete(eid)
+        up.close()
+        down.close()
+
+
+def test_a_change_is_a_notice_and_every_stream_gets_the_get_document(
+    pg_dsn: str, redis_url: str, create_election: Callable[..., str]
+) -> None:
+    """The processor's script publishes only {election_id, as_of}; the gateway builds the
+    frames with the same document as GET …/results (a candidate without votes shows 0)."""
+    eid = create_election(("a", "b", "c"))
+    cache = TallyCache(redis_url)
+    cache.write(eid, _shards(eid, 1, a=1), full=True)
+    notices = cache.client.pubsub()
+    notices.subscribe(f"results:{eid}")
+
+    async def scenario() -> tuple[dict, dict]:
+        reader = ResultsReader(redis_url, pg_dsn, heartbeat_s=30)
+        await reader.start()
+        try:
+            gen = reader.stream(eid)
+            await asyncio.wait_for(anext(gen), 10)
+            await asyncio.sleep(0.2)  # subscribed by now (the first frame came after it)
+            await asyncio.to_thread(cache.write, eid, _shards(eid, 2, b=4), False)
+            frame = await asyncio.wait_for(anext(gen), 10)
+            await gen.aclose()
+            got = await reader.results(eid)
+            assert got is not None
+            return json.loads(frame.split(b"\ndata: ", 1)[1]), got
+        finally:
+            await reader.close()
+
+    try:
+        streamed, got = asyncio.run(scenario())
+        assert streamed == got
+        assert streamed["tallies"] == {"a": 1, "b": 4, "c": 0} and streamed["total"] == 5
+        deadline = time.monotonic() + 10
+        published = []
+        while len(published) < 2 and time.monotonic() < deadline:
+            msg = notices.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if msg is not None:
+                published.append(json.loads(msg["data"]))
+        meta = float(cache.client.hget(f"tally_meta:{eid}", "as_of"))
+        assert published[-1] == {"election_id": eid, "as_of": meta}
+    finally:
+        notices.close()
+        cache.delete(eid)
+        cache.close()
 
 
 def test_vote_status(pg_dsn: str, redis_url: str, create_election: Callable[..., str]) -> None:
