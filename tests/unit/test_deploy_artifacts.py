@@ -159,6 +159,25 @@ def test_dashboards_use_only_defined_metrics():
         _check_exprs(_exprs_of_dashboard(path), path.name)
 
 
+def test_region_health_is_on_the_processor_dashboard():
+    """What the region alerts watch, an operator can also see: the mirror's lag, the
+    other regions' heartbeats, takeovers, PostgreSQL's replication lag and timeline."""
+    shown = set(
+        METRIC_RE.findall(
+            " ".join(_exprs_of_dashboard(DEPLOY / "grafana" / "dashboards" / "vote-processor.json"))
+        )
+    )
+    region_metrics = {
+        "vote_mirror_heartbeat_age_seconds",
+        "vote_region_heartbeat_age_seconds",
+        "vote_region_takeover",
+        "vote_region_takeovers_total",
+        "vote_pg_replication_lag_bytes",
+        "vote_pg_timeline",
+    }
+    assert region_metrics <= shown, region_metrics - shown
+
+
 def test_rules_use_only_defined_metrics():
     _check_exprs(_exprs_of_rules(), "rules.yml")
 
