@@ -138,12 +138,15 @@ def recount_from_kafka(
     starts: dict[int, int],
     auth: EventAuth,
     timeout_s: float = 300.0,
+    seen: set[str] | None = None,
+    voted: set[str] | None = None,
 ) -> tuple[Counter[str], int, int]:
     """A ``first_wins`` recount of ``election`` from Kafka order, independent of the
     processor's batches and tables: per partition from ``starts`` to the current end, the
     first copy of each vote_id, and per voter the first vote that is storable (the
     event contract of ``core.event``) and names a candidate. Returns (tally, copies,
-    duplicate copies)."""
+    duplicate copies). A recount over several topics (one per region) passes the same
+    ``seen`` and ``voted`` sets to each call, so a vote carried by two counts once."""
     ends = end_offsets(bootstrap, topic)
     consumer = Consumer(
         {
@@ -152,8 +155,8 @@ def recount_from_kafka(
             "enable.auto.commit": False,
         }
     )
-    seen: set[str] = set()
-    voted: set[str] = set()
+    seen = set() if seen is None else seen
+    voted = set() if voted is None else voted
     tally: Counter[str] = Counter()
     copies = duplicates = 0
     try:
@@ -187,6 +190,60 @@ def recount_from_kafka(
     finally:
         consumer.close()
     return tally, copies, duplicates
+
+
+def count_in_postgres(dsn: str, election: str, votes: list[Vote], r: Result) -> None:
+    """The client's outcomes against what PostgreSQL stored for ``election``, into ``r``:
+    acked/failed/indeterminate/unsent, stored, lost, double_counted, unacked_stored,
+    failed_stored, rejections and the tallies."""
+    by_outcome = Counter(v.outcome for v in votes)
+    r.acked, r.failed, r.indeterminate = by_outcome[OK], by_outcome[FAIL], by_outcome[INFO]
+    r.unsent = by_outcome[UNSENT]
+    acked = {v.vote_id for v in votes if v.outcome == OK}
+    failed = {v.vote_id for v in votes if v.outcome == FAIL}
+
+    with psycopg.connect(dsn) as conn:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        rows = dict(
+            conn.execute(
+                "SELECT vote_id, count(*) FROM votes WHERE election_id = %s GROUP BY vote_id",
+                (election,),
+            ).fetchall()
+        )
+        rejected = {
+            vid: reason
+            for vid, reason in conn.execute(
+                "SELECT vote_id, reason FROM vote_rejections WHERE election_id = %s",
+                (election,),
+            ).fetchall()
+        }
+        r.rejections = dict(Counter(rejected.values()))
+        over_limit = conn.execute(
+            "SELECT count(*) FROM (SELECT voter_id FROM votes WHERE election_id = %s"
+            " AND superseded_by IS NULL GROUP BY voter_id HAVING count(*) > 1) AS x",
+            (election,),
+        ).fetchone()
+        r.pg_tallies = dict(
+            conn.execute(
+                "SELECT candidate_id, votes FROM election_tallies WHERE election_id = %s",
+                (election,),
+            ).fetchall()
+        )
+    stored = set(rows)
+    lost = acked - stored - set(rejected)
+    r.stored = len(acked & stored)
+    r.rejected_acked = len((acked - stored) & set(rejected))
+    r.lost = len(lost)
+    r.double_counted = sum(n - 1 for n in rows.values() if n > 1) + int(
+        over_limit[0] if over_limit else 0
+    )
+    r.unacked_stored = len(stored - acked)
+    r.failed_stored = len(failed & stored)
+    r.examples = {
+        "lost": sorted(lost)[:5],
+        "failed_stored": sorted(failed & stored)[:5],
+        "stored_twice": sorted(v for v, n in rows.items() if n > 1)[:5],
+    }
 
 
 class Checker:
@@ -255,54 +312,7 @@ class Checker:
             self.drain_timeout_s,
             r.notes,
         )
-        by_outcome = Counter(v.outcome for v in votes)
-        r.acked, r.failed, r.indeterminate = by_outcome[OK], by_outcome[FAIL], by_outcome[INFO]
-        r.unsent = by_outcome[UNSENT]
-        acked = {v.vote_id for v in votes if v.outcome == OK}
-        failed = {v.vote_id for v in votes if v.outcome == FAIL}
-
-        with psycopg.connect(s.pg_dsn) as conn:
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            rows = dict(
-                conn.execute(
-                    "SELECT vote_id, count(*) FROM votes WHERE election_id = %s GROUP BY vote_id",
-                    (election,),
-                ).fetchall()
-            )
-            rejected = {
-                vid: reason
-                for vid, reason in conn.execute(
-                    "SELECT vote_id, reason FROM vote_rejections WHERE election_id = %s",
-                    (election,),
-                ).fetchall()
-            }
-            r.rejections = dict(Counter(rejected.values()))
-            over_limit = conn.execute(
-                "SELECT count(*) FROM (SELECT voter_id FROM votes WHERE election_id = %s"
-                " AND superseded_by IS NULL GROUP BY voter_id HAVING count(*) > 1) AS x",
-                (election,),
-            ).fetchone()
-            r.pg_tallies = dict(
-                conn.execute(
-                    "SELECT candidate_id, votes FROM election_tallies WHERE election_id = %s",
-                    (election,),
-                ).fetchall()
-            )
-        stored = set(rows)
-        lost = acked - stored - set(rejected)
-        r.stored = len(acked & stored)
-        r.rejected_acked = len((acked - stored) & set(rejected))
-        r.lost = len(lost)
-        r.double_counted = sum(n - 1 for n in rows.values() if n > 1) + int(
-            over_limit[0] if over_limit else 0
-        )
-        r.unacked_stored = len(stored - acked)
-        r.failed_stored = len(failed & stored)
-        r.examples = {
-            "lost": sorted(lost)[:5],
-            "failed_stored": sorted(failed & stored)[:5],
-            "stored_twice": sorted(v for v, n in rows.items() if n > 1)[:5],
-        }
+        count_in_postgres(s.pg_dsn, election, votes, r)
 
         from core.results import tally_key
 

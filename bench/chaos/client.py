@@ -48,6 +48,7 @@ class Attempt:
     status: int | None  # None: no HTTP answer
     error: str  # exception name, or "" when an answer came
     latency_s: float
+    region: str = ""  # the region it was sent to (RegionRoutes), "" with one gateway
 
 
 @dataclass(slots=True)
@@ -62,10 +63,16 @@ class Vote:
     outcome: str = ""
     done_s: float | None = None
     durability: str = ""
+    home: str = ""  # the voter's region (RegionRoutes), "" with one gateway
 
     @property
     def latency_s(self) -> float | None:
         return None if self.done_s is None else self.done_s - self.scheduled_s
+
+    @property
+    def served_by(self) -> str:
+        """The region of the last attempt (the one that answered, for an ``ok`` vote)."""
+        return self.attempts[-1].region if self.attempts else ""
 
 
 def classify(attempts: list[Attempt]) -> str:
@@ -78,7 +85,9 @@ def classify(attempts: list[Attempt]) -> str:
 
 
 def retryable(attempt: Attempt) -> bool:
-    return attempt.status is None or attempt.status == 429 or attempt.status >= 500
+    # 408: the gateway gave up reading the request (its body deadline), so it was never
+    # accepted and the same request again is safe.
+    return attempt.status is None or attempt.status in (408, 429) or attempt.status >= 500
 
 
 def retry_delay(attempt_no: int, retry_after: str | None, policy: RetryPolicy) -> float:
@@ -147,6 +156,40 @@ class VoteSource:
         return v["vote_id"], v["voter_id"], v["choice"], v["token"], v["body"].encode()
 
 
+class RegionRoutes:
+    """Where each vote goes when the voters live in several regions, as a health-checked
+    global DNS name would send them: voters are spread over the regions in turn; a vote,
+    retries included, goes to its voter's home region unless that region refused a
+    connection since it was last ``restore``d, and then to the next region in order.
+
+    Only a connection that could not be made moves a region's voters: a slow or reset
+    answer is a busy gateway, and moving on it would pile retries onto the other region.
+    """
+
+    def __init__(self, urls: dict[str, str]) -> None:
+        self.urls = dict(urls)  # region -> the votes URL of its gateways
+        self.regions = list(urls)
+        self.down: dict[str, float] = {}  # region -> when (load clock) it first refused
+
+    def home_of(self, n: int) -> str:
+        return self.regions[n % len(self.regions)]
+
+    def pick(self, home: str) -> str:
+        """The region a vote of ``home``'s voters goes to now."""
+        at = self.regions.index(home)
+        for region in self.regions[at:] + self.regions[:at]:
+            if region not in self.down:
+                return region
+        return home  # every region refuses: keep trying home
+
+    def refused(self, region: str, at_s: float) -> None:
+        self.down.setdefault(region, at_s)
+
+    def restore(self, region: str) -> None:
+        """The region answers again (its readiness probe passed): its voters go home."""
+        self.down.pop(region, None)
+
+
 class Load:
     """Open-loop load at ``rate`` votes/s on ``url`` from a thread of its own.
 
@@ -161,8 +204,10 @@ class Load:
         rate: float,
         policy: RetryPolicy | None = None,
         max_in_flight: int = 32,
+        routes: RegionRoutes | None = None,
     ) -> None:
-        self.url = url
+        self.url = url  # ignored when ``routes`` spreads the voters over regions
+        self.routes = routes
         self.source = source
         self.rate = rate
         self.policy = policy or RetryPolicy()
@@ -234,6 +279,8 @@ class Load:
                     continue
                 vote_id, voter, choice, token, body = next(self.source)
                 vote = Vote(vote_id, voter, choice, token, body, due)
+                if self.routes is not None:
+                    vote.home = self.routes.home_of(n)
                 self.votes.append(vote)
                 task = asyncio.create_task(self._vote(http, gate, vote))
                 tasks.add(task)
@@ -248,18 +295,28 @@ class Load:
         first = self.now()
         while True:
             retry_after = None
+            region = self.routes.pick(vote.home) if self.routes is not None else ""
+            url = self.routes.urls[region] if self.routes is not None else self.url
             async with gate:
                 started = self.now()
                 try:
-                    resp = await http.post(self.url, content=vote.body, headers=headers)
+                    resp = await http.post(url, content=vote.body, headers=headers)
                 except asyncio.CancelledError:
                     # Given up mid-request: the gateway may have accepted it.
-                    vote.attempts.append(Attempt(started, None, "Abandoned", self.now() - started))
+                    vote.attempts.append(
+                        Attempt(started, None, "Abandoned", self.now() - started, region)
+                    )
                     raise
                 except httpx.HTTPError as exc:
-                    attempt = Attempt(started, None, type(exc).__name__, self.now() - started)
+                    attempt = Attempt(
+                        started, None, type(exc).__name__, self.now() - started, region
+                    )
+                    if self.routes is not None and isinstance(
+                        exc, httpx.ConnectError | httpx.ConnectTimeout
+                    ):
+                        self.routes.refused(region, started)
                 else:
-                    attempt = Attempt(started, resp.status_code, "", self.now() - started)
+                    attempt = Attempt(started, resp.status_code, "", self.now() - started, region)
                     retry_after = resp.headers.get("retry-after")
                     if 200 <= resp.status_code < 300:
                         vote.durability = resp.json().get("durability", "")
@@ -276,23 +333,23 @@ class Load:
 
 
 def write_attempts(path: Path, votes: list[Vote]) -> None:
-    """Every attempt of every vote, one JSON line per vote."""
+    """Every attempt of every vote, one JSON line per vote (with regions: the voter's
+    home, and the region of each attempt as its fifth field)."""
     with open(path, "w") as out:
         for v in votes:
-            out.write(
-                json.dumps(
-                    {
-                        "vote_id": v.vote_id,
-                        "voter_id": v.voter_id,
-                        "choice": v.choice,
-                        "scheduled_s": round(v.scheduled_s, 4),
-                        "outcome": v.outcome,
-                        "durability": v.durability,
-                        "attempts": [
-                            [round(a.at_s, 4), a.status, a.error, round(a.latency_s, 4)]
-                            for a in v.attempts
-                        ],
-                    }
-                )
-                + "\n"
-            )
+            line: dict[str, object] = {
+                "vote_id": v.vote_id,
+                "voter_id": v.voter_id,
+                "choice": v.choice,
+                "scheduled_s": round(v.scheduled_s, 4),
+                "outcome": v.outcome,
+                "durability": v.durability,
+                "attempts": [
+                    [round(a.at_s, 4), a.status, a.error, round(a.latency_s, 4)]
+                    + ([a.region] if a.region else [])
+                    for a in v.attempts
+                ],
+            }
+            if v.home:
+                line["home"] = v.home
+            out.write(json.dumps(line) + "\n")

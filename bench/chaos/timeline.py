@@ -81,6 +81,8 @@ class Sampler:
                 "bootstrap.servers": self.bootstrap,
                 "group.id": f"chaos-sampler-{uuid.uuid4().hex}",
                 "socket.timeout.ms": 2000,
+                # A killed broker is the point of a scenario, not news: errors only.
+                "log_level": 2,
             }
         )
         conn: psycopg.Connection | None = None

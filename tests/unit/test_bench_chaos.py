@@ -44,6 +44,7 @@ def test_outcome_of_a_vote(statuses: list[int | None], outcome: str) -> None:
 def test_what_is_retried() -> None:
     assert retryable(attempt(None, "ReadTimeout"))
     assert retryable(attempt(503)) and retryable(attempt(429)) and retryable(attempt(500))
+    assert retryable(attempt(408))  # the body deadline: never accepted, safe to resend
     assert not retryable(attempt(202)) and not retryable(attempt(400))
 
 

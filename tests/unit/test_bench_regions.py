@@ -1,0 +1,122 @@
+"""The chaos client's region routing (bench.chaos.client.RegionRoutes), as ``bench
+failover`` and the ``region-loss`` scenario use it: voters spread over the regions, and a
+region that refuses connections has its voters, retries included, sent to the next one."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from bench.chaos.client import OK, Attempt, Load, RegionRoutes, RetryPolicy, Vote, write_attempts
+
+
+def test_voters_live_in_the_regions_in_turn() -> None:
+    routes = RegionRoutes({"A": "http://a", "B": "http://b"})
+    assert [routes.home_of(n) for n in range(4)] == ["A", "B", "A", "B"]
+    assert routes.pick("A") == "A" and routes.pick("B") == "B"
+
+
+def test_a_refusing_region_sends_its_voters_to_the_next_until_restored() -> None:
+    routes = RegionRoutes({"A": "http://a", "B": "http://b", "C": "http://c"})
+    routes.refused("A", 12.5)
+    routes.refused("A", 13.0)  # the first refusal is when it went down
+    assert routes.down == {"A": 12.5}
+    assert routes.pick("A") == "B" and routes.pick("B") == "B" and routes.pick("C") == "C"
+    routes.refused("B", 14.0)
+    assert routes.pick("A") == "C"
+    routes.restore("A")
+    assert routes.pick("A") == "A" and routes.pick("B") == "C"
+
+
+def test_every_region_refusing_keeps_trying_home() -> None:
+    routes = RegionRoutes({"A": "http://a", "B": "http://b"})
+    routes.refused("A", 1.0)
+    routes.refused("B", 1.0)
+    assert routes.pick("A") == "A" and routes.pick("B") == "B"
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def accepting_gateway() -> Iterator[str]:
+    """A stand-in for a region's gateway that accepts every vote."""
+
+    class Accept(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["content-length"]))
+            body = json.dumps({"status": "accepted", "durability": "kafka"}).encode()
+            self.send_response(202)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Accept)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/votes"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _Votes:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __iter__(self) -> _Votes:
+        return self
+
+    def __next__(self) -> tuple[str, str, str, str, bytes]:
+        self.n += 1
+        vote_id = f"v{self.n}"
+        return vote_id, f"voter{self.n}", "alice", "token", b'{"choice": "alice"}'
+
+
+def test_load_moves_a_dead_regions_voters_and_records_who_served_them(
+    accepting_gateway: str, tmp_path: object
+) -> None:
+    routes = RegionRoutes({"A": f"http://127.0.0.1:{_closed_port()}/votes", "B": accepting_gateway})
+    policy = RetryPolicy(max_attempts=5, max_elapsed_s=20, timeout_s=5, backoff_s=0.01)
+    load = Load("", _Votes(), 50.0, policy, max_in_flight=8, routes=routes)  # type: ignore[arg-type]
+    load.start()
+    deadline = time.monotonic() + 60
+    while len(load.votes) < 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    load.finish(timeout_s=60)
+    assert len(load.votes) >= 10
+    assert all(v.outcome == OK for v in load.votes)
+    homes = {v.home for v in load.votes}
+    assert homes == {"A", "B"}
+    assert all(v.served_by == "B" for v in load.votes)
+    # A's first voter was refused by A, then answered by B on a retry of the same vote.
+    first_a = next(v for v in load.votes if v.home == "A")
+    assert first_a.attempts[0].region == "A" and first_a.attempts[0].status is None
+    assert first_a.attempts[-1].region == "B" and first_a.attempts[-1].status == 202
+    assert "A" in routes.down and "B" not in routes.down
+
+    path = tmp_path / "attempts.jsonl"  # type: ignore[operator]
+    write_attempts(path, load.votes)
+    line = json.loads(path.read_text().splitlines()[0])
+    assert line["home"] == "A" and line["attempts"][0][4] == "A"
+
+
+def test_a_single_gateways_attempts_keep_their_four_fields(tmp_path: object) -> None:
+    vote = Vote("a", "v", "alice", "t", b"", 0.0, [Attempt(0.1, 202, "", 0.01)], OK, 0.2)
+    path = tmp_path / "attempts.jsonl"  # type: ignore[operator]
+    write_attempts(path, [vote])
+    line = json.loads(path.read_text())
+    assert "home" not in line and len(line["attempts"][0]) == 4
