@@ -21,8 +21,9 @@ Then the chaos checks run across both regions (``check_regions``) and it reports
 * ``rto_ingest_s``: from the kill to the first 2xx from B for one of A's voters;
 * ``rto_count_s``: from the kill to the first vote acknowledged after it being counted;
 * ``rpo_pending_votes``: votes A acknowledged that were not yet in B at the kill;
-* ``mm2_lag_p99_s``: before the kill, from the gateway's received_at to the vote's
-  arrival in the other region's mirrored topic (a consumer tails both);
+* ``mm2_lag_p99_s``: before the kill, from a vote's arrival in its region's
+  ``votes.v1`` to its arrival in the other region's copy (consumers tail all four
+  topics); ``received_to_mirror_p99_s`` counts from the gateway's received_at instead;
 * ``pg_failover_s``: from the kill to the monitor reporting B's node as primary;
 
 and draws a PNG timeline per region: acks/s, counted/s, spill size, mirror lag.
@@ -99,7 +100,10 @@ class PgTimeline:
 
 
 class MirrorTail(threading.Thread):
-    """Records when each vote of the election first arrives in a mirrored topic."""
+    """Records when each vote of the election first arrives in a topic: a region's own
+    ``votes.v1`` or its mirror in the other region. The difference of the two arrivals is
+    MirrorMaker's lag alone; from the gateway's received_at it includes the gateway's own
+    produce (and, for a spilled vote, the spill)."""
 
     def __init__(self, bootstrap: str, topic: str, election: str) -> None:
         super().__init__(daemon=True)
@@ -299,6 +303,12 @@ def _p99(values: list[float]) -> float | None:
 
 
 def run(args: argparse.Namespace) -> dict[str, object]:
+    """One run; its report (the figures above and the checks' outcome)."""
+    return measure(args)[0]
+
+
+def measure(args: argparse.Namespace) -> tuple[dict[str, object], Result]:
+    """One run: its report, and the chaos checks' ``Result`` behind it."""
     regions = Regions()
     print("== regions up", flush=True)
     regions.up()
@@ -324,6 +334,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     tails = {
         "A": MirrorTail(regions.env("B")["VOTE_KAFKA_BOOTSTRAP"], f"A.{TOPIC}", election),
         "B": MirrorTail(regions.env("A")["VOTE_KAFKA_BOOTSTRAP"], f"B.{TOPIC}", election),
+        "A-source": MirrorTail(regions.env("A")["VOTE_KAFKA_BOOTSTRAP"], TOPIC, election),
+        "B-source": MirrorTail(regions.env("B")["VOTE_KAFKA_BOOTSTRAP"], TOPIC, election),
     }
     for t in tails.values():
         t.start()
@@ -365,7 +377,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         if args.fault == "region-loss":
             print("== kill -9 region A", flush=True)
             regions.kill("A")
-            tails["B"].stop()  # it read from A's Kafka
+            tails["B"].stop()  # these two read from A's Kafka
+            tails["A-source"].stop()
         else:
             print(f"== fault: {args.fault}", flush=True)
             for verb in FAULTS[args.fault][0]:
@@ -387,11 +400,13 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         marks["load_end"] = time.time()
         print("== load stopped; waiting for the votes in flight", flush=True)
         unfinished = load.finish(timeout_s=policy.max_elapsed_s + 60)
-    tails["A"].stop()
+    for key in ("A", "B-source"):
+        tails[key].stop()
     result = check_regions(args.fault, regions, election, load.votes, args.converge_timeout)
     if unfinished:
         result.notes.append(f"{unfinished} votes had no outcome when the client gave up")
-    return _report(args, regions, election, load, wall0, result, tails, counters, pg, marks)
+    report = _report(args, regions, election, load, wall0, result, tails, counters, pg, marks)
+    return report, result
 
 
 def _phase(load: Load, routes: RegionRoutes, seconds: float) -> None:
@@ -445,14 +460,24 @@ def _report(
     a_before = [v.vote_id for v in acked if v.served_by == "A" and done_at(v) <= kill]
     mirrored_a = tails["A"].arrived
     pending = [v for v in a_before if mirrored_a.get(v, float("inf")) > kill]
-    lags = [
+    # MirrorMaker's lag: from a vote's arrival in its region's votes.v1 to its arrival in
+    # the other region's copy; before the kill, and over the whole run (mirror-down: it
+    # grows, then catches up).
+    lag_at = [
+        (tails[r].arrived[v], tails[r].arrived[v] - tails[f"{r}-source"].arrived[v])
+        for r in REGIONS
+        for v in tails[r].arrived
+        if v in tails[f"{r}-source"].arrived
+    ]
+    lags = [lag for t, lag in lag_at if t <= kill]
+    lags_all = [lag for _, lag in lag_at]
+    # From the gateway's received_at to the copy in the other region.
+    ack_to_mirror = [
         tail.arrived[v] - tail.received_at[v]
-        for tail in tails.values()
+        for tail in (tails["A"], tails["B"])
         for v in tail.arrived
         if tail.arrived[v] <= kill
     ]
-    # The mirror's lag over the whole run (mirror-down: it grows, then catches up).
-    lags_all = [t.arrived[v] - t.received_at[v] for t in tails.values() for v in t.arrived]
     failed_over = next((t for t, p in pg.primary if t > kill and p == "B"), None)
     report: dict[str, object] = {
         "scenario": args.fault,
@@ -482,6 +507,7 @@ def _report(
         "mm2_lag_median_s": round(statistics.median(lags), 3) if lags else None,
         "mm2_lag_samples": len(lags),
         "mm2_lag_max_s": round(max(lags_all), 3) if lags_all else None,
+        "received_to_mirror_p99_s": _p99(ack_to_mirror),
         "pg_failover_s": None if failed_over is None else round(failed_over - kill, 3),
         "max_writable_pg_nodes": max((n for _, n in pg.writable), default=None),
         "writable_pg_nodes_during_fault": sorted(
@@ -498,7 +524,7 @@ def _report(
         and report["drained"]
         and (report["max_writable_pg_nodes"] or 0) <= 1
     )
-    if args.plots:
+    if getattr(args, "plots", None):
         report["plots"] = _plot(Path(args.plots), load, wall0, tails, counters, marks, counted_rows)
     return report
 
@@ -528,9 +554,11 @@ def _plot(
         for region, sec, n in counted_rows:
             if region == r:
                 counted[int(float(sec) - wall0)] += n
-        tail = tails[r]
+        tail, source = tails[r], tails[f"{r}-source"]
         lag = sorted(
-            (tail.arrived[v] - wall0, tail.arrived[v] - tail.received_at[v]) for v in tail.arrived
+            (tail.arrived[v] - wall0, tail.arrived[v] - source.arrived[v])
+            for v in tail.arrived
+            if v in source.arrived
         )
         series = [
             ("acks/s (2xx by this region)", sorted(acks.items())),

@@ -30,6 +30,7 @@ from pathlib import Path
 from types import FrameType
 
 from bench import report as bench_report
+from bench.chaos import regions as _regions  # noqa: F401 (registers the region scenarios)
 from bench.chaos import report
 from bench.chaos.checker import Checker, Result, end_offsets
 from bench.chaos.client import OK, Load, VoteSource, write_attempts
@@ -142,7 +143,12 @@ class Session:
         print(f"[{time.monotonic() - self.started:7.1f}s] {msg}", flush=True)
 
     def selected(self) -> list[Scenario]:
-        names = list(SCENARIOS) if self.args.scenarios == "all" else self.args.scenarios.split(",")
+        if self.args.scenarios == "all":
+            # The scenarios on the chaos stack; those with a topology of their own (the
+            # two regions) are run by name.
+            names = [n for n, sc in SCENARIOS.items() if sc.standalone is None]
+        else:
+            names = self.args.scenarios.split(",")
         unknown = [n for n in names if n not in SCENARIOS]
         if unknown:
             raise BenchError(f"unknown scenario(s) {unknown}; known: {', '.join(SCENARIOS)}")
@@ -151,23 +157,29 @@ class Session:
     def run(self) -> int:
         scenarios = self.selected()
         self.log(f"{self.command}: {len(scenarios)} scenario(s), seed {self.args.seed}")
+        if all(sc.standalone is not None for sc in scenarios):
+            return self._run(scenarios, {})
         self.log(f"chaos stack in {self.cluster.directory} (deploy/local/stack up, 3 nodes)")
         # Stopped at the end unless it was running before.
         with running(self.cluster):
-            return self._run(scenarios)
+            env = self.cluster.env()
+            from bench.targets import migrate
 
-    def _run(self, scenarios: list[Scenario]) -> int:
-        env = self.cluster.env()
-        from bench.targets import migrate
+            migrate(env)
+            return self._run(scenarios, env)
 
-        migrate(env)
+    def _run(self, scenarios: list[Scenario], env: dict[str, str]) -> int:
         machine = bench_report.machine(env)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         results: list[dict[str, object]] = []
         for i, sc in enumerate(scenarios):
             rng = random.Random(f"{self.args.seed}:{sc.name}")
             try:
-                res = self.scenario(sc, env, rng)
+                if sc.standalone is not None:
+                    self.log(f"== {sc.name}: {sc.summary}")
+                    res = sc.standalone(self.args, self.run_dir / sc.name, self.log)
+                else:
+                    res = self.scenario(sc, env, rng)
             except Exception as exc:  # one scenario's failure must not end the session
                 self.log(f"{sc.name}: the harness failed:\n{traceback.format_exc()}")
                 res = {**Result(sc.name).as_dict(), "error": repr(exc), "passed": False}
@@ -298,7 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--scenarios", default="all", help=f"all, or of: {', '.join(SCENARIOS)}")
+    p.add_argument(
+        "--scenarios",
+        default="all",
+        help=f"all (those on the chaos stack), or of: {', '.join(SCENARIOS)}",
+    )
     p.add_argument("--seed", type=int, default=None, help="random by default (printed)")
     p.add_argument("--duration", type=float, default=60.0, help="seconds of load per scenario")
     p.add_argument(

@@ -13,6 +13,7 @@ module imported by ``bench.chaos.runner``.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import subprocess
 import time
@@ -49,6 +50,12 @@ def plain_setup(env: dict[str, str], out: Path) -> Iterator[Setup]:
     yield Setup()
 
 
+# run(session args, output directory, log) -> the scenario's result document: a scenario
+# on a topology of its own (bench/chaos/regions.py), run instead of the chaos stack's
+# services, load and checks.
+StandaloneFn = Callable[[argparse.Namespace, Path, Callable[[str], None]], dict[str, Any]]
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -57,6 +64,7 @@ class Scenario:
     setup: SetupFn = plain_setup
     # Part of `random`'s schedule (needs no setup of its own).
     composable: bool = True
+    standalone: StandaloneFn | None = None
 
 
 SCENARIOS: dict[str, Scenario] = {}
@@ -70,6 +78,21 @@ def scenario(
             raise ValueError(f"scenario {name!r} registered twice")
         SCENARIOS[name] = Scenario(name, summary, fault, **options)  # type: ignore[arg-type]
         return fault
+
+    return register
+
+
+def standalone_scenario(name: str, summary: str) -> Callable[[StandaloneFn], StandaloneFn]:
+    """Register a scenario that brings its own topology and checks (``StandaloneFn``)."""
+
+    def register(run: StandaloneFn) -> StandaloneFn:
+        def on_chaos_stack(ctx: Chaos) -> None:
+            raise RuntimeError(f"{name} runs on its own topology, not the chaos stack")
+
+        if name in SCENARIOS:
+            raise ValueError(f"scenario {name!r} registered twice")
+        SCENARIOS[name] = Scenario(name, summary, on_chaos_stack, composable=False, standalone=run)
+        return run
 
     return register
 

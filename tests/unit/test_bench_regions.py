@@ -120,3 +120,36 @@ def test_a_single_gateways_attempts_keep_their_four_fields(tmp_path: object) -> 
     write_attempts(path, [vote])
     line = json.loads(path.read_text())
     assert "home" not in line and len(line["attempts"][0]) == 4
+
+
+def test_a_standalone_scenario_runs_without_the_chaos_stack(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bench.chaos import runner
+    from bench.chaos.scenarios import SCENARIOS, standalone_scenario
+
+    seen: list[tuple[float, str]] = []
+
+    def own_topology(args: object, out: object, log: object) -> dict[str, object]:
+        seen.append((args.rate, str(out)))  # type: ignore[attr-defined]
+        return {"name": "own-topology", "acked": 5, "lost": 0, "passed": True}
+
+    monkeypatch.setattr(runner, "running", None)  # the chaos stack must not be touched
+    standalone_scenario("own-topology", "a test scenario")(own_topology)
+    try:
+        json_path = tmp_path / "run.json"  # type: ignore[operator]
+        args = runner.build_parser().parse_args(
+            ["--scenarios", "own-topology", "--rate", "7", "--json", str(json_path)]
+        )
+        args.seed = 1
+        assert runner.Session(args, ["chaos"]).run() == 0
+        doc = json.loads(json_path.read_text())
+        assert doc["passed"] and doc["scenarios"][0]["acked"] == 5
+        assert seen == [(7.0, str(tmp_path / "run.chaos" / "own-topology"))]  # type: ignore[operator]
+        # `all` is the chaos stack's scenarios; the region ones are run by name.
+        everything = runner.build_parser().parse_args(["--json", str(json_path)])
+        names = [sc.name for sc in runner.Session(everything, ["chaos"]).selected()]
+        assert "own-topology" not in names and "region-loss" not in names
+        assert "kafka-leader-kill" in names and "region-loss" in SCENARIOS
+    finally:
+        del SCENARIOS["own-topology"]
