@@ -259,8 +259,7 @@ ELECTION = Election(
     election_id="e1",
     candidates=frozenset({"alice", "bob"}),
     policy="first_wins",
-    opens_at=0.0,
-    closes_at=float("inf"),
+    opens_at_us=0,
 )
 
 
