@@ -14,6 +14,13 @@ workers after a restart) is opened once, not every few seconds forever.
 
 Keys are 8-byte big-endian sequence numbers, so iteration order is spill order; values
 are ``len(kafka key) as 2 bytes + kafka key + event``.
+
+The spill never fills its disk: RocksDB that runs out of space while appending to its
+write-ahead log keeps that error for every later write, delete and flush until it is
+reopened, so a spill that filled its disk once would refuse every vote and never drain.
+It refuses new events (``SpillFull``) while less than ``RESERVE_BYTES`` plus the room to
+delete every event it holds is free, and once drained it flushes and compacts, so the
+log's space comes back and the spill takes events again.
 """
 
 from __future__ import annotations
@@ -31,6 +38,14 @@ from collections.abc import Container, Iterator
 import rocksdict
 
 log = logging.getLogger("gateway.spill")
+
+# Free space the spill leaves on its filesystem: room to drain (a tombstone per event in
+# the log and in a table) and to write the table that lets RocksDB drop the log.
+RESERVE_BYTES = 128 * 1024
+# Disk a drained event costs again: its tombstone in the log, then in a table.
+TOMBSTONE_BYTES = 64
+# A queued event's cost in the log beyond its value (record and batch headers, key).
+RECORD_OVERHEAD = 32
 
 
 class SpillFull(Exception):
@@ -102,8 +117,14 @@ class SpillStore:
         self._live: set[bytes] = set(self._db.keys())
         self._next_seq = self._last_seq() + 1
         self._pending: list[tuple[bytes, bytes, asyncio.Future]] = []
+        # Bytes queued or being written, not yet seen by statvfs (event loop only).
+        self._unsynced_bytes = 0
         self._cond = threading.Condition()
         self._closed = False
+        # Set when the store has been drained empty: the writer thread then gives the
+        # log's space back (``_reclaim_space``).
+        self._reclaim = False
+        self._written_since_reclaim = bool(self._live)
         self._writer = threading.Thread(
             target=self._write_forever, name="spill-writer", daemon=True
         )
@@ -154,22 +175,46 @@ class SpillStore:
             raise SpillUnavailable("spill store is closed")
         if len(self._live) + len(self._pending) >= self.max_events:
             raise SpillFull(f"spill holds {len(self._live)} events (max {self.max_events})")
+        value = _encode(key, event)
+        cost = len(value) + RECORD_OVERHEAD
+        free = self.free_bytes() - self._unsynced_bytes
+        keep = RESERVE_BYTES + TOMBSTONE_BYTES * (len(self._live) + len(self._pending) + 1)
+        if free - cost < keep:
+            raise SpillFull(
+                f"spill disk has {free} bytes free; {keep} are kept to drain the"
+                f" {len(self._live)} events it holds"
+            )
         future = self._loop.create_future()
         seq = self._next_seq.to_bytes(8, "big")
         self._next_seq += 1
+        self._unsynced_bytes += cost
+        self._written_since_reclaim = True
         with self._cond:
-            self._pending.append((seq, _encode(key, event), future))
+            self._pending.append((seq, value, future))
             self._cond.notify()
         return future
+
+    def free_bytes(self) -> int:
+        """Bytes an unprivileged writer may still use on the spill's filesystem."""
+        st = os.statvfs(self.path)
+        return st.f_bavail * st.f_frsize
 
     def _write_forever(self) -> None:
         while True:
             with self._cond:
-                while not self._pending and not self._closed:
+                while not self._pending and not self._closed and not self._reclaim:
                     self._cond.wait()
                 if not self._pending:
-                    return
-                batch, self._pending = self._pending, []
+                    if self._closed:
+                        return
+                    self._reclaim = False
+                    reclaim = True
+                else:
+                    reclaim = False
+                    batch, self._pending = self._pending, []
+            if reclaim:
+                self._reclaim_space()
+                continue
             wb = rocksdict.WriteBatch(raw_mode=True)
             for seq, value, _ in batch:
                 wb.put(seq, value)
@@ -187,7 +232,8 @@ class SpillStore:
     def _resolve(
         self, batch: list[tuple[bytes, bytes, asyncio.Future]], error: Exception | None
     ) -> None:
-        for seq, _, future in batch:
+        for seq, value, future in batch:
+            self._unsynced_bytes -= len(value) + RECORD_OVERHEAD
             if error is None:
                 self._live.add(seq)
             if not future.done():
@@ -224,6 +270,22 @@ class SpillStore:
         if seq in self._live and not self._closed:
             self._live.discard(seq)
             self._db.delete(seq)
+            if not self._live and self._written_since_reclaim:
+                self._written_since_reclaim = False
+                with self._cond:
+                    self._reclaim = True
+                    self._cond.notify()
+
+    def _reclaim_space(self) -> None:
+        """Give back the disk a drained store still holds (writer thread). RocksDB frees a
+        log file only once the memtable it backs is flushed into a table, which by itself
+        happens every 64 MB of writes; the compaction then drops the tombstones together
+        with the events they delete."""
+        try:
+            self._db.flush(True)
+            self._db.compact_range(None, None)
+        except Exception as exc:
+            log.warning("spill space not reclaimed", extra={"error": repr(exc)})
 
     def _last_seq(self) -> int:
         it = self._db.iter()

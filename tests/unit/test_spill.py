@@ -225,3 +225,56 @@ def test_retire_keeps_a_slot_that_still_holds_events(tmp_path):
         assert os.listdir(tmp_path) == []
 
     run(scenario())
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs (mounting needs root; the chaos suite's spill-disk-full does the same)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "spill-test", str(mnt)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "--lazy", str(mnt)], capture_output=True)
+
+
+def test_a_full_disk_refuses_spill_writes_and_the_drained_spill_takes_them_again(small_disk):
+    """RocksDB that hits ENOSPC in its WAL keeps that error for every later write, delete
+    and flush until reopened: the spill must stop short of the full disk, drain, and then
+    accept events again."""
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        store = SpillStore.claim(str(small_disk / "spill"), loop, max_events=1_000_000)
+        written = 0
+        with pytest.raises(SpillFull):
+            for i in range(100_000):  # ~400 bytes each: far more than the disk holds
+                await store.write(f"k{i}".encode(), os.urandom(400))
+                written += 1
+        assert written > 500, "the spill refused long before the disk was full"
+        # Drained: every event deleted once Kafka confirmed it.
+        for seq, _key, _event in store.read(b"", written, set()):
+            store.delete(seq)
+        assert len(store) == 0
+        # The space the drained events held comes back, and the spill takes events again.
+        deadline = loop.time() + 30
+        while True:
+            try:
+                await store.write(b"k", os.urandom(400))
+                break
+            except SpillFull:
+                assert loop.time() < deadline, "the drained spill never took a write again"
+                await asyncio.sleep(0.1)
+        again = await _write_many(store, 100)
+        assert len(again) == 100 and len(store) == 101
+        store.close()
+        reopened = SpillStore.claim(str(small_disk / "spill"), loop, max_events=1_000_000)
+        assert len(reopened) == 101
+        reopened.close()
+
+    run(scenario())
