@@ -46,6 +46,10 @@ RESERVE_BYTES = 128 * 1024
 TOMBSTONE_BYTES = 64
 # A queued event's cost in the log beyond its value (record and batch headers, key).
 RECORD_OVERHEAD = 32
+# A drained store gives its log's space back once the log holds this much (or once a
+# write was refused for space): each reclaim leaves a few KB of info log behind, so one
+# per event of a short spell would fill a small disk by itself.
+RECLAIM_AFTER_BYTES = 64 * 1024
 
 
 class SpillFull(Exception):
@@ -107,8 +111,10 @@ class SpillStore:
         self.max_events = max_events
         options = rocksdict.Options(raw_mode=True)
         options.create_if_missing(True)
-        # Every open starts a new info LOG and keeps the old one (1,000 by default).
-        options.set_keep_log_file_num(5)
+        # Every open starts a new info LOG and keeps the old one (1,000 by default); it
+        # shares the spill's disk, so it is bounded too.
+        options.set_keep_log_file_num(2)
+        options.set_max_log_file_size(64 * 1024)
         self._db = rocksdict.Rdict(os.path.join(path, "db"), options)
         self._sync = rocksdict.WriteOptions()
         self._sync.sync = True
@@ -122,9 +128,11 @@ class SpillStore:
         self._cond = threading.Condition()
         self._closed = False
         # Set when the store has been drained empty: the writer thread then gives the
-        # log's space back (``_reclaim_space``).
+        # log's space back (``_reclaim_space``). What the log took since the last time,
+        # and whether a write was refused for space since (event loop only).
         self._reclaim = False
-        self._written_since_reclaim = bool(self._live)
+        self._log_bytes = RECLAIM_AFTER_BYTES if self._live else 0
+        self._short_of_space = False
         self._writer = threading.Thread(
             target=self._write_forever, name="spill-writer", daemon=True
         )
@@ -180,6 +188,8 @@ class SpillStore:
         free = self.free_bytes() - self._unsynced_bytes
         keep = RESERVE_BYTES + TOMBSTONE_BYTES * (len(self._live) + len(self._pending) + 1)
         if free - cost < keep:
+            self._short_of_space = True
+            self._maybe_reclaim()
             raise SpillFull(
                 f"spill disk has {free} bytes free; {keep} are kept to drain the"
                 f" {len(self._live)} events it holds"
@@ -188,7 +198,7 @@ class SpillStore:
         seq = self._next_seq.to_bytes(8, "big")
         self._next_seq += 1
         self._unsynced_bytes += cost
-        self._written_since_reclaim = True
+        self._log_bytes += cost
         with self._cond:
             self._pending.append((seq, value, future))
             self._cond.notify()
@@ -270,20 +280,33 @@ class SpillStore:
         if seq in self._live and not self._closed:
             self._live.discard(seq)
             self._db.delete(seq)
-            if not self._live and self._written_since_reclaim:
-                self._written_since_reclaim = False
-                with self._cond:
-                    self._reclaim = True
-                    self._cond.notify()
+            self._log_bytes += TOMBSTONE_BYTES
+            self._maybe_reclaim()
+
+    def _maybe_reclaim(self) -> None:
+        """Have the writer thread reclaim the log's space if the store is empty and that
+        is worth it."""
+        if self._live or self._pending or not self._log_bytes:
+            return
+        if self._log_bytes >= RECLAIM_AFTER_BYTES or self._short_of_space:
+            self._log_bytes = 0
+            self._short_of_space = False
+            with self._cond:
+                self._reclaim = True
+                self._cond.notify()
 
     def _reclaim_space(self) -> None:
         """Give back the disk a drained store still holds (writer thread). RocksDB frees a
         log file only once the memtable it backs is flushed into a table, which by itself
         happens every 64 MB of writes; the compaction then drops the tombstones together
         with the events they delete."""
+        # Without "force" a manual compaction moves a table to the last level as it is,
+        # tombstones and all.
+        last_level = rocksdict.CompactOptions()
+        last_level.set_bottommost_level_compaction(rocksdict.BottommostLevelCompaction.force())
         try:
             self._db.flush(True)
-            self._db.compact_range(None, None)
+            self._db.compact_range(None, None, last_level)
         except Exception as exc:
             log.warning("spill space not reclaimed", extra={"error": repr(exc)})
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench.chaos import report
+from bench.chaos.checker import Result
 from bench.chaos.client import (
     FAIL,
     INFO,
@@ -95,7 +96,9 @@ def test_every_scenario_of_the_issue_is_registered() -> None:
         "kafka-broker-pause",
         "kafka-below-min-isr",
         "kafka-full-restart",
+        "network",
         "gateway-kill-in-spill",
+        "spill-disk-full",
         "lost-delivery-report",
         "processor-kill",
         "postgres-restart",
@@ -106,3 +109,13 @@ def test_every_scenario_of_the_issue_is_registered() -> None:
         "random",
     }
     assert wanted <= set(SCENARIOS)
+
+
+def test_a_scenario_result_has_the_fields_the_issue_names() -> None:
+    row = Result("kafka-leader-kill").as_dict()
+    named = (
+        "name acked failed indeterminate stored lost double_counted unacked_stored"
+        " spill_drained lag_zero tallies_match"
+    )
+    assert set(named.split()) <= set(row)
+    assert row["name"] == "kafka-leader-kill" and row["passed"] is False

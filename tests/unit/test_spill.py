@@ -270,11 +270,32 @@ def test_a_full_disk_refuses_spill_writes_and_the_drained_spill_takes_them_again
             except SpillFull:
                 assert loop.time() < deadline, "the drained spill never took a write again"
                 await asyncio.sleep(0.1)
+        tables = [f for f in os.listdir(os.path.join(store.path, "db")) if f.endswith(".sst")]
+        assert tables == [], "the drained events' tombstones stayed on disk"
         again = await _write_many(store, 100)
         assert len(again) == 100 and len(store) == 101
         store.close()
         reopened = SpillStore.claim(str(small_disk / "spill"), loop, max_events=1_000_000)
         assert len(reopened) == 101
         reopened.close()
+
+    run(scenario())
+
+
+def test_short_spells_leave_no_files_behind(tmp_path):
+    """A spill that goes from one event to none again and again (Kafka flapping) must not
+    leave a table or an info log per spell on its disk."""
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        store = SpillStore.claim(str(tmp_path), loop, max_events=1000)
+        for _ in range(300):
+            (seq,) = await _write_many(store, 1)
+            store.delete(seq)
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.5)  # a reclaim, if one was due, runs in the writer thread
+        files = os.listdir(os.path.join(store.path, "db"))
+        assert len([f for f in files if f.endswith(".sst")]) <= 1, files
+        store.close()
 
     run(scenario())
