@@ -49,6 +49,7 @@ class Attempt:
     error: str  # exception name, or "" when an answer came
     latency_s: float
     region: str = ""  # the region it was sent to (RegionRoutes), "" with one gateway
+    retry_after: str | None = None  # the answer's Retry-After header
 
 
 @dataclass(slots=True)
@@ -316,8 +317,10 @@ class Load:
                     ):
                         self.routes.refused(region, started)
                 else:
-                    attempt = Attempt(started, resp.status_code, "", self.now() - started, region)
                     retry_after = resp.headers.get("retry-after")
+                    attempt = Attempt(
+                        started, resp.status_code, "", self.now() - started, region, retry_after
+                    )
                     if 200 <= resp.status_code < 300:
                         vote.durability = resp.json().get("durability", "")
             vote.attempts.append(attempt)

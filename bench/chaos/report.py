@@ -6,6 +6,7 @@ from typing import Any
 
 COLUMNS = (
     ("scenario", "name"),
+    ("sent/s", "sent_per_s"),
     ("acked", "acked"),
     ("failed", "failed"),
     ("indet.", "indeterminate"),
@@ -29,6 +30,8 @@ def _cell(value: object) -> str:
         return "yes" if value else "**NO**"
     if isinstance(value, int):
         return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:g}"
     return str(value)
 
 

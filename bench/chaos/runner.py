@@ -285,6 +285,11 @@ class Session:
             for v in load.votes
             if v.outcome == OK and v.done_s is not None and fault_start <= v.done_s <= fault_end
         )
+        load_s = load.votes[-1].scheduled_s if load.votes else 0.0
+        # The rate the client really sent new votes at while the load ran (the box may
+        # not sustain --rate: the rest is `unsent` or sent late).
+        first_sent = [v.attempts[0].at_s for v in load.votes if v.attempts]
+        sent_per_s = sum(1 for t in first_sent if t <= load_s) / load_s if load_s else 0.0
         png = self.json_path.parent / f"{self.json_path.stem}.{sc.name}.png"
         plot(
             png,
@@ -299,7 +304,8 @@ class Session:
             "fault_s": [round(fault_start, 1), round(fault_end, 1)],
             "bands": [[round(b.start_s, 1), round(b.end_s, 1), b.label] for b in timeline.bands],
             "acks_during_fault_by_durability": dict(during),
-            "load_s": round(load.votes[-1].scheduled_s, 1) if load.votes else 0,
+            "load_s": round(load_s, 1),
+            "sent_per_s": round(sent_per_s, 1),
             "png": str(png),
         }
 

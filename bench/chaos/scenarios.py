@@ -472,7 +472,21 @@ def spill_on_tmpfs(env: dict[str, str], out: Path) -> Iterator[Setup]:
     composable=False,
 )
 def spill_disk_full(ctx: Chaos) -> None:
+    ctx.checks.append(check_full_spill_refused)
     with ctx.band("all brokers killed"):
         faults.kill_brokers(ctx, list(faults.NODES))
         ctx.sleep(40)
         faults.restart_stack(ctx)
+
+
+def check_full_spill_refused(ctx: Chaos, result: Result) -> None:
+    """The spill filled up and the gateway said so: 503 with ``Retry-After`` (a 2xx
+    without a durable copy would show as lost)."""
+    refused = [a for v in ctx.load.votes for a in v.attempts if a.status == 503]
+    without = sum(1 for a in refused if not a.retry_after)
+    result.extra["answers_503"] = len(refused)
+    result.extra["answers_503_without_retry_after"] = without
+    if not refused:
+        result.failures.append("the spill never filled (no 503): a higher --rate fills it")
+    if without:
+        result.failures.append(f"{without} answers 503 without Retry-After")
