@@ -27,7 +27,7 @@ from typing import Any
 
 import psycopg
 import redis
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from bench.chaos.client import FAIL, INFO, OK, UNSENT, Vote
 from bench.outage import spilled_events
@@ -103,14 +103,25 @@ def wait_for(what: str, predicate: Callable[[], bool], timeout_s: float, notes: 
 
 
 def end_offsets(bootstrap: str, topic: str, timeout_s: float = 10.0) -> dict[int, int]:
-    """The high watermark of every partition of ``topic``."""
+    """The high watermark of every partition of ``topic``. Asked again until
+    ``timeout_s`` while Kafka answers with an error: for a while after a broker restarts,
+    a partition's leader moves and the old one says "not leader"."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"chaos-{uuid.uuid4().hex}"})
+    deadline = time.monotonic() + timeout_s
     try:
-        md = consumer.list_topics(topic, timeout=timeout_s).topics[topic]
-        return {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)[1]
-            for p in md.partitions
-        }
+        while True:
+            try:
+                md = consumer.list_topics(topic, timeout=timeout_s).topics[topic]
+                return {
+                    p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)[
+                        1
+                    ]
+                    for p in md.partitions
+                }
+            except KafkaException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
     finally:
         consumer.close()
 

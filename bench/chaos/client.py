@@ -299,6 +299,11 @@ class Load:
             region = self.routes.pick(vote.home) if self.routes is not None else ""
             url = self.routes.urls[region] if self.routes is not None else self.url
             async with gate:
+                if not vote.attempts and self._stop.is_set():
+                    # Still queued for a connection when the load ended: never sent, so
+                    # not an operation (``unsent``). Sending the backlog now would only
+                    # make the checks wait for a load the box could not carry.
+                    return
                 started = self.now()
                 try:
                     resp = await http.post(url, content=vote.body, headers=headers)
