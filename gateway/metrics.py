@@ -164,7 +164,12 @@ def observe_gc_pauses() -> None:
     import gc
     import time
 
-    by_generation = [gc_pause_seconds.labels(str(g)) for g in range(3)]
+    # Buffered: in multiprocess mode every prometheus_client value shares one
+    # non-reentrant lock, and a collection can start inside a metric write that holds it
+    # (any allocation may trigger one), on whichever thread allocates. Observing straight
+    # into the histogram from here deadlocked that thread. The buffer takes no lock (a
+    # pause racing a flush on another thread may go uncounted); ``flush`` publishes it.
+    by_generation = [BufferedHistogram(gc_pause_seconds.labels(str(g))) for g in range(3)]
     started = 0.0
 
     def callback(phase: str, info: dict[str, int]) -> None:

@@ -118,3 +118,45 @@ def test_results_streams_share_one_buffered_counter() -> None:
     before = len(metrics._BUFFERS)
     asyncio.run(open_streams())
     assert len(metrics._BUFFERS) - before <= 1
+
+
+GC_IN_A_METRIC_WRITE = """
+import gc, sys
+from prometheus_client import mmap_dict
+from gateway import metrics
+
+metrics.observe_gc_pauses()
+write_value = mmap_dict.MmapedDict.write_value
+
+def write_value_then_collect(self, *args, **kwargs):
+    # A collection triggered by an allocation while prometheus_client holds its lock.
+    write_value(self, *args, **kwargs)
+    gc.collect()
+
+mmap_dict.MmapedDict.write_value = write_value_then_collect
+metrics.spill_events.set(1)
+metrics.flush()
+print("done")
+"""
+
+
+def test_a_collection_during_a_metric_write_does_not_deadlock_the_worker(tmp_path) -> None:
+    """In multiprocess mode every prometheus_client value shares one non-reentrant lock;
+    a GC pause observed from the gc callback while the same thread holds it (a
+    collection triggered inside ``Gauge.set``) hung the worker's event loop for good."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", GC_IN_A_METRIC_WRITE],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the worker deadlocked in its gc callback") from None
+    assert done.returncode == 0 and done.stdout.strip() == "done", done.stderr
