@@ -112,12 +112,11 @@ def end_offsets(bootstrap: str, topic: str, timeout_s: float = 10.0) -> dict[int
         while True:
             try:
                 md = consumer.list_topics(topic, timeout=timeout_s).topics[topic]
-                return {
-                    p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)[
-                        1
-                    ]
-                    for p in md.partitions
-                }
+                ends: dict[int, int] = {}
+                for p in md.partitions:
+                    tp = TopicPartition(topic, p)
+                    ends[p] = consumer.get_watermark_offsets(tp, timeout=timeout_s)[1]
+                return ends
             except KafkaException:
                 if time.monotonic() > deadline:
                     raise

@@ -53,6 +53,7 @@ def document(
     machine: dict[str, object],
     scenarios: list[dict[str, Any]],
     seconds: float,
+    sessions: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     return {
         "date": date,
@@ -64,4 +65,6 @@ def document(
         "passed": bool(scenarios) and all(s.get("passed") for s in scenarios),
         "scenarios": scenarios,
         "seconds": round(seconds, 1),
+        # More than one when the run was split (--stop-after, then --resume).
+        "sessions": sessions or [],
     }

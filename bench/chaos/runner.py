@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import random
 import shlex
@@ -126,6 +127,17 @@ class Chaos:
             self.timeline.bands.append(Band(start, self.now(), label))
 
 
+def git_head() -> str:
+    """The checkout's commit, ``+`` when its tracked files differ from it."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout
+
+    head = git("rev-parse", "--short", "HEAD").strip()
+    return head + ("+" if git("status", "--porcelain", "--untracked-files=no").strip() else "")
+
+
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -135,6 +147,7 @@ class Session:
         self.args = args
         self.command = shlex.join(["python", "-m", "bench", *argv])
         self.started = time.monotonic()
+        self.load_at_start = [round(x, 2) for x in os.getloadavg()]
         self.cluster = Cluster()
         self.json_path = Path(args.json)
         self.run_dir = self.json_path.parent / f"{self.json_path.stem}.chaos"
@@ -171,8 +184,33 @@ class Session:
     def _run(self, scenarios: list[Scenario], env: dict[str, str]) -> int:
         machine = bench_report.machine(env)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        results: list[dict[str, object]] = []
+        results, sessions = self.resumed()
+        kept = {str(r["name"]) for r in results}
+        stopped = False
+
+        def write() -> dict[str, object]:
+            doc = report.document(
+                date=bench_report.now_iso(),
+                command=self.command,
+                seed=self.args.seed,
+                rate=self.args.rate,
+                duration_s=self.args.duration,
+                machine=machine,
+                scenarios=results,
+                seconds=time.monotonic() - self.started,
+                sessions=[*sessions, self.session_record()],
+            )
+            bench_report.write_json(self.json_path, doc)  # after each: a crash keeps the rest
+            return doc
+
         for i, sc in enumerate(scenarios):
+            if sc.name in kept:
+                self.log(f"{sc.name}: passed in the earlier session of {self.json_path}; kept")
+                continue
+            if self.args.stop_after and time.monotonic() - self.started > self.args.stop_after * 60:
+                self.log(f"stopping before {sc.name} (--stop-after); go on with --resume")
+                stopped = True
+                break
             rng = random.Random(f"{self.args.seed}:{sc.name}")
             try:
                 if sc.standalone is not None:
@@ -187,21 +225,41 @@ class Session:
             self.log(
                 f"{sc.name}: {'passed' if res['passed'] else 'FAILED'} ({i + 1}/{len(scenarios)})"
             )
-            doc = report.document(
-                date=bench_report.now_iso(),
-                command=self.command,
-                seed=self.args.seed,
-                rate=self.args.rate,
-                duration_s=self.args.duration,
-                machine=machine,
-                scenarios=results,
-                seconds=time.monotonic() - self.started,
-            )
-            bench_report.write_json(self.json_path, doc)  # after each: a crash keeps the rest
+            write()
+        doc = write()
         print()
         print(report.markdown(results))
         print(f"\nwrote {self.json_path} (timelines and attempts in {self.run_dir})")
+        if stopped:
+            return 3
         return 0 if doc["passed"] else 1
+
+    def session_record(self) -> dict[str, object]:
+        return {
+            "date": bench_report.now_iso(),
+            "command": self.command,
+            "seconds": round(time.monotonic() - self.started, 1),
+            "commit": git_head(),
+            "loadavg_at_start": self.load_at_start,
+            "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
+        }
+
+    def resumed(self) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+        """With ``--resume``: the scenarios that passed in the earlier sessions written to
+        ``--json`` (same seed, rate and duration), and those sessions. A run too long
+        for one sitting is split this way into sessions of one document."""
+        if not self.args.resume or not self.json_path.exists():
+            return [], []
+        doc = json.loads(self.json_path.read_text())
+        same = (doc.get("seed"), doc.get("rate"), doc.get("duration_s"))
+        if same != (self.args.seed, self.args.rate, self.args.duration):
+            raise BenchError(
+                f"--resume: {self.json_path} is of seed/rate/duration {same}, not"
+                f" {(self.args.seed, self.args.rate, self.args.duration)}"
+            )
+        passed = [s for s in doc.get("scenarios", []) if s.get("passed")]
+        sessions = doc.get("sessions") or [{"date": doc.get("date"), "command": doc.get("command")}]
+        return passed, list(sessions)
 
     def scenario(self, sc: Scenario, env: dict[str, str], rng: random.Random) -> dict[str, object]:
         from core import settings as settings_mod
@@ -331,6 +389,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--rate", type=float, default=200.0, help="votes/s, open loop")
     p.add_argument("--drain-timeout", type=float, default=300.0)
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the scenarios that passed in --json (same seed, rate, duration); run the rest",
+    )
+    p.add_argument(
+        "--stop-after",
+        type=float,
+        default=0.0,
+        metavar="MIN",
+        help="start no scenario after MIN minutes (exit 3; go on later with --resume)",
+    )
     p.add_argument(
         "--json",
         default=str(REPO / "bench" / "out" / time.strftime("chaos-%Y%m%d-%H%M%S.json")),
