@@ -119,3 +119,34 @@ def test_a_scenario_result_has_the_fields_the_issue_names() -> None:
     )
     assert set(named.split()) <= set(row)
     assert row["name"] == "kafka-leader-kill" and row["passed"] is False
+
+
+def test_resume_keeps_what_passed_in_an_earlier_session_of_the_same_run(tmp_path) -> None:
+    import json
+
+    from bench.chaos import runner
+    from bench.env import BenchError
+
+    out = tmp_path / "chaos.json"
+    earlier = {
+        "seed": 7,
+        "rate": 20.0,
+        "duration_s": 60.0,
+        "date": "2026-12-02T08:00:00Z",
+        "command": "python -m bench chaos --stop-after 30",
+        "scenarios": [{"name": "poison", "passed": True}, {"name": "network", "passed": False}],
+    }
+    out.write_text(json.dumps(earlier))
+
+    def session(*extra: str) -> runner.Session:
+        argv = ["--seed", "7", "--rate", "20", "--json", str(out), *extra]
+        return runner.Session(runner.build_parser().parse_args(argv), argv)
+
+    kept, sessions = session("--resume").resumed()
+    assert [s["name"] for s in kept] == ["poison"]  # the failed one runs again
+    assert sessions == [{"date": earlier["date"], "command": earlier["command"]}]
+    assert session().resumed() == ([], [])  # without --resume the file is replaced
+    with pytest.raises(BenchError, match="seed/rate/duration"):
+        runner.Session(
+            runner.build_parser().parse_args(["--seed", "8", "--json", str(out), "--resume"]), []
+        ).resumed()
