@@ -131,21 +131,30 @@ def _go_env(env: dict[str, str], gobin: Path) -> dict[str, str]:
     return go_env
 
 
-def ensure_vegeta(env: dict[str, str]) -> Path:
-    """The vegeta binary in ``$VOTE_STACK_DIR/bin``, ``go install``-ed on first use."""
+def go_install(
+    env: dict[str, str], module: str, version: str, exe_name: str, timeout_s: float | None = None
+) -> Path:
+    """``$VOTE_STACK_DIR/bin/<exe_name>``, ``go install``-ed from ``module@version`` on
+    first use."""
     gobin = stack_dir(env) / "bin"
-    exe = gobin / "vegeta"
+    exe = gobin / exe_name
     if exe.exists():
         return exe
     gobin.mkdir(parents=True, exist_ok=True)
-    print(f"installing vegeta {VEGETA_VERSION} into {gobin} (first use) ...", flush=True)
+    print(f"installing {module}@{version} into {gobin} (first use) ...", flush=True)
     subprocess.run(
-        [go_binary(), "install", f"{VEGETA_MODULE}@{VEGETA_VERSION}"],
+        [go_binary(), "install", f"{module}@{version}"],
         env=_go_env(env, gobin),
         check=True,
         cwd=REPO,
+        timeout=timeout_s,
     )
     return exe
+
+
+def ensure_vegeta(env: dict[str, str]) -> Path:
+    """The vegeta binary in ``$VOTE_STACK_DIR/bin``, ``go install``-ed on first use."""
+    return go_install(env, VEGETA_MODULE, VEGETA_VERSION, "vegeta")
 
 
 def ensure_go_peer(env: dict[str, str]) -> Path:

@@ -24,10 +24,9 @@ from pathlib import Path
 
 from bench.corpus import DEFAULT_CANDIDATES, vegeta_target, votes_path, write_targets
 from bench.env import REPO, BenchError, bench_dir, preflight, python_exe, stack_env
+from bench.procs import Service, free_port
 from bench.targets import (
-    Service,
     TargetConfig,
-    free_port,
     make_target,
     migrate,
     processor_running,

@@ -35,11 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from bench import probe, scratchdb
 from bench.env import kafka_config, stack_env
+from bench.kafka import end_offsets
 from core import elections as core_elections
 from core import jsonlog, keyset
 from core.event import VoteEvent, seal
@@ -112,17 +113,6 @@ def preload(kafka: dict[str, str], topic: str, events: list[VoteEvent], key: key
     if p.flush(120):
         raise RuntimeError("preload not confirmed by Kafka")
     return time.perf_counter() - t0
-
-
-def end_offsets(kafka: dict[str, str], topic: str, partitions: int) -> dict[int, int]:
-    c = Consumer({**kafka, "group.id": f"bench-{uuid.uuid4().hex}"})
-    try:
-        return {
-            p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in range(partitions)
-        }
-    finally:
-        c.close()
 
 
 def first_assignment_at(log_text: str) -> float | None:
@@ -266,7 +256,7 @@ def main(argv: list[str]) -> int:
         time.sleep(1.0)  # topic leaders
         key = keyset.load(load(ProcessorSettings, env).event_keys_path).signing()
         preload_s = preload(kafka, topic, events, key)
-        ends = end_offsets(kafka, topic, args.partitions)
+        ends = end_offsets(kafka, topic)
         proc = time_processor(env, dsn, topic, group, ends, log_path, args.members)
         base = time_copy_baseline(dsn, election)
         with psycopg.connect(dsn) as conn:

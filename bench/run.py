@@ -58,11 +58,11 @@ from bench.env import (
 from bench.loadgen import StepResult, Vegeta, targets_needed
 from bench.memory import MemorySampler
 from bench.outage import spilled_events, start_kafka, stop_kafka, wait_spill_drained
+from bench.procs import Service
 from bench.search import Criteria, MaxSearch, round_rate
 from bench.targets import (
     DEFAULT_TARGETS,
     TARGETS,
-    Service,
     Target,
     TargetConfig,
     make_target,

@@ -1,4 +1,4 @@
-"""Reading one metric family from a Prometheus endpoint (the gateway's, the processor's)."""
+"""Reading metrics from a Prometheus endpoint (the gateway's, the processor's)."""
 
 from __future__ import annotations
 
@@ -20,3 +20,24 @@ def samples(metrics_url: str, family: str) -> list[Sample] | None:
         if found.name == family:
             return found.samples
     return None
+
+
+def named(metrics_url: str, name: str) -> list[Sample]:
+    """Every sample called ``name`` (``vote_requests_total``, ``…_bucket``) at the URL."""
+    text = httpx.get(metrics_url, timeout=10).text
+    return [
+        sample
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    ]
+
+
+def total(metrics_url: str, name: str) -> float:
+    """The sum of the samples called ``name`` over their label sets."""
+    return sum(sample.value for sample in named(metrics_url, name))
+
+
+def by_label(metrics_url: str, name: str, label: str) -> dict[str, float]:
+    """The samples called ``name`` by the value of their ``label``."""
+    return {sample.labels[label]: sample.value for sample in named(metrics_url, name)}

@@ -18,20 +18,14 @@ they never clash with a gateway someone runs on :8080.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import random
-import signal
-import socket
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
-import httpx
-
 from bench.env import REPO, ensure_go_peer, ensure_nginx, python_exe, stack_dir
+from bench.procs import Service, free_port
 from core.event import TOPIC
 
 TARGETS = (
@@ -44,129 +38,6 @@ TARGETS = (
 )
 DEFAULT_TARGETS = ("gateway", "nginx-204", "fastapi-peer", "go-peer")
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
-
-
-def _ephemeral_ports() -> range:
-    try:
-        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-    except (OSError, ValueError):
-        low, high = 32768, 60999
-    return range(low, high + 1)
-
-
-def free_port() -> int:
-    """A port nothing listens on, for a target to bind a moment later.
-
-    Not from the kernel's ephemeral range (what ``bind(0)`` hands out): vegeta and the
-    targets' own clients open thousands of connections from that range, and one of them
-    took a port picked that way before the fastapi-peer could bind it (EADDRINUSE, the
-    target dropped from a run). Below the range only listeners compete.
-    """
-    ephemeral = _ephemeral_ports()
-    for _ in range(200):
-        port = random.randrange(20000, 32000)
-        if port in ephemeral:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port found in 20000-31999")
-
-
-@dataclass
-class Service:
-    """A child process group with a log file and an HTTP readiness probe."""
-
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    log_path: Path
-    ready_url: str | None = None
-    cwd: Path = REPO
-    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-
-    def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.argv,
-                env=self.env,
-                cwd=self.cwd,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-
-    @property
-    def pid(self) -> int | None:
-        """The pid of the group's leader (its workers are its descendants)."""
-        return self.proc.pid if self.proc is not None else None
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def wait_ready(self, timeout_s: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        last = "no answer yet"
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise RuntimeError(
-                    f"{self.name} exited ({self.proc and self.proc.returncode})"
-                    f" before it was ready:\n{self.log_tail()}"
-                )
-            if self.ready_url is None:
-                return
-            try:
-                resp = httpx.get(self.ready_url, timeout=2.0)
-                if 200 <= resp.status_code < 300:
-                    return
-                last = f"HTTP {resp.status_code} {resp.text[:200]}"
-            except httpx.HTTPError as exc:
-                last = repr(exc)
-            time.sleep(0.2)
-        raise RuntimeError(
-            f"{self.name} not ready after {timeout_s:g}s ({last}):\n{self.log_tail()}"
-        )
-
-    def stop(self, grace_s: float = 15.0) -> None:
-        """SIGTERM the process group, SIGKILL it after ``grace_s``; reap the leader."""
-        if self.proc is None:
-            return
-        pgid = self.proc.pid
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGTERM)
-        try:
-            self.proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGKILL)
-            self.proc.wait(10)
-        # Workers may outlive their leader for a moment; leave none behind.
-        deadline = time.monotonic() + grace_s
-        while _group_alive(pgid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass

@@ -27,8 +27,9 @@ from typing import Any
 
 import psycopg
 import redis
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
+from bench import kafka
 from bench.chaos.client import FAIL, INFO, OK, UNSENT, Vote
 from bench.outage import spilled_events
 from core import keyset
@@ -103,26 +104,9 @@ def wait_for(what: str, predicate: Callable[[], bool], timeout_s: float, notes: 
 
 
 def end_offsets(bootstrap: str, topic: str, timeout_s: float = 10.0) -> dict[int, int]:
-    """The high watermark of every partition of ``topic``. Asked again until
-    ``timeout_s`` while Kafka answers with an error: for a while after a broker restarts,
-    a partition's leader moves and the old one says "not leader"."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"chaos-{uuid.uuid4().hex}"})
-    deadline = time.monotonic() + timeout_s
-    try:
-        while True:
-            try:
-                md = consumer.list_topics(topic, timeout=timeout_s).topics[topic]
-                ends: dict[int, int] = {}
-                for p in md.partitions:
-                    tp = TopicPartition(topic, p)
-                    ends[p] = consumer.get_watermark_offsets(tp, timeout=timeout_s)[1]
-                return ends
-            except KafkaException:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
-    finally:
-        consumer.close()
+    """The high watermark of every partition of ``topic`` (``bench.kafka.end_offsets``,
+    which asks again while a restarted broker's partitions change leaders)."""
+    return kafka.end_offsets({"bootstrap.servers": bootstrap}, topic, timeout_s)
 
 
 def stored_offsets(dsn: str, group: str, topic: str, cluster: str = "") -> dict[int, int]:

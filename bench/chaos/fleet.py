@@ -13,7 +13,8 @@ import signal
 from pathlib import Path
 
 from bench.memory import worker_pids
-from bench.targets import Service, TargetConfig, free_port, make_target, processor_service
+from bench.procs import Service, free_port
+from bench.targets import TargetConfig, make_target, processor_service
 
 GATEWAY_WORKERS = 2
 PROCESSOR_MEMBERS = 2

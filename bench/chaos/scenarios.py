@@ -387,7 +387,7 @@ def through_toxiproxy(env: dict[str, str], out: Path) -> Iterator[Setup]:
     from urllib.parse import urlsplit
 
     from bench.chaos import toxiproxy
-    from bench.targets import free_port
+    from bench.procs import free_port
 
     pairs = env.get("STACK_KAFKA_PROXIES")
     if not pairs:

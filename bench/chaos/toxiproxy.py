@@ -10,14 +10,13 @@ Toxics are added and removed through Toxiproxy's HTTP API.
 from __future__ import annotations
 
 import contextlib
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 
-from bench.env import REPO, BenchError, _go_env, go_binary, stack_dir
-from bench.targets import Service, free_port
+from bench.env import BenchError, go_install
+from bench.procs import Service, free_port
 
 MODULE = "github.com/Shopify/toxiproxy/v2/cmd/server"
 VERSION = "v2.5.0"
@@ -26,20 +25,7 @@ VERSION = "v2.5.0"
 def ensure_toxiproxy(env: dict[str, str]) -> Path:
     """The toxiproxy server in ``$VOTE_STACK_DIR/bin`` (named ``server``), ``go install``-ed
     on first use."""
-    gobin = stack_dir(env) / "bin"
-    exe = gobin / "server"
-    if exe.exists():
-        return exe
-    gobin.mkdir(parents=True, exist_ok=True)
-    print(f"installing toxiproxy {VERSION} into {gobin} (first use) ...", flush=True)
-    subprocess.run(
-        [go_binary(), "install", f"{MODULE}@{VERSION}"],
-        env=_go_env(env, gobin),
-        check=True,
-        cwd=REPO,
-        timeout=1800,
-    )
-    return exe
+    return go_install(env, MODULE, VERSION, "server", timeout_s=1800)
 
 
 class Toxiproxy:

@@ -11,12 +11,9 @@ unique topics (``unique_topic``) and unique consumer groups.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shlex
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -26,14 +23,17 @@ import psycopg
 import pytest
 import redis
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 
+from bench import procs
+from bench.env import parse_env_lines
+from bench.kafka import create_topic, delete_topics
+from bench.procs import Service
 from core import elections, keyset
 from core.event import UNSIGNED_VERSION, VoteEvent, encode, seal
 from core.settings import load
 from gateway import admin
 from gateway.config import GatewaySettings
-from tests.integration.services import Service, start_process
 
 REPO = Path(__file__).resolve().parents[2]
 STACK = REPO / "deploy" / "local" / "stack"
@@ -42,22 +42,6 @@ _HINT = "start the local stack first: `deploy/local/stack up` (make test does th
 
 def _fail(msg: str) -> None:
     pytest.fail(f"{msg} — {_HINT}", pytrace=False)
-
-
-def parse_env(text: str) -> dict[str, str]:
-    """``KEY=value`` / ``export KEY=value`` lines (shell-quoted) as a dict."""
-    env: dict[str, str] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("export "):
-            line = line[len("export ") :]
-        key, sep, value = line.partition("=")
-        if sep:
-            parts = shlex.split(value)
-            env[key.strip()] = parts[0] if parts else ""
-    return env
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -73,7 +57,7 @@ def stack_env() -> dict[str, str]:
     out = subprocess.run([str(STACK), "env"], capture_output=True, text=True, timeout=60)
     if out.returncode != 0:
         _fail(f"`deploy/local/stack env` failed: {out.stderr.strip()}")
-    env = parse_env(out.stdout)
+    env = parse_env_lines(out.stdout)
     for key in ("VOTE_KAFKA_BOOTSTRAP", "VOTE_PG_DSN", "VOTE_REDIS_URL"):
         if not env.get(key):
             _fail(f"`deploy/local/stack env` does not set {key}")
@@ -126,36 +110,17 @@ def unique_id(prefix: str) -> str:
 @pytest.fixture
 def unique_topic(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
     """Factory: ``unique_topic(partitions=6, prefix="t")`` creates a topic, deleted after."""
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    config = {"bootstrap.servers": kafka_bootstrap}
     created: list[str] = []
 
     def make(partitions: int = 6, prefix: str = "test") -> str:
         name = unique_id(prefix)
-        futures = admin.create_topics(
-            [NewTopic(name, num_partitions=partitions, replication_factor=-1)]
-        )
-        futures[name].result(timeout=30)
+        create_topic(config, name, partitions)
         created.append(name)
-        # Wait until every partition has a leader, or the first produce may stall.
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            md = admin.list_topics(name, timeout=10).topics.get(name)
-            if (
-                md is not None
-                and md.error is None
-                and len(md.partitions) == partitions
-                and all(p.leader >= 0 for p in md.partitions.values())
-            ):
-                return name
-            time.sleep(0.2)
-        raise TimeoutError(f"topic {name} has no leaders")
+        return name
 
     yield make
-    if created:
-        for f in admin.delete_topics(created, operation_timeout=30).values():
-            # Deletion is best effort: the name is unique, a leftover harms nobody.
-            with contextlib.suppress(Exception):
-                f.result(timeout=30)
+    delete_topics(config, created)
 
 
 @dataclass
@@ -259,7 +224,7 @@ def start_service(stack_env: dict[str, str], tmp_path: Path) -> Iterator[Callabl
         full_env = {**os.environ, **stack_env, **(env or {})}
         full_env["PYTHONPATH"] = str(REPO)
         log_path = tmp_path / f"{module}-{len(started)}.log"
-        svc = start_process(module, [sys.executable, "-m", module, *args], full_env, log_path, REPO)
+        svc = procs.start_service(module, [sys.executable, "-m", module, *args], full_env, log_path)
         started.append(svc)
         return svc
 
@@ -273,3 +238,6 @@ from tests.integration.cluster_fixtures import three_node_cluster  # noqa: E402,
 
 # The gateway's HTTP fixtures (a real gateway + processor per test module).
 from tests.integration.gateway_fixtures import gateway_stack  # noqa: E402, F401
+
+# The processor's harness (a topic, an election, processors, the invariants).
+from tests.integration.processor_harness import harness  # noqa: E402, F401

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,22 +17,15 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
-from prometheus_client.parser import text_string_to_metric_families
 
+from bench import scrape
+from bench.kafka import create_topic, delete_topics, end_offsets
+from bench.procs import Service, free_port, start_service, wait_until
 from core.settings import load
 from gateway import admin
 from gateway.config import GatewaySettings
-from tests.integration.services import Service, start_process, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -55,24 +46,11 @@ class GatewayStack:
 
     def topic_end_offsets(self) -> int:
         """Sum of the high watermarks of every partition: grows iff anything was produced."""
-        consumer = Consumer(
-            {"bootstrap.servers": self.kafka_bootstrap, "group.id": f"probe-{uuid.uuid4().hex}"}
-        )
-        try:
-            md = consumer.list_topics(self.topic, timeout=10)
-            total = 0
-            for pid in md.topics[self.topic].partitions:
-                _low, high = consumer.get_watermark_offsets(
-                    TopicPartition(self.topic, pid), timeout=10
-                )
-                total += high
-            return total
-        finally:
-            consumer.close()
+        return sum(end_offsets({"bootstrap.servers": self.kafka_bootstrap}, self.topic).values())
 
     def start(self, name: str, *args: str, extra_env: dict[str, str] | None = None) -> Service:
         log_path = Path(self.env["VOTE_STACK_DIR"]) / f"{name}.log"
-        service = start_process(
+        service = start_service(
             name, [sys.executable, *args], {**self.env, **(extra_env or {})}, log_path, REPO
         )
         self.services[name] = service
@@ -80,15 +58,7 @@ class GatewayStack:
 
     def metric(self, name: str) -> float:
         """Sum of a gateway metric's samples over its label sets, from /metrics."""
-        text = httpx.get(
-            f"http://127.0.0.1:{self.env['VOTE_METRICS_PORT']}/metrics", timeout=10
-        ).text
-        return sum(
-            sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == name
-        )
+        return scrape.total(f"http://127.0.0.1:{self.env['VOTE_METRICS_PORT']}/metrics", name)
 
     def stored_counts(self, voter_prefix: str = "") -> dict[str, int]:
         """vote_id -> number of rows in ``votes`` for this stack's election, of the voters
@@ -124,28 +94,6 @@ class GatewayStack:
         )
 
 
-def create_topic(bootstrap: str, name: str, partitions: int = 3) -> None:
-    client = AdminClient({"bootstrap.servers": bootstrap})
-    futures = client.create_topics(
-        [NewTopic(name, num_partitions=partitions, replication_factor=-1)]
-    )
-    futures[name].result(timeout=30)
-    # Wait until the topic's metadata is visible, so the gateway's first probe finds it.
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        md = client.list_topics(name, timeout=5)
-        if name in md.topics and md.topics[name].error is None:
-            return
-        time.sleep(0.1)
-
-
-def delete_topic(bootstrap: str, name: str) -> None:
-    client = AdminClient({"bootstrap.servers": bootstrap})
-    for future in client.delete_topics([name]).values():
-        with contextlib.suppress(Exception):  # best-effort cleanup
-            future.result(timeout=30)
-
-
 @contextlib.contextmanager
 def running_gateway(
     home: Path, pg_dsn: str, kafka_bootstrap: str, redis_url: str, **overrides: str
@@ -176,7 +124,7 @@ def running_gateway(
         "VOTE_MAX_IN_FLIGHT_PER_CLIENT": "100000",
         **overrides,
     }
-    create_topic(kafka_bootstrap, topic)
+    create_topic({"bootstrap.servers": kafka_bootstrap}, topic, 3)
     settings = load(GatewaySettings, env)
     admin.init_keys(settings)
     election = f"it-{uuid.uuid4().hex[:8]}"
@@ -201,7 +149,7 @@ def running_gateway(
     finally:
         for service in stack.services.values():
             service.stop()
-        delete_topic(kafka_bootstrap, topic)
+        delete_topics({"bootstrap.servers": kafka_bootstrap}, [topic])
 
 
 @pytest.fixture(scope="module")

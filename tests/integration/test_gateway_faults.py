@@ -26,8 +26,8 @@ import pytest
 from bench.env import STACK_SCRIPT
 from bench.memory import worker_pids
 from bench.outage import kafka_pids
+from bench.procs import wait_until
 from tests.integration.gateway_fixtures import GatewayStack, running_gateway
-from tests.integration.services import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.disruptive]
 

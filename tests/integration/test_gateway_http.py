@@ -13,13 +13,17 @@ import json
 import re
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import jwt
+import msgspec
 import pytest
 
+from bench.procs import wait_until
 from bench.scrape import samples
-from tests.integration.gateway_fixtures import GatewayStack
+from gateway.models import VoteAccepted
+from tests.integration.gateway_fixtures import GatewayStack, running_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -258,3 +262,100 @@ def test_metrics_are_exposed(gateway_stack: GatewayStack):
         if s.name == "vote_ack_seconds_count"
     }
     assert acks.get(durability, 0) >= 1, acks
+
+
+def _get(stack: GatewayStack, path: str, token: str | None = None) -> httpx.Response:
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    return httpx.get(f"{stack.base_url}{path}", headers=headers, timeout=10)
+
+
+def test_a_vote_is_followed_through_its_status_and_the_results(gateway_stack: GatewayStack):
+    """POST → the real 202 body as VoteAccepted → GET …/votes/{id} until counted → GET
+    …/results counting it, through the running gateway and processor."""
+    stack = gateway_stack
+    voter = f"follow-{uuid.uuid4().hex[:6]}"
+    vote_id = str(uuid.uuid4())
+    token = stack.token(voter, jti=vote_id)
+    resp = _vote(stack, voter, "carol", vote_id, token)
+    assert resp.status_code == 202, resp.text
+    accepted = msgspec.json.decode(resp.content, type=VoteAccepted)
+    assert msgspec.to_builtins(accepted) == resp.json(), "fields VoteAccepted does not name"
+    assert (accepted.vote_id, accepted.status) == (vote_id, "accepted")
+    assert accepted.durability in ("kafka", "spill")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", accepted.received_at)
+    assert re.fullmatch(r"rk-[A-Za-z0-9_-]{10}\.r1\.[A-Za-z0-9_-]{43}", accepted.receipt)
+
+    status_path = f"/v1/elections/{stack.election}/votes/{vote_id}"
+    seen: list[dict] = []
+
+    def counted() -> bool:
+        answer = _get(stack, status_path, token)
+        assert answer.status_code == 200, answer.text
+        seen.append(answer.json())
+        return seen[-1]["status"] == "counted"
+
+    wait_until("the vote counted", counted, 60, lambda: seen[-3:])
+    assert seen[-1] == {"vote_id": vote_id, "status": "counted"}
+    assert {s["status"] for s in seen} <= {"pending", "counted"}
+    # Another voter asking about this vote_id learns nothing: the answer of an unknown one.
+    other = _get(stack, status_path, stack.token(f"{voter}-other"))
+    assert (other.status_code, other.json()) == (200, {"vote_id": vote_id, "status": "pending"})
+    _problem(_get(stack, status_path), 401)
+
+    results_path = f"/v1/elections/{stack.election}/results"
+    got: list[dict] = []
+
+    def carol_counted() -> bool:
+        answer = _get(stack, results_path)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["cache-control"] == "no-cache"
+        got.append(answer.json())
+        return got[-1]["tallies"].get("carol", 0) >= 1
+
+    wait_until("the results to count it", carol_counted, 60, lambda: got[-1:])
+    doc = got[-1]
+    assert doc["election_id"] == stack.election
+    assert set(doc["tallies"]) == set(stack.candidates)  # every candidate, 0 included
+    assert doc["total"] == sum(doc["tallies"].values())
+    assert doc["source"] in ("redis", "postgres") and doc["as_of"] > 0
+    _problem(_get(stack, f"/v1/elections/nope-{voter}/results"), 404)
+
+
+def test_a_retry_sent_while_the_first_is_being_made_durable_waits_for_it(
+    tmp_path, pg_dsn: str, kafka_bootstrap: str, redis_url: str
+):
+    """The same vote twice at once. Kafka's delivery report comes only after the
+    producer's linger (1.5 s here, with the spill deadline far beyond it), so the second
+    request arrives while the first is still being made durable: it must wait for that
+    outcome and answer the same bytes, and the vote must reach Kafka once."""
+    linger_s = 1.5
+    with running_gateway(
+        tmp_path,
+        pg_dsn,
+        kafka_bootstrap,
+        redis_url,
+        VOTE_KAFKA_LINGER_MS=str(int(linger_s * 1000)),
+        VOTE_SPILL_DEADLINE_MS="60000",
+    ) as stack:
+        before = stack.topic_end_offsets()
+        vote_id = str(uuid.uuid4())
+        token = stack.token("twice", jti=vote_id)
+
+        def send() -> tuple[float, float, httpx.Response]:
+            started = time.monotonic()
+            resp = _vote(stack, "twice", "bob", vote_id, token)
+            return started, time.monotonic(), resp
+
+        with ThreadPoolExecutor(2) as pool:
+            first, second = pool.map(lambda _: send(), range(2))
+        for _started, _answered, resp in (first, second):
+            assert resp.status_code == 202, resp.text
+            assert msgspec.json.decode(resp.content, type=VoteAccepted).durability == "kafka"
+        assert first[2].content == second[2].content  # the same receipt and received_at
+        # Both were in flight together, and neither was answered before the delivery report.
+        assert max(first[0], second[0]) < min(first[1], second[1])
+        assert min(first[1] - first[0], second[1] - second[0]) >= linger_s * 0.6
+        wait_until(
+            "the vote in Kafka", lambda: stack.topic_end_offsets() > before, 30, lambda: before
+        )
+        assert stack.topic_end_offsets() == before + 1, "the retry produced a second event"

@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.procs import wait_until
 from tests.integration.gateway_fixtures import GatewayStack, running_gateway
-from tests.integration.services import wait_until
 
 pytestmark = pytest.mark.integration
 

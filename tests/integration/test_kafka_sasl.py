@@ -15,14 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import KafkaError, Producer
 
+from bench.env import parse_env_lines
+from bench.kafka import create_topic, delete_topics, end_offsets
 from core.kafka_security import client_config
-from tests.integration.conftest import STACK, parse_env
-from tests.integration.gateway_fixtures import (
-    create_topic,
-    delete_topic,
-)
+from tests.integration.conftest import STACK
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +45,7 @@ def secure_env(stack_env: dict[str, str]) -> dict[str, str]:
             "stack with `deploy/local/stack up --secure` (make prepare does)",
             pytrace=False,
         )
-    env = parse_env(out.stdout)
+    env = parse_env_lines(out.stdout)
     assert env["VOTE_KAFKA_BOOTSTRAP"] != stack_env["VOTE_KAFKA_BOOTSTRAP"]
     return {name: env[name] for name in SECURITY_VARS}
 
@@ -55,17 +53,14 @@ def secure_env(stack_env: dict[str, str]) -> dict[str, str]:
 @pytest.fixture
 def topic(kafka_bootstrap: str) -> Iterator[str]:
     name = f"sasl.test.{uuid.uuid4().hex[:10]}"
-    create_topic(kafka_bootstrap, name, partitions=1)
+    config = {"bootstrap.servers": kafka_bootstrap}
+    create_topic(config, name, 1)
     yield name
-    delete_topic(kafka_bootstrap, name)
+    delete_topics(config, [name])
 
 
 def end_offset(kafka_bootstrap: str, topic: str) -> int:
-    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "sasl-probe"})
-    try:
-        return consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=30)[1]
-    finally:
-        consumer.close()
+    return end_offsets({"bootstrap.servers": kafka_bootstrap}, topic)[0]
 
 
 def produce_one(conf: dict[str, str], topic: str) -> tuple[KafkaError | None, list[KafkaError]]:

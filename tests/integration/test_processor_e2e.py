@@ -8,33 +8,21 @@ in PostgreSQL and Redis and with ``python -m processor verify``.
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
 import uuid
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
 
 import psycopg
 import pytest
-import redis
 from confluent_kafka import Consumer, TopicPartition
 
-from core import elections
-from core.elections import Election
+from bench.procs import Service, free_port, wait_until
 from core.event import VoteEvent
-from tests.integration.services import Service, wait_until
+from tests.integration.processor_harness import Harness
 
 pytestmark = pytest.mark.integration
-
-REPO = Path(__file__).resolve().parents[2]
-# The shared conftest's helper types, for annotations only.
-EventProducer = Any
 
 
 def make_event(
@@ -58,67 +46,6 @@ def make_event(
 # -- helpers ---------------------------------------------------------------------------
 
 
-def proc_env(pg_dsn: str, topic: str, group: str, **extra: str) -> dict[str, str]:
-    env = {
-        "VOTE_PG_DSN": pg_dsn,
-        "VOTE_PROCESSOR_TOPIC": topic,
-        "VOTE_PROCESSOR_DLQ_TOPIC": f"{topic}.dlq",
-        "VOTE_PROCESSOR_GROUP": group,
-        "VOTE_PROCESSOR_METRICS_PORT": "0",
-        "VOTE_PROCESSOR_BATCH_MAX_MS": "50",
-        "VOTE_PROCESSOR_LOG_LEVEL": "INFO",
-    }
-    env.update({f"VOTE_PROCESSOR_{k.upper()}": v for k, v in extra.items()})
-    return env
-
-
-def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"probe-{uuid.uuid4().hex}"})
-    try:
-        md = c.list_topics(topic, timeout=10).topics[topic]
-        return {
-            p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in md.partitions
-        }
-    finally:
-        c.close()
-
-
-def stored_offsets(pg_dsn: str, topic: str, group: str) -> dict[int, int]:
-    with psycopg.connect(pg_dsn) as conn:
-        return dict(
-            conn.execute(
-                "SELECT partition, next_offset FROM consumer_offsets"
-                " WHERE consumer_group = %s AND topic = %s",
-                (group, topic),
-            ).fetchall()
-        )
-
-
-def wait_drained(
-    pg_dsn: str,
-    bootstrap: str,
-    topic: str,
-    group: str,
-    services: Iterable[Service] = (),
-    timeout: float = 300.0,
-) -> None:
-    """Until the stored offset of every non-empty partition is its end (invariant C)."""
-    ends = end_offsets(bootstrap, topic)
-    deadline = time.monotonic() + timeout
-    while True:
-        stored = stored_offsets(pg_dsn, topic, group)
-        if all(stored.get(p, 0) == end for p, end in ends.items() if end > 0):
-            return
-        for svc in services:
-            if svc.proc.poll() is not None:
-                raise AssertionError(f"processor exited {svc.proc.returncode}:\n{svc.log()}")
-        if time.monotonic() > deadline:
-            logs = "\n".join(s.log()[-3000:] for s in services)
-            raise AssertionError(f"not drained: ends {ends} stored {stored}\n{logs}")
-        time.sleep(0.2)
-
-
 def wait_for_log(service: Service, text: str, count: int, timeout: float = 180.0) -> None:
     """Until ``text`` appears ``count`` times in the service's log."""
 
@@ -129,93 +56,14 @@ def wait_for_log(service: Service, text: str, count: int, timeout: float = 180.0
     wait_until(f"{text!r} x{count}", seen, timeout, service.log)
 
 
-def run_cli(env: dict[str, str], stack_env: dict[str, str], *args: str) -> tuple[int, str]:
-    out = subprocess.run(
-        [sys.executable, "-m", "processor", *args],
-        cwd=REPO,
-        env={**stack_env, **env, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    return out.returncode, out.stdout + out.stderr
-
-
-def verify(env: dict[str, str], stack_env: dict[str, str], election: str) -> dict:
-    rc, out = run_cli(env, stack_env, "verify", "--election", election)
-    start = out.index("{")
-    report = json.loads(out[start : out.rindex("}") + 1])
-    assert (rc == 0) == report["ok"], out
-    return report
-
-
-def db_state(pg_dsn: str, election: str) -> dict:
-    with psycopg.connect(pg_dsn) as conn:
-        votes = {
-            x: (a, c, sup)
-            for x, a, c, sup in conn.execute(
-                "SELECT vote_id, voter_id, choice, superseded_by FROM votes WHERE election_id = %s",
-                (election,),
-            )
-        }
-        rejections = {
-            (x, a, c): r
-            for x, a, c, r in conn.execute(
-                "SELECT vote_id, voter_id, choice, reason FROM vote_rejections"
-                " WHERE election_id = %s",
-                (election,),
-            )
-        }
-        tallies = dict(
-            conn.execute(
-                "SELECT candidate_id, votes FROM election_tallies WHERE election_id = %s",
-                (election,),
-            ).fetchall()
-        )
-        el: Election = elections.load(conn, [election])[election]
-    return {"votes": votes, "rejections": rejections, "tallies": tallies, "election": el}
-
-
-def assert_invariants(
-    pg_dsn: str, redis_url: str, election: str, acked: Iterable[VoteEvent]
-) -> dict:
-    """A, B and the tally half of C, checked straight in PostgreSQL and Redis."""
-    st = db_state(pg_dsn, election)
-    votes, rejections = st["votes"], st["rejections"]
-    # A: every acknowledged vote is stored exactly once, in votes or rejected.
-    for e in acked:
-        in_votes = votes.get(e.vote_id, (None, None, None))[:2] == (e.voter_id, e.choice)
-        in_rej = (e.vote_id, e.voter_id, e.choice) in rejections
-        assert in_votes != in_rej, f"{e} in votes={in_votes} rejections={in_rej}"
-    # B: no voter over the policy's allowance.
-    per_voter = Counter(a for a, _c, sup in votes.values() if sup is None)
-    limit = st["election"].max_votes
-    assert not [a for a, n in per_voter.items() if n > limit]
-    # C: tallies equal a recount, in PostgreSQL and in Redis.
-    recount = Counter(c for _a, c, sup in votes.values() if sup is None)
-    assert {c: n for c, n in st["tallies"].items() if n} == dict(recount)
-    r = redis.Redis.from_url(redis_url)
-    try:
-        cached = {k.decode(): int(v) for k, v in r.hgetall(f"tally:{election}").items()}
-    finally:
-        r.close()
-    assert {c: n for c, n in cached.items() if n} == dict(recount)
-    return st
-
-
-@pytest.fixture
-def group() -> str:
-    return f"test-proc-{uuid.uuid4().hex[:10]}"
-
-
 # -- tests -------------------------------------------------------------------------------
 
 
-def test_migrate_is_idempotent(pg_dsn: str, stack_env: dict[str, str]) -> None:
-    rc, out = run_cli({"VOTE_PG_DSN": pg_dsn}, stack_env, "migrate")
+def test_migrate_is_idempotent(harness: Harness) -> None:
+    rc, out = harness.cli({"VOTE_PG_DSN": harness.pg_dsn}, "migrate")
     assert rc == 0, out
     assert '"applied": []' in out
-    with psycopg.connect(pg_dsn) as conn:
+    with psycopg.connect(harness.pg_dsn) as conn:
         versions = [r[0] for r in conn.execute("SELECT version FROM schema_migrations")]
         parts = conn.execute(
             "SELECT count(*) FROM pg_inherits WHERE inhparent = 'votes'::regclass"
@@ -224,21 +72,11 @@ def test_migrate_is_idempotent(pg_dsn: str, stack_env: dict[str, str]) -> None:
     assert parts == (32,)
 
 
-def test_policies_with_duplicates_and_out_of_order_revotes(
-    pg_dsn: str,
-    redis_url: str,
-    kafka_bootstrap: str,
-    stack_env: dict[str, str],
-    unique_topic: Callable[..., str],
-    producer: EventProducer,
-    create_election: Callable[..., str],
-    start_service: Callable[..., Service],
-    group: str,
-) -> None:
-    topic = unique_topic(3)
-    first = create_election(("a", "b", "c"), "first_wins")
-    last = create_election(("a", "b", "c"), "last_wins")
-    maxv = create_election(("a", "b", "c"), "max_votes:2")
+def test_policies_with_duplicates_and_out_of_order_revotes(harness: Harness) -> None:
+    topic = harness.topic(3)
+    first = harness.election(("a", "b", "c"), "first_wins")
+    last = harness.election(("a", "b", "c"), "last_wins")
+    maxv = harness.election(("a", "b", "c"), "max_votes:2")
     t0 = int(time.time() * 1e6)
 
     def e(el: str, voter: str, choice: str, vote_id: str, dt: int) -> VoteEvent:
@@ -260,59 +98,42 @@ def test_policies_with_duplicates_and_out_of_order_revotes(
     # how the sequence is cut into batches: the rest is sent while the processor runs.
     before = [f1, f1, f2, f3, f2, lw_new]
     after = [f4, lw_old, lw_tie, lw_new, lw_v2, m1, m2, m3, m1]
-    producer.send(topic, before)
-    env = proc_env(pg_dsn, topic, group)
-    svc = start_service("processor", env=env)
-    wait_drained(pg_dsn, kafka_bootstrap, topic, group, [svc])
-    producer.send(topic, after)
-    wait_drained(pg_dsn, kafka_bootstrap, topic, group, [svc])
-    time.sleep(0.3)  # the Redis write follows the commit
+    harness.producer.send(topic, before)
+    env = harness.env(topic)
+    svc = harness.start(env)
+    harness.drain(topic, [svc])
+    harness.producer.send(topic, after)
+    harness.drain(topic, [svc])
 
-    st = assert_invariants(pg_dsn, redis_url, first, [f1, f2, f3, f4])
+    st = harness.invariants(first, [f1, f2, f3, f4])
     assert st["rejections"] == {
         ("f2", "v1", "b"): "voter_already_voted",
         ("f1", "v3", "c"): "duplicate_vote_id",
     }
     assert {c: n for c, n in st["tallies"].items() if n} == {"a": 1, "b": 1}
 
-    st = assert_invariants(pg_dsn, redis_url, last, [lw_new, lw_old, lw_tie, lw_v2])
+    st = harness.invariants(last, [lw_new, lw_old, lw_tie, lw_v2])
     assert st["votes"]["l3"] == ("v1", "b", None)
     assert st["votes"]["l2"][2] == "l3"
     assert st["votes"]["l1"][2] is not None
     assert {c: n for c, n in st["tallies"].items() if n} == {"a": 1, "b": 1}
     assert st["rejections"] == {}
 
-    st = assert_invariants(pg_dsn, redis_url, maxv, [m1, m2, m3])
+    st = harness.invariants(maxv, [m1, m2, m3])
     assert st["rejections"] == {("m2", "v1", "c"): "voter_already_voted"}
     assert {c: n for c, n in st["tallies"].items() if n} == {"a": 1, "b": 1}
 
     assert svc.stop() == 0
     for el in (first, last, maxv):
-        report = verify(env, stack_env, el)
+        report = harness.verify(env, el)
         assert report["ok"] and report["missing"] == 0 and report["tally_mismatches"] == {}
         assert report["offset_lag"] == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_poison_message_between_good_ones(
-    pg_dsn: str,
-    redis_url: str,
-    kafka_bootstrap: str,
-    stack_env: dict[str, str],
-    unique_topic: Callable[..., str],
-    producer: EventProducer,
-    create_election: Callable[..., str],
-    start_service: Callable[..., Service],
-    group: str,
-) -> None:
-    topic = unique_topic(1)
-    dlq = unique_topic(1, prefix="dlq")
-    el = create_election(("a", "b"))
+def test_poison_message_between_good_ones(harness: Harness) -> None:
+    topic = harness.topic(1)
+    dlq = harness.topic(1, prefix="dlq")
+    el = harness.election(("a", "b"))
     good1 = make_event(el, "p1", "a")
     bad_version = VoteEvent(9, "bv", el, "p2", "a", int(time.time() * 1e6), "gw")
     unknown = make_event("no-such-election", "p3", "a", vote_id="ue")
@@ -320,17 +141,18 @@ def test_poison_message_between_good_ones(
     # PostgreSQL text cannot hold a NUL: looking this one up by its ids must not fail the
     # batch over and over and stop the partition.
     nul = make_event(el, "p5\x00", "a", vote_id="nul")
-    producer.send(topic, [good1, b"\xc1garbage", bad_version, unknown, nul, good2], partition=0)
-    port = _free_port()
-    env = proc_env(pg_dsn, topic, group, dlq_topic=dlq, metrics_port=str(port))
-    svc = start_service("processor", env=env)
-    wait_drained(pg_dsn, kafka_bootstrap, topic, group, [svc])
-    time.sleep(0.3)
+    harness.producer.send(
+        topic, [good1, b"\xc1garbage", bad_version, unknown, nul, good2], partition=0
+    )
+    port = free_port()
+    env = harness.env(topic, dlq_topic=dlq, metrics_port=str(port))
+    svc = harness.start(env)
+    harness.drain(topic, [svc])
 
-    st = assert_invariants(pg_dsn, redis_url, el, [good1, good2])
+    st = harness.invariants(el, [good1, good2])
     # An unknown schema version is malformed: rejected under its Kafka position.
     assert st["rejections"] == {}
-    with psycopg.connect(pg_dsn) as conn:
+    with psycopg.connect(harness.pg_dsn) as conn:
         other = conn.execute(
             "SELECT election_id, vote_id, reason, kafka_offset FROM vote_rejections"
             " WHERE election_id IN ('', 'no-such-election') AND vote_id IN (%s, %s, %s, 'ue')"
@@ -344,7 +166,9 @@ def test_poison_message_between_good_ones(
         ("", f"kafka:{topic}:0:4", "malformed", 4),
     ]
     # The four poison messages are on the dead-letter topic, with where they came from.
-    c = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": f"dlq-{uuid.uuid4().hex}"})
+    c = Consumer(
+        {"bootstrap.servers": harness.kafka_bootstrap, "group.id": f"dlq-{uuid.uuid4().hex}"}
+    )
     try:
         c.assign([TopicPartition(dlq, 0, 0)])
         got = []
@@ -369,7 +193,7 @@ def test_poison_message_between_good_ones(
     assert 'vote_rows_total{outcome="malformed"} 3.0' in body
     assert "vote_ack_to_count_seconds_count" in body
     assert svc.stop() == 0
-    assert verify(env, stack_env, el)["ok"]
+    assert harness.verify(env, el)["ok"]
 
 
 def _crafted_load(el: str, voters: int, revote_every: int = 10) -> list[VoteEvent]:
@@ -387,40 +211,23 @@ def _crafted_load(el: str, voters: int, revote_every: int = 10) -> list[VoteEven
 
 @pytest.mark.parametrize("crash_at", ["before_copy", "after_copy", "after_commit"])
 @pytest.mark.parametrize("policy_text", ["first_wins", "last_wins"])
-def test_kill_9_and_restart(
-    crash_at: str,
-    policy_text: str,
-    pg_dsn: str,
-    redis_url: str,
-    kafka_bootstrap: str,
-    stack_env: dict[str, str],
-    unique_topic: Callable[..., str],
-    producer: EventProducer,
-    create_election: Callable[..., str],
-    start_service: Callable[..., Service],
-    group: str,
-) -> None:
-    topic = unique_topic(4)
-    el = create_election(("a", "b", "c"), policy_text)
+def test_kill_9_and_restart(crash_at: str, policy_text: str, harness: Harness) -> None:
+    topic = harness.topic(4)
+    el = harness.election(("a", "b", "c"), policy_text)
     events = _crafted_load(el, 3000)
-    producer.send(topic, events)
+    harness.producer.send(topic, events)
     # Small batches so the crash hits the middle of the backlog. One member: the failpoint
     # counts the passes of the whole process, and the bounds below are per member.
-    env = proc_env(
-        pg_dsn,
+    env = harness.env(
         topic,
-        group,
         batch_max_messages="300",
         batch_min_messages="100",
         members="1",
     )
-    crashing = start_service(
-        "processor",
-        env={**env, "VOTE_FAILPOINTS": f"processor.{crash_at}=kill@3"},
-    )
+    crashing = harness.start({**env, "VOTE_FAILPOINTS": f"processor.{crash_at}=kill@3"})
     assert crashing.proc.wait(300) == -9, crashing.log()
-    before = stored_offsets(pg_dsn, topic, group)
-    with psycopg.connect(pg_dsn) as conn:
+    before = harness.stored_offsets(topic)
+    with psycopg.connect(harness.pg_dsn) as conn:
         stored_votes = conn.execute(
             "SELECT count(*) FROM votes WHERE election_id = %s", (el,)
         ).fetchone()[0]
@@ -430,35 +237,24 @@ def test_kill_9_and_restart(
     assert 0 < sum(before.values()) <= batches_in * 300
     assert stored_votes <= sum(before.values())
 
-    svc = start_service("processor", env=env)
-    wait_drained(pg_dsn, kafka_bootstrap, topic, group, [svc])
-    time.sleep(0.3)
-    assert_invariants(pg_dsn, redis_url, el, events)
+    svc = harness.start(env)
+    harness.drain(topic, [svc])
+    harness.invariants(el, events)
     assert svc.stop() == 0
-    report = verify(env, stack_env, el)
+    report = harness.verify(env, el)
     assert report["ok"], report
     assert report["kafka_distinct_vote_ids"] == len({e.vote_id for e in events})
 
 
-def test_rebalance_two_processors_mid_load(
-    pg_dsn: str,
-    redis_url: str,
-    kafka_bootstrap: str,
-    stack_env: dict[str, str],
-    unique_topic: Callable[..., str],
-    producer: EventProducer,
-    create_election: Callable[..., str],
-    start_service: Callable[..., Service],
-    group: str,
-) -> None:
-    topic = unique_topic(6)
-    el = create_election(("a", "b", "c"), "last_wins")
+def test_rebalance_two_processors_mid_load(harness: Harness) -> None:
+    topic = harness.topic(6)
+    el = harness.election(("a", "b", "c"), "last_wins")
     events = _crafted_load(el, 12000, revote_every=7)
     chunks = [events[i : i + 1000] for i in range(0, len(events), 1000)]
-    env = proc_env(pg_dsn, topic, group, batch_max_messages="500", batch_min_messages="100")
+    env = harness.env(topic, batch_max_messages="500", batch_min_messages="100")
 
     def feed() -> None:
-        own = type(producer)(kafka_bootstrap, producer.signer)
+        own = type(harness.producer)(harness.kafka_bootstrap, harness.producer.signer)
         for chunk in chunks:
             own.send(topic, chunk)
             time.sleep(0.15)
@@ -468,130 +264,99 @@ def test_rebalance_two_processors_mid_load(
     try:
         # Each step waits for the group to settle rather than for a fixed time: on a
         # starved machine a processor can take many seconds just to start.
-        p1 = start_service("processor", env=env)
+        p1 = harness.start(env)
         wait_for_log(p1, "partitions assigned", 1)
-        p2 = start_service("processor", env=env)  # joins: partitions are split
+        p2 = harness.start(env)  # joins: partitions are split
         wait_for_log(p2, "partitions assigned", 1)
         assert p1.stop() == 0  # leaves mid-load: p2 takes everything
-        p3 = start_service("processor", env=env)
+        p3 = harness.start(env)
         wait_for_log(p3, "partitions assigned", 1)
         p2.kill()  # and one dies without leaving the group
     finally:
         feeder.join()
-    wait_drained(pg_dsn, kafka_bootstrap, topic, group, [p3], timeout=180)
-    time.sleep(0.3)
-    assert_invariants(pg_dsn, redis_url, el, events)
+    harness.drain(topic, [p3], timeout=180)
+    harness.invariants(el, events)
     logs = p1.log() + p2.log() + p3.log()
     assert logs.count("partitions assigned") >= 3
     assert p3.stop() == 0
-    report = verify(env, stack_env, el)
+    report = harness.verify(env, el)
     assert report["ok"], report
 
 
-def test_redis_flushed_mid_run_heals_and_rebuilds(
-    pg_dsn: str,
-    redis_url: str,
-    kafka_bootstrap: str,
-    stack_env: dict[str, str],
-    unique_topic: Callable[..., str],
-    producer: EventProducer,
-    create_election: Callable[..., str],
-    start_service: Callable[..., Service],
-    group: str,
-) -> None:
+def test_redis_flushed_mid_run_heals_and_rebuilds(harness: Harness) -> None:
     from processor.cache import TallyCache
 
-    topic = unique_topic(2)
-    el = create_election(("a", "b", "c"), "first_wins")
-    env = proc_env(pg_dsn, topic, group)
-    svc = start_service("processor", env=env)
+    topic = harness.topic(2)
+    el = harness.election(("a", "b", "c"), "first_wins")
+    env = harness.env(topic)
+    svc = harness.start(env)
     first = _crafted_load(el, 1000)
-    producer.send(topic, first)
-    wait_drained(pg_dsn, kafka_bootstrap, topic, group, [svc])
-    time.sleep(0.3)
-    assert_invariants(pg_dsn, redis_url, el, first)
+    harness.producer.send(topic, first)
+    harness.drain(topic, [svc])
+    harness.invariants(el, first)
 
     # "Flush": every key of this election disappears (FLUSHDB would hit other users
     # of the shared Redis; the processor sees exactly the same state for this election).
-    cache = TallyCache(redis_url)
+    cache = TallyCache(harness.redis_url)
     cache.delete(el)
     assert not cache.client.exists(f"tally:{el}")
     # The next batch notices the missing keys and writes the whole election.
     second = _crafted_load(el, 200)
-    producer.send(topic, second)
-    wait_drained(pg_dsn, kafka_bootstrap, topic, group, [svc])
-    time.sleep(0.3)
-    assert_invariants(pg_dsn, redis_url, el, first + second)
+    harness.producer.send(topic, second)
+    harness.drain(topic, [svc])
+    harness.invariants(el, first + second)
 
     # With the processor stopped nothing heals by itself: rebuild-cache does.
     assert svc.stop() == 0
     cache.delete(el)
-    rc, out = run_cli(env, stack_env, "rebuild-cache", "--election", el)
+    rc, out = harness.cli(env, "rebuild-cache", "--election", el)
     assert rc == 0, out
-    assert_invariants(pg_dsn, redis_url, el, first + second)
+    harness.invariants(el, first + second)
     # Garbage in Redis: --force replaces it.
     cache.client.hset(f"tally:{el}", "a", 999999)
-    rc, out = run_cli(env, stack_env, "rebuild-cache", "--election", el, "--force")
+    rc, out = harness.cli(env, "rebuild-cache", "--election", el, "--force")
     assert rc == 0, out
-    assert_invariants(pg_dsn, redis_url, el, first + second)
+    harness.invariants(el, first + second)
     cache.close()
-    assert verify(env, stack_env, el)["ok"]
+    assert harness.verify(env, el)["ok"]
 
 
-def test_verify_fails_when_something_is_missing(
-    pg_dsn: str,
-    kafka_bootstrap: str,
-    stack_env: dict[str, str],
-    unique_topic: Callable[..., str],
-    producer: EventProducer,
-    create_election: Callable[..., str],
-    group: str,
-) -> None:
-    topic = unique_topic(1)
-    el = create_election(("a", "b"))
-    producer.send(topic, [make_event(el, "x", "a")])
-    env = proc_env(pg_dsn, topic, group)
-    report = verify(env, stack_env, el)
+def test_verify_fails_when_something_is_missing(harness: Harness) -> None:
+    topic = harness.topic(1)
+    el = harness.election(("a", "b"))
+    harness.producer.send(topic, [make_event(el, "x", "a")])
+    env = harness.env(topic)
+    report = harness.verify(env, el)
     assert not report["ok"]
     assert report["missing"] == 1 and report["offset_lag"] == 1
 
 
-def test_print_config_masks_secrets(stack_env: dict[str, str], tmp_path: Path) -> None:
-    rc, out = run_cli({}, stack_env, "--print-config")
+def test_print_config_masks_secrets(harness: Harness) -> None:
+    rc, out = harness.cli({}, "--print-config")
     assert rc == 0
     cfg = json.loads(out)
     assert cfg["VOTE_PROCESSOR_GROUP"] == "vote-processor"
     assert "vote:vote@" not in cfg["VOTE_PG_DSN"]
 
 
-def test_offsets_of_a_recreated_topic_do_not_skip_its_first_messages(
-    pg_dsn: str,
-    redis_url: str,
-    kafka_bootstrap: str,
-    unique_topic: Callable[..., str],
-    producer: EventProducer,
-    create_election: Callable[..., str],
-    start_service: Callable[..., Service],
-    group: str,
-) -> None:
+def test_offsets_of_a_recreated_topic_do_not_skip_its_first_messages(harness: Harness) -> None:
     """PostgreSQL remembers offsets of an older incarnation of the topic (the broker's data
     was wiped, or the topic deleted and created again): those offsets lie beyond the new
     log's end. The processor must read the new log from its start, not skip to them."""
-    topic = unique_topic(2)
-    el = create_election(("a", "b", "c"), "first_wins")
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+    topic = harness.topic(2)
+    el = harness.election(("a", "b", "c"), "first_wins")
+    with psycopg.connect(harness.pg_dsn, autocommit=True) as conn:
         for partition in (0, 1):
             conn.execute(
                 "INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset)"
                 " VALUES (%s, %s, %s, 5000)",
-                (group, topic, partition),
+                (harness.group, topic, partition),
             )
     events = _crafted_load(el, 300)
-    producer.send(topic, events)
-    svc = start_service("processor", env=proc_env(pg_dsn, topic, group))
-    wait_drained(pg_dsn, kafka_bootstrap, topic, group, [svc])
-    time.sleep(0.3)
-    assert_invariants(pg_dsn, redis_url, el, events)
+    harness.producer.send(topic, events)
+    svc = harness.start(harness.env(topic))
+    harness.drain(topic, [svc])
+    harness.invariants(el, events)
     assert "stored offsets are beyond the log end" in svc.log()
     assert svc.stop() == 0
 
@@ -616,46 +381,33 @@ def member_partitions(log: str) -> dict[int, set[int]]:
     return out
 
 
-def test_two_members_in_one_process(
-    pg_dsn: str,
-    redis_url: str,
-    kafka_bootstrap: str,
-    stack_env: dict[str, str],
-    unique_topic: Callable[..., str],
-    producer: EventProducer,
-    create_election: Callable[..., str],
-    start_service: Callable[..., Service],
-    group: str,
-) -> None:
+def test_two_members_in_one_process(harness: Harness) -> None:
     """One process, two consumer-group members: the partitions are split between them
     and the result is the same as with one."""
-    topic = unique_topic(6)
-    el = create_election(("a", "b", "c"), "first_wins")
+    topic = harness.topic(6)
+    el = harness.election(("a", "b", "c"), "first_wins")
     events = _crafted_load(el, 6000, revote_every=5)
     # Small batches, and half the load only once both members are in: member 0 joins
     # first and takes everything until member 1's join rebalances the group.
-    env = proc_env(
-        pg_dsn, topic, group, members="2", batch_max_messages="500", batch_min_messages="100"
-    )
-    producer.send(topic, events[: len(events) // 2])
-    svc = start_service("processor", env=env)
+    env = harness.env(topic, members="2", batch_max_messages="500", batch_min_messages="100")
+    harness.producer.send(topic, events[: len(events) // 2])
+    svc = harness.start(env)
 
     def both_assigned() -> bool:
         assert svc.proc.poll() is None, svc.log()
         return len(member_partitions(svc.log())) == 2
 
     wait_until("both members assigned", both_assigned, 120, svc.log)
-    producer.send(topic, events[len(events) // 2 :])
-    wait_drained(pg_dsn, kafka_bootstrap, topic, group, [svc])
-    time.sleep(0.3)
-    assert_invariants(pg_dsn, redis_url, el, events)
+    harness.producer.send(topic, events[len(events) // 2 :])
+    harness.drain(topic, [svc])
+    harness.invariants(el, events)
     # The last assignment of each member: disjoint, and all six partitions between them.
     held = {m: set(ps) for m, ps in _current_assignment(svc.log()).items()}
     assert held.keys() == {0, 1} and all(held.values()), held
     assert held[0].isdisjoint(held[1]) and held[0] | held[1] == set(range(6))
     assert svc.stop() == 0
     assert svc.log().count('"processor stopped"') == 2
-    report = verify(env, stack_env, el)
+    report = harness.verify(env, el)
     assert report["ok"], report
     assert report["kafka_distinct_vote_ids"] == len({e.vote_id for e in events})
 
@@ -672,36 +424,24 @@ def _current_assignment(log: str) -> dict[int, dict[int, int]]:
     return held
 
 
-def test_sigterm_stops_both_members_mid_load_then_restart(
-    pg_dsn: str,
-    redis_url: str,
-    kafka_bootstrap: str,
-    stack_env: dict[str, str],
-    unique_topic: Callable[..., str],
-    producer: EventProducer,
-    create_election: Callable[..., str],
-    start_service: Callable[..., Service],
-    group: str,
-) -> None:
+def test_sigterm_stops_both_members_mid_load_then_restart(harness: Harness) -> None:
     """SIGTERM while both members are mid-backlog: each finishes its batch and leaves
     the group, the process exits 0, and a restarted process finishes the work."""
-    topic = unique_topic(6)
-    el = create_election(("a", "b", "c"), "first_wins")
+    topic = harness.topic(6)
+    el = harness.election(("a", "b", "c"), "first_wins")
     events = _crafted_load(el, 50000, revote_every=5)
-    env = proc_env(
-        pg_dsn, topic, group, members="2", batch_max_messages="200", batch_min_messages="100"
-    )
+    env = harness.env(topic, members="2", batch_max_messages="200", batch_min_messages="100")
     # The backlog only once both members are in: member 0 joins first and would drain
     # a backlog alone until member 1's join rebalances the group.
-    producer.send(topic, events[:1000])
-    first = start_service("processor", env=env)
+    harness.producer.send(topic, events[:1000])
+    first = harness.start(env)
     wait_until("both members", lambda: len(_current_assignment(first.log())) == 2, 120, first.log)
-    producer.send(topic, events[1000:])
+    harness.producer.send(topic, events[1000:])
 
     def both_committing() -> bool:
         assert first.proc.poll() is None, first.log()
         held = _current_assignment(first.log())
-        stored = stored_offsets(pg_dsn, topic, group)
+        stored = harness.stored_offsets(topic)
         # Each member has committed a batch since it was assigned its partitions.
         return len(held) == 2 and all(
             any(stored.get(p, 0) > o for p, o in ps.items()) for ps in held.values()
@@ -711,20 +451,19 @@ def test_sigterm_stops_both_members_mid_load_then_restart(
     assert first.stop() == 0, first.log()
     log = first.log()
     assert log.count('"processor stopped"') == 2, log
-    ends = end_offsets(kafka_bootstrap, topic)
-    assert sum(stored_offsets(pg_dsn, topic, group).values()) < sum(ends.values()), (
+    ends = harness.end_offsets(topic)
+    assert sum(harness.stored_offsets(topic).values()) < sum(ends.values()), (
         "drained before SIGTERM: not a mid-load stop"
     )
     # Nothing stored beyond the offsets the stopped process committed.
-    with psycopg.connect(pg_dsn) as conn:
+    with psycopg.connect(harness.pg_dsn) as conn:
         row = conn.execute("SELECT count(*) FROM votes WHERE election_id = %s", (el,)).fetchone()
-    assert row[0] <= sum(stored_offsets(pg_dsn, topic, group).values())
+    assert row[0] <= sum(harness.stored_offsets(topic).values())
 
-    second = start_service("processor", env=env)
-    wait_drained(pg_dsn, kafka_bootstrap, topic, group, [second])
-    time.sleep(0.3)
-    assert_invariants(pg_dsn, redis_url, el, events)
+    second = harness.start(env)
+    harness.drain(topic, [second])
+    harness.invariants(el, events)
     assert second.stop() == 0
-    report = verify(env, stack_env, el)
+    report = harness.verify(env, el)
     assert report["ok"], report
     assert report["kafka_distinct_vote_ids"] == len({e.vote_id for e in events})

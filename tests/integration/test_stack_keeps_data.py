@@ -11,10 +11,11 @@ import uuid
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 
 from bench.chaos.cluster import NODES, Cluster
-from tests.integration.services import wait_until
+from bench.kafka import create_topic
+from bench.procs import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.disruptive]
 
@@ -53,9 +54,7 @@ def test_plain_up_after_a_broker_kill_restarts_the_same_cluster_with_its_data(
     cluster = three_node_cluster
     admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
     topic = f"keep.{uuid.uuid4().hex[:10]}"
-    admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=NODES)])[
-        topic
-    ].result(60)
+    create_topic({"bootstrap.servers": cluster.bootstrap}, topic, 3, NODES, timeout_s=60)
     _produce(cluster.bootstrap, topic)
     cluster_id = cluster.cluster_id()
 

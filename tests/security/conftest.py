@@ -12,4 +12,5 @@ from tests.integration.conftest import (  # noqa: F401
     unique_topic,
 )
 from tests.integration.gateway_fixtures import gateway_stack  # noqa: F401
+from tests.integration.processor_harness import harness  # noqa: F401
 from tests.security.edge import edge_stack  # noqa: F401

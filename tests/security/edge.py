@@ -17,10 +17,9 @@ import socket
 import time
 from collections.abc import Iterator
 
-import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from bench import scrape
 from tests.integration.gateway_fixtures import GatewayStack, running_gateway
 
 BODY_READ_TIMEOUT_S = 3.0
@@ -70,13 +69,8 @@ def edge_stack(
 
 def status_counts(stack: GatewayStack) -> dict[str, float]:
     """vote_requests_total by status code."""
-    text = httpx.get(f"http://127.0.0.1:{stack.env['VOTE_METRICS_PORT']}/metrics", timeout=10).text
-    return {
-        sample.labels["code"]: sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "vote_requests_total"
-    }
+    url = f"http://127.0.0.1:{stack.env['VOTE_METRICS_PORT']}/metrics"
+    return scrape.by_label(url, "vote_requests_total", "code")
 
 
 def connect(stack: GatewayStack) -> socket.socket:

@@ -10,9 +10,9 @@ import uuid
 import httpx
 import pytest
 
+from bench.procs import wait_until
 from core.event import MAX_FIELD_BYTES
 from tests.integration.gateway_fixtures import GatewayStack
-from tests.integration.services import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -22,8 +21,7 @@ from core import keyset
 from core.event import VoteEvent, encode, seal
 from gateway import admin
 from gateway.config import GatewaySettings
-from tests.integration.services import Service
-from tests.integration.test_processor_e2e import proc_env, wait_drained
+from tests.integration.processor_harness import Harness
 
 pytestmark = pytest.mark.integration
 
@@ -42,16 +40,7 @@ def _rejection(conn: psycopg.Connection, topic: str, offset: int) -> str | None:
     return None if row is None else row[0]
 
 
-def test_only_events_a_gateway_signed_are_counted(
-    tmp_path: Any,
-    pg_dsn: str,
-    kafka_bootstrap: str,
-    stack_env: dict[str, str],
-    unique_topic: Callable[..., str],
-    create_election: Callable[..., str],
-    start_service: Callable[..., Service],
-    producer: Any,
-) -> None:
+def test_only_events_a_gateway_signed_are_counted(tmp_path: Any, harness: Harness) -> None:
     settings = msgspec.structs.replace(
         GatewaySettings(stack_dir=str(tmp_path)),
         event_keys_file=os.path.join(tmp_path, "keys", "event_keys.json"),
@@ -64,12 +53,11 @@ def test_only_events_a_gateway_signed_are_counted(
     stranger = keyset.Key(new.kid, os.urandom(32), keyset.ACTIVE)  # right kid, wrong secret
     unknown = keyset.Key("ev-999", os.urandom(32), keyset.ACTIVE)
 
-    topic = unique_topic(1)
-    group = f"mac-{uuid.uuid4().hex[:8]}"
-    election = create_election(("a", "b"))
-    env = proc_env(pg_dsn, topic, group, dlq_topic=unique_topic(1, prefix="dlq"))
+    topic = harness.topic(1)
+    election = harness.election(("a", "b"))
+    env = harness.env(topic, dlq_topic=harness.topic(1, prefix="dlq"))
     env["VOTE_EVENT_KEYS_FILE"] = settings.event_keys_file
-    service = start_service("processor", env=env)
+    service = harness.start(env)
 
     signed_new = seal(_event(election, "mac-voter-1"), new)
     signed_old = seal(_event(election, "mac-voter-2"), old)
@@ -83,9 +71,9 @@ def test_only_events_a_gateway_signed_are_counted(
         seal(_event(election, "mac-voter-6"), unknown),  # 4: unknown key
         bytes(tampered),  # 5: changed after signing
     ]
-    producer.send(topic, payloads, partition=0)
-    wait_drained(pg_dsn, kafka_bootstrap, topic, group, [service], timeout=120)
-    with psycopg.connect(pg_dsn) as conn:
+    harness.producer.send(topic, payloads, partition=0)
+    harness.drain(topic, [service], timeout=120)
+    with psycopg.connect(harness.pg_dsn) as conn:
         counted = conn.execute(
             "SELECT voter_id, kafka_offset FROM votes WHERE election_id = %s ORDER BY 2",
             (election,),
@@ -101,9 +89,9 @@ def test_only_events_a_gateway_signed_are_counted(
     deadline = time.monotonic() + 60
     offset = 6
     while True:  # the processor notices the changed file at its next batch
-        producer.send(topic, [late, fresh], partition=0)
-        wait_drained(pg_dsn, kafka_bootstrap, topic, group, [service], timeout=120)
-        with psycopg.connect(pg_dsn) as conn:
+        harness.producer.send(topic, [late, fresh], partition=0)
+        harness.drain(topic, [service], timeout=120)
+        with psycopg.connect(harness.pg_dsn) as conn:
             if _rejection(conn, topic, offset) == "unauthenticated":
                 break
         assert time.monotonic() < deadline, "the revoked key still verifies"

@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.procs import wait_until
 from tests.integration.gateway_fixtures import GatewayStack
-from tests.integration.services import wait_until
 from tests.security.edge import client_headers
 
 pytestmark = pytest.mark.integration

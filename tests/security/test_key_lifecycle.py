@@ -17,11 +17,11 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from bench.procs import wait_until
 from core import keyset
 from gateway import admin
 from gateway._fast import reference
 from tests.integration.gateway_fixtures import REPO, GatewayStack, running_gateway
-from tests.integration.services import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -21,8 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.event import MAX_FIELD_BYTES, MAX_RECEIVED_AT_US
-from tests.integration.services import Service
-from tests.integration.test_processor_e2e import proc_env, wait_drained
+from tests.integration.processor_harness import Harness
 
 pytestmark = pytest.mark.integration
 
@@ -155,22 +153,16 @@ def _outcome(conn: psycopg.Connection, topic: str, offset: int, payload: bytes) 
 
 
 @pytest.fixture
-def poison_stack(
-    pg_dsn: str,
-    unique_topic: Callable[..., str],
-    create_election: Callable[..., str],
-    start_service: Callable[..., Service],
-) -> dict[str, Any]:
+def poison_stack(harness: Harness) -> dict[str, Any]:
     """One topic, dead-letter topic, last_wins election and processor for all examples."""
-    topic = unique_topic(1)
-    dlq = unique_topic(1, prefix="dlq")
-    group = f"poison-{uuid.uuid4().hex[:8]}"
+    topic = harness.topic(1)
+    dlq = harness.topic(1, prefix="dlq")
     return {
+        "harness": harness,
         "topic": topic,
         "dlq": dlq,
-        "group": group,
-        "election": create_election(("a", "b"), policy="last_wins"),
-        "service": start_service("processor", env=proc_env(pg_dsn, topic, group, dlq_topic=dlq)),
+        "election": harness.election(("a", "b"), policy="last_wins"),
+        "service": harness.start(harness.env(topic, dlq_topic=dlq)),
         "sent": [],
     }
 
@@ -195,7 +187,7 @@ def test_every_message_is_counted_or_dead_lettered_and_the_partition_moves_on(
     producer.send(topic, batch, partition=0)
     sent: list[bytes] = stack["sent"]
     sent += batch
-    wait_drained(pg_dsn, kafka_bootstrap, topic, stack["group"], [stack["service"]], timeout=120)
+    stack["harness"].drain(topic, [stack["service"]], timeout=120)
 
     dead = _dead_letters(kafka_bootstrap, dlq)
     with psycopg.connect(pg_dsn) as conn:

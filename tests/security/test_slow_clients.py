@@ -15,8 +15,8 @@ import uuid
 import httpx
 import pytest
 
+from bench.procs import wait_until
 from tests.integration.gateway_fixtures import GatewayStack
-from tests.integration.services import wait_until
 from tests.security.edge import (
     BODY_READ_TIMEOUT_S,
     HEADER_READ_TIMEOUT_MS,

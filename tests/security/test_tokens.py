@@ -16,8 +16,8 @@ import httpx
 import jwt
 import pytest
 
+from bench.procs import wait_until
 from tests.integration.gateway_fixtures import GatewayStack, running_gateway
-from tests.integration.services import wait_until
 
 pytestmark = pytest.mark.integration
 

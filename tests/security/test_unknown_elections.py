@@ -17,11 +17,11 @@ import uuid
 import httpx
 import psycopg
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from bench import scrape
+from bench.procs import wait_until
 from gateway.elections import ElectionCache, LookupFailed
 from tests.integration.gateway_fixtures import GatewayStack
-from tests.integration.services import wait_until
 from tests.security.edge import (
     MAX_STREAMS,
     MAX_STREAMS_PER_CLIENT,
@@ -39,13 +39,8 @@ def _made_up() -> str:
 
 
 def _pg_queries(stack: GatewayStack) -> dict[str, float]:
-    text = httpx.get(f"http://127.0.0.1:{stack.env['VOTE_METRICS_PORT']}/metrics", timeout=10).text
-    return {
-        sample.labels["query"]: sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "vote_postgres_queries_total"
-    }
+    url = f"http://127.0.0.1:{stack.env['VOTE_METRICS_PORT']}/metrics"
+    return scrape.by_label(url, "vote_postgres_queries_total", "query")
 
 
 def test_a_flood_of_made_up_ids_meets_the_rate_limit_first(edge_stack: GatewayStack) -> None:
