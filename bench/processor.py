@@ -36,11 +36,10 @@ from typing import Any
 
 import psycopg
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
 
 from bench import probe, scratchdb
 from bench.env import kafka_config, stack_env
-from bench.kafka import end_offsets
+from bench.kafka import create_topic, delete_topics, end_offsets
 from core import elections as core_elections
 from core import jsonlog, keyset
 from core.event import VoteEvent, seal
@@ -246,14 +245,12 @@ def main(argv: list[str]) -> int:
     db, dsn = scratchdb.create(admin_dsn)
     tag = db.removeprefix("vote_bench_")
     topic = group = election = f"bench-{tag}"
-    admin = AdminClient(kafka)
-    admin.create_topics([NewTopic(topic, args.partitions, replication_factor=-1)])[topic].result(30)
+    create_topic(kafka, topic, args.partitions)
     log_path = Path(f"/tmp/bench-processor-{tag}.log")
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
             core_elections.write(conn, election, CANDIDATES)
         events = make_events(args.events, election)
-        time.sleep(1.0)  # topic leaders
         key = keyset.load(load(ProcessorSettings, env).event_keys_path).signing()
         preload_s = preload(kafka, topic, events, key)
         ends = end_offsets(kafka, topic)
@@ -317,7 +314,7 @@ def main(argv: list[str]) -> int:
     finally:
         if not args.keep:
             scratchdb.drop(admin_dsn, db)
-            admin.delete_topics([topic])
+            delete_topics(kafka, [topic])
     text = json.dumps(result, indent=2)
     print(text)
     if args.json_path:
