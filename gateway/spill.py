@@ -53,7 +53,8 @@ RECLAIM_AFTER_BYTES = 64 * 1024
 
 
 class SpillFull(Exception):
-    """The spill holds its capacity of events; the vote cannot be made durable here."""
+    """The spill holds its capacity of events, or its disk keeps no more room than
+    draining needs; the vote cannot be made durable here."""
 
 
 class SpillUnavailable(Exception):
