@@ -7,6 +7,7 @@ ports, on the session's test database, so modules cannot see each other's votes.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import uuid
@@ -43,6 +44,27 @@ class GatewayStack:
 
     def token(self, voter: str, election: str | None = None, **kw: object) -> str:
         return admin.mint_token(self.issuer_file, election or self.election, voter, **kw)
+
+    def vote(
+        self,
+        voter: str,
+        choice: str = "alice",
+        vote_id: str | None = None,
+        token: str | None = None,
+        election: str | None = None,
+        timeout: float = 10.0,
+    ) -> httpx.Response:
+        """POST one vote; by default a fresh vote_id and the token that authorizes it
+        (one token, one vote: its jti is the vote_id)."""
+        election = election or self.election
+        vote_id = vote_id or str(uuid.uuid4())
+        token = token or self.token(voter, election, jti=vote_id)
+        return httpx.post(
+            f"{self.base_url}/v1/elections/{election}/votes",
+            content=json.dumps({"vote_id": vote_id, "choice": choice}),
+            headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
+            timeout=timeout,
+        )
 
     def topic_end_offsets(self) -> int:
         """Sum of the high watermarks of every partition: grows iff anything was produced."""

@@ -28,28 +28,6 @@ from tests.integration.gateway_fixtures import GatewayStack, running_gateway
 pytestmark = pytest.mark.integration
 
 
-def _vote(
-    stack: GatewayStack,
-    voter: str,
-    choice: str = "alice",
-    vote_id: str | None = None,
-    token: str | None = None,
-    election: str | None = None,
-) -> httpx.Response:
-    election = election or stack.election
-    vote_id = vote_id or str(uuid.uuid4())
-    return httpx.post(
-        f"{stack.base_url}/v1/elections/{election}/votes",
-        content=json.dumps({"vote_id": vote_id, "choice": choice}),
-        headers={
-            # A token authorizes one vote: the one whose vote_id is its jti.
-            "authorization": f"Bearer {token or stack.token(voter, election, jti=vote_id)}",
-            "content-type": "application/json",
-        },
-        timeout=10,
-    )
-
-
 def _stored(
     stack: GatewayStack, voter_prefix: str, expected: int, timeout: float = 60.0
 ) -> dict[str, int]:
@@ -99,9 +77,9 @@ def test_same_vote_id_with_other_content_is_409(gateway_stack: GatewayStack):
     stack = gateway_stack
     vote_id = str(uuid.uuid4())
     token = stack.token(f"conflict-{vote_id}", jti=vote_id)
-    first = _vote(stack, "", "alice", vote_id, token)
+    first = stack.vote("", "alice", vote_id, token)
     assert first.status_code == 202
-    other = _vote(stack, "", "bob", vote_id, token)
+    other = stack.vote("", "bob", vote_id, token)
     assert other.status_code == 409
     assert other.headers["content-type"] == "application/problem+json"
     assert other.json()["status"] == 409
@@ -210,7 +188,7 @@ def test_bad_requests_get_problems_and_produce_nothing(gateway_stack: GatewaySta
         "a refused request reached the spill"
     )
     # And the server keeps answering good requests.
-    assert _vote(stack, voter + "-ok").status_code == 202
+    assert stack.vote(voter + "-ok").status_code == 202
 
 
 def test_closed_election_is_403(gateway_stack: GatewayStack):
@@ -219,7 +197,7 @@ def test_closed_election_is_403(gateway_stack: GatewayStack):
     stack = gateway_stack
     closed = f"closed-{uuid.uuid4().hex[:6]}"
     admin.create_election(stack.pg_dsn, closed, ["alice"], closes_at=time.time() - 60)
-    resp = _vote(stack, "late-voter", election=closed)
+    resp = stack.vote("late-voter", election=closed)
     assert _problem(resp, 403)["type"].endswith("election-not-open")
 
 
@@ -235,10 +213,10 @@ def test_health_and_openapi(gateway_stack: GatewayStack):
 
 def test_metrics_are_exposed(gateway_stack: GatewayStack):
     port = gateway_stack.env["VOTE_METRICS_PORT"]
-    answer = _vote(gateway_stack, f"metrics-{uuid.uuid4().hex[:6]}")
+    answer = gateway_stack.vote(f"metrics-{uuid.uuid4().hex[:6]}")
     assert answer.status_code == 202
     # A refused token too, so that this test does not depend on others having sent one.
-    _problem(_vote(gateway_stack, "metrics-forger", token="not.a.token"), 401)
+    _problem(gateway_stack.vote("metrics-forger", token="not.a.token"), 401)
     # Per-request counts reach the shared values once a second (metrics.FLUSH_INTERVAL_S).
     deadline = time.monotonic() + 10
     while True:
@@ -276,7 +254,7 @@ def test_a_vote_is_followed_through_its_status_and_the_results(gateway_stack: Ga
     voter = f"follow-{uuid.uuid4().hex[:6]}"
     vote_id = str(uuid.uuid4())
     token = stack.token(voter, jti=vote_id)
-    resp = _vote(stack, voter, "carol", vote_id, token)
+    resp = stack.vote(voter, "carol", vote_id, token)
     assert resp.status_code == 202, resp.text
     accepted = msgspec.json.decode(resp.content, type=VoteAccepted)
     assert msgspec.to_builtins(accepted) == resp.json(), "fields VoteAccepted does not name"
@@ -343,7 +321,7 @@ def test_a_retry_sent_while_the_first_is_being_made_durable_waits_for_it(
 
         def send() -> tuple[float, float, httpx.Response]:
             started = time.monotonic()
-            resp = _vote(stack, "twice", "bob", vote_id, token)
+            resp = stack.vote("twice", "bob", vote_id, token)
             return started, time.monotonic(), resp
 
         with ThreadPoolExecutor(2) as pool:

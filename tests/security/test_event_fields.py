@@ -4,10 +4,8 @@ see docs/ARCHITECTURE.md, Event schema."""
 
 from __future__ import annotations
 
-import json
 import uuid
 
-import httpx
 import pytest
 
 from bench.procs import wait_until
@@ -15,18 +13,6 @@ from core.event import MAX_FIELD_BYTES
 from tests.integration.gateway_fixtures import GatewayStack
 
 pytestmark = pytest.mark.integration
-
-
-def _post(stack: GatewayStack, voter: str, vote_id: str, choice: str = "alice") -> httpx.Response:
-    return httpx.post(
-        f"{stack.base_url}/v1/elections/{stack.election}/votes",
-        content=json.dumps({"vote_id": vote_id, "choice": choice}),
-        headers={
-            "authorization": f"Bearer {stack.token(voter, jti=vote_id)}",
-            "content-type": "application/json",
-        },
-        timeout=10,
-    )
 
 
 @pytest.mark.parametrize(
@@ -43,7 +29,7 @@ def test_a_sub_the_processor_would_refuse_gets_a_400_and_produces_nothing(
     stack = gateway_stack
     voter = f"sub-{uuid.uuid4().hex[:8]}-{tail}"
     before = stack.topic_end_offsets()
-    answer = _post(stack, voter, str(uuid.uuid4()))
+    answer = stack.vote(voter)
     assert answer.status_code == 400, (label, answer.text)
     assert answer.headers["content-type"] == "application/problem+json"
     assert "the token's sub (voter_id)" in answer.json()["detail"]
@@ -61,7 +47,7 @@ def test_a_sub_of_exactly_the_limit_is_acknowledged_and_counted(
     voter += "x" * (MAX_FIELD_BYTES - len(voter.encode()))
     assert len(voter.encode()) == MAX_FIELD_BYTES
     vote_id = str(uuid.uuid4())
-    answer = _post(stack, voter, vote_id)
+    answer = stack.vote(voter, vote_id=vote_id)
     assert answer.status_code == 202, answer.text
     wait_until(
         "the vote stored", lambda: stack.stored_counts(prefix) == {vote_id: 1}, 60, lambda: ""

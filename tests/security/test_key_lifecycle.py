@@ -11,7 +11,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import msgpack
 import psycopg
 import pytest
@@ -35,20 +34,11 @@ def keyed(
         yield stack
 
 
-def _vote(stack: GatewayStack, token: str, vote_id: str) -> httpx.Response:
-    return httpx.post(
-        f"{stack.base_url}/v1/elections/{stack.election}/votes",
-        content=json.dumps({"vote_id": vote_id, "choice": "alice"}),
-        headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
-        timeout=15,
-    )
-
-
 def _status(stack: GatewayStack, kid_alg: str = "HS256") -> int:
     """The answer to a fresh vote signed with the issuer's newest active key of kid_alg."""
     vote_id = str(uuid.uuid4())
     token = stack.token(f"kl-{vote_id[:8]}", jti=vote_id, alg=kid_alg)
-    return _vote(stack, token, vote_id).status_code
+    return stack.vote("", vote_id=vote_id, token=token, timeout=15).status_code
 
 
 def _last_event_kid(stack: GatewayStack) -> str:
@@ -96,7 +86,7 @@ def test_rotate_retire_and_revoke_reach_a_running_gateway(keyed: GatewayStack) -
     admin.revoke_key(settings, "hs-1")
 
     def refused() -> bool:
-        answer = _vote(stack, old_token, old_token_vote)
+        answer = stack.vote("", vote_id=old_token_vote, token=old_token, timeout=15)
         return answer.status_code == 401 and answer.json()["reason"] == "unknown_kid"
 
     wait_until("a revoked kid refused", refused, 30)
@@ -112,7 +102,7 @@ def test_a_receipt_names_its_key_and_verifies_with_it(keyed: GatewayStack) -> No
     stack = keyed
     vote_id = str(uuid.uuid4())
     voter = f"kl-r-{vote_id[:8]}"
-    answer = _vote(stack, stack.token(voter, jti=vote_id), vote_id)
+    answer = stack.vote(voter, vote_id=vote_id, timeout=15)
     assert answer.status_code == 202, answer.text
     kid, signature = answer.json()["receipt"].split(".", 1)
     key = keyset.read_secret(stack.settings.receipt_key_file)
