@@ -55,18 +55,27 @@ stack:
 
 # The operator tools the deploy checks run (tests/unit/test_deploy_tools.py), built from
 # source with Go into .stack/bin. One stamp per version: a second run does nothing, and a
-# version bump here rebuilds the tool.
+# version bump here rebuilds that one tool. promtool's module version v0.X.Y is
+# Prometheus 3.X.Y.
 GO ?= $(or $(shell command -v go),/usr/local/go/bin/go)
 TOOLS := .stack/bin
 HELM_VERSION := v3.22.0
+PROMTOOL_VERSION := v0.316.0
 
-tools: $(TOOLS)/.built/helm-$(HELM_VERSION)
+tools: $(TOOLS)/.built/helm-$(HELM_VERSION) $(TOOLS)/.built/promtool-$(PROMTOOL_VERSION)
+
+# go_install MODULE@VERSION: build one command into $(TOOLS), then touch the stamp ($@).
+define go_install
+	@test -x $(GO) || { echo "building $(1) needs the Go toolchain (>= 1.25)"; exit 1; }
+	@mkdir -p $(@D)
+	GOBIN=$(abspath $(TOOLS)) $(GO) install $(1)
+	@touch $@
+endef
 
 $(TOOLS)/.built/helm-%:
-	@test -x $(GO) || { echo "building helm needs the Go toolchain (>= 1.25)"; exit 1; }
-	@mkdir -p $(@D)
-	GOBIN=$(abspath $(TOOLS)) $(GO) install helm.sh/helm/v3/cmd/helm@$*
-	@touch $@
+	$(call go_install,helm.sh/helm/v3/cmd/helm@$*)
+$(TOOLS)/.built/promtool-%:
+	$(call go_install,github.com/prometheus/prometheus/cmd/promtool@$*)
 
 status:
 	$(STACK) status

@@ -5,17 +5,20 @@
   ``deploy/locust``, is valid against the Kubernetes API schemas bundled by
   ``kubernetes-validate``, for the oldest Kubernetes the chart supports and the newest
   one bundled;
+- ``promtool check rules`` accepts ``prometheus/rules.yml`` and ``promtool test rules``
+  passes ``prometheus/rules.test.yml``, in which every alert fires;
 - ``docker-compose.yml`` is valid against the Compose specification's JSON schema
   (vendored in ``check-jsonschema``).
 
-helm is built from source into ``.stack/bin`` by ``make tools`` (part of ``make
-prepare``). A missing tool fails these tests rather than skipping them: a check
+helm and promtool are built from source into ``.stack/bin`` by ``make tools`` (part
+of ``make prepare``). A missing tool fails these tests rather than skipping them: a check
 that silently does not run proves nothing.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +34,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 CHART = DEPLOY / "helm" / "vote-platform"
 FULL_VALUES = CHART / "ci" / "full-values.yaml"
+RULES = DEPLOY / "prometheus" / "rules.yml"
+RULES_TESTS = DEPLOY / "prometheus" / "rules.test.yml"
 TOOLS = ROOT / ".stack" / "bin"
 
 # The chart's kubeVersion floor (Chart.yaml) and the newest schemas kubernetes-validate has.
@@ -262,6 +267,47 @@ def test_chart_refuses_more_processor_members_than_partitions():
     assert done.returncode != 0
     assert "(13 x 2) must not exceed kafka.partitions (24)" in done.stderr
     assert helm_template(KUBE_VERSIONS[-1], *EXISTING_SECRETS, *flags[:2]).returncode == 0
+
+
+# ---------------------------------------------------------------------------------------
+# Prometheus rules
+
+
+def alerts_of_rules() -> set[str]:
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    return {r["alert"] for g in groups for r in g["rules"] if "alert" in r}
+
+
+def test_promtool_accepts_the_rules():
+    assert "SUCCESS" in ok([tool("promtool"), "check", "rules", str(RULES)])
+
+
+def test_promtool_rule_tests_pass():
+    ok([tool("promtool"), "test", "rules", str(RULES_TESTS)], cwd=RULES_TESTS.parent)
+
+
+def test_every_alert_is_shown_firing_by_a_rule_test():
+    tests = yaml.safe_load(RULES_TESTS.read_text())["tests"]
+    firing = {
+        case["alertname"]
+        for test in tests
+        for case in test.get("alert_rule_test", [])
+        if case.get("exp_alerts")
+    }
+    assert firing == alerts_of_rules()
+
+
+def test_rule_tests_fail_when_a_threshold_moves(tmp_path: Path):
+    # The rule tests pin the thresholds: raise the ack p99 budget tenfold and they fail.
+    text = RULES.read_text()
+    assert text.count("vote:ack_seconds:p99_5m > 0.1") == 1
+    (tmp_path / RULES.name).write_text(
+        text.replace("vote:ack_seconds:p99_5m > 0.1", "vote:ack_seconds:p99_5m > 1")
+    )
+    shutil.copy(RULES_TESTS, tmp_path / RULES_TESTS.name)
+    done = run([tool("promtool"), "test", "rules", RULES_TESTS.name], cwd=tmp_path)
+    assert done.returncode != 0
+    assert "VoteAckLatencyP99High" in done.stdout + done.stderr
 
 
 # ---------------------------------------------------------------------------------------
