@@ -19,7 +19,8 @@ Then the chaos checks run across both regions (``check_regions``) and it reports
 * ``acked``, ``stored``, ``missing``, ``double_counted``; ``tallies_match``: PostgreSQL's
   tallies and both regions' Redis equal a recount of both regions' ``votes.v1``;
 * ``rto_ingest_s``: from the kill to the first 2xx from B for one of A's voters;
-* ``rto_count_s``: from the kill to the first vote acknowledged after it being counted;
+* ``rto_count_s``: from the kill to the first vote counted after every process of A
+  was dead (``kill_s`` is how long the kill itself took);
 * ``rpo_pending_votes``: votes A acknowledged that were not yet in B at the kill;
 * ``mm2_lag_p99_s``: before the kill, from a vote's arrival in its region's
   ``votes.v1`` to its arrival in the other region's copy (consumers tail all four
@@ -34,12 +35,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
+import multiprocessing
 import os
 import statistics
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import msgspec
@@ -70,6 +74,8 @@ from processor.policy import EventAuth
 from processor.settings import ProcessorSettings
 
 CANDIDATES = ("alice", "bob", "carol")
+# Votes/s one load process sends (LoadProcesses): httpx's few ms of CPU a request.
+RATE_PER_PROCESS = 10.0
 
 # The faults inside the two regions other than a region loss: (verbs of
 # deploy/local/regions that cause it, verbs that heal it).
@@ -149,6 +155,142 @@ class MirrorTail(threading.Thread):
     def stop(self) -> None:
         self._halt.set()
         self.join(timeout=30)
+
+
+# -- the load -------------------------------------------------------------------------------
+
+
+class LoadProcesses:
+    """The chaos client's ``Load`` in ``n`` processes, each with voters of its own at
+    ``rate / n`` votes/s and its own ``RegionRoutes``. httpx costs milliseconds of CPU per
+    request, more than one process gets of a crowded machine: a starved client measures
+    its own queue instead of the regions. Processes are forked before the run starts any
+    thread; their votes come back, on one clock, when ``finish`` returns."""
+
+    def __init__(
+        self,
+        n: int,
+        urls: dict[str, str],
+        issuer_file: str,
+        election: str,
+        rate: float,
+        policy: RetryPolicy,
+        prefill_each: int,
+        max_in_flight: int = 16,
+    ) -> None:
+        ctx = multiprocessing.get_context("fork")
+        self._go = ctx.Event()
+        self._stop = ctx.Event()
+        self._restored = ctx.Value("i", 0)  # how many restores were asked for
+        self._restore_region = ctx.Array("c", 8)
+        # per process: votes sent, acknowledged, regions refusing now (a bit per region)
+        self._counts = ctx.Array("l", 3 * n)
+        self._pipes = []
+        self._procs = []
+        self.urls = urls
+        self.policy = policy
+        self.votes: list[Vote] = []
+        self.down: dict[str, float] = {}
+        self.wall0 = time.time()
+        for i in range(n):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(
+                target=self._child,
+                args=(i, child, issuer_file, election, rate / n, prefill_each, max_in_flight),
+                daemon=True,
+                name=f"failover-load-{i}",
+            )
+            proc.start()
+            self._pipes.append(parent)
+            self._procs.append(proc)
+        for pipe in self._pipes:  # each has signed its votes
+            if not pipe.poll(900) or pipe.recv() != "ready":
+                raise BenchError("a load process did not get ready")
+
+    def _child(
+        self,
+        i: int,
+        pipe: Connection,
+        issuer_file: str,
+        election: str,
+        rate: float,
+        prefill: int,
+        max_in_flight: int,
+    ) -> None:
+        # One vote per voter: which of a voter's two votes is "first" across two regions'
+        # topics is not an order a recount could reproduce.
+        source = VoteSource(issuer_file, election, list(CANDIDATES), os.getpid(), 0)
+        source.prefill(prefill)
+        routes = RegionRoutes(self.urls)
+        load = Load("", source, rate, self.policy, max_in_flight, routes)
+        pipe.send("ready")
+        self._go.wait()
+        load.start()
+        wall0 = time.time() - load.now()
+        restored = 0
+        while not self._stop.wait(0.2):
+            if self._restored.value != restored:
+                restored = self._restored.value
+                routes.restore(self._restore_region.value.decode())
+            votes = list(load.votes)
+            self._counts[3 * i] = len(votes)
+            self._counts[3 * i + 1] = sum(1 for v in votes if v.outcome == OK)
+            self._counts[3 * i + 2] = sum(
+                1 << k for k, r in enumerate(routes.regions) if r in routes.down
+            )
+        unfinished = load.finish(timeout_s=self.policy.max_elapsed_s + 60)
+        down = {r: wall0 + t for r, t in routes.down.items()}
+        pipe.send((wall0, load.votes, unfinished, down))
+        pipe.close()
+
+    def start(self) -> None:
+        self.wall0 = time.time()
+        self._go.set()
+
+    def stop(self) -> None:
+        """No new votes (those started still finish)."""
+        self._stop.set()
+
+    def now(self) -> float:
+        """Seconds since the load began (the samplers' clock)."""
+        return time.time() - self.wall0
+
+    def restore(self, region: str) -> None:
+        """The region answers again: every process sends its voters home."""
+        self._restore_region.value = region.encode()
+        with self._restored.get_lock():
+            self._restored.value += 1
+
+    def progress(self) -> str:
+        counts = list(self._counts)
+        sent, ok = sum(counts[0::3]), sum(counts[1::3])
+        regions = list(self.urls)
+        refusing = sorted(
+            {r for bits in counts[2::3] for k, r in enumerate(regions) if bits & (1 << k)}
+        )
+        return f"sent {sent}, acknowledged {ok}; regions refusing: {refusing or 'none'}"
+
+    def finish(self) -> int:
+        """Stop scheduling, wait for every vote's outcome; returns how many had none."""
+        self.stop()
+        unfinished = 0
+        for pipe, proc in zip(self._pipes, self._procs, strict=True):
+            if not pipe.poll(self.policy.max_elapsed_s + 180):
+                raise BenchError(f"{proc.name} did not report its votes")
+            wall0, votes, left, down = pipe.recv()
+            shift = wall0 - self.wall0  # onto this process's clock
+            for v in votes:
+                v.scheduled_s += shift
+                if v.done_s is not None:
+                    v.done_s += shift
+                for a in v.attempts:
+                    a.at_s += shift
+            self.votes.extend(votes)
+            unfinished += left
+            for r, t in down.items():
+                self.down[r] = min(self.down.get(r, t), t)
+            proc.join(30)
+        return unfinished
 
 
 # -- sampling -------------------------------------------------------------------------------
@@ -318,19 +460,25 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, object], Result]:
     dsn = regions.env("A")["VOTE_PG_DSN"]
     election = f"failover-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     admin.create_election(dsn, election, list(CANDIDATES), title="bench failover")
-    # Signed ahead (a millisecond each); A's return takes a minute or two more.
-    total = int(args.rate * (args.warm + args.outage + args.after + 120))
-    print(f"== signing {total} votes", flush=True)
-    # One vote per voter: which of a voter's two votes is "first" across two regions'
-    # topics is not an order a recount could reproduce.
-    source = VoteSource(
-        str(regions.keys_dir / "issuer.json"), election, list(CANDIDATES), os.getpid(), 0
-    )
-    source.prefill(total)
     for r in REGIONS:
         regions.start_services(r)
     for r in REGIONS:
         regions.wait_ready(r)
+    # Patient: a vote waits out a region's loss (its retries go to the other region).
+    policy = RetryPolicy(max_attempts=40, max_elapsed_s=180, timeout_s=20, backoff_cap_s=2)
+    # Signed ahead (a millisecond each, in parallel); A's return takes a minute or two more.
+    total = int(args.rate * (args.warm + args.outage + args.after + 120))
+    processes = max(1, math.ceil(args.rate / RATE_PER_PROCESS))
+    print(f"== signing {total} votes in {processes} load processes", flush=True)
+    load = LoadProcesses(
+        processes,
+        {r: f"{regions.gateway_url(r)}/v1/elections/{election}/votes" for r in REGIONS},
+        str(regions.keys_dir / "issuer.json"),
+        election,
+        args.rate,
+        policy,
+        total // processes + 1,
+    )
     tails = {
         "A": MirrorTail(regions.env("B")["VOTE_KAFKA_BOOTSTRAP"], f"A.{TOPIC}", election),
         "B": MirrorTail(regions.env("A")["VOTE_KAFKA_BOOTSTRAP"], f"B.{TOPIC}", election),
@@ -340,12 +488,6 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, object], Result]:
     for t in tails.values():
         t.start()
     time.sleep(2)  # the tails take their end offsets before the first vote
-    routes = RegionRoutes(
-        {r: f"{regions.gateway_url(r)}/v1/elections/{election}/votes" for r in REGIONS}
-    )
-    # Patient: a vote waits out a region's loss (its retries go to the other region).
-    policy = RetryPolicy(max_attempts=40, max_elapsed_s=180, timeout_s=20, backoff_cap_s=2)
-    load = Load("", source, args.rate, policy, max_in_flight=64, routes=routes)
     pg = PgTimeline()
     counters = {r: Timeline() for r in REGIONS}  # spill and consumer lag per region (bench.chaos)
     stop_pg = threading.Event()
@@ -370,36 +512,38 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, object], Result]:
         stack.callback(lambda: (stop_pg.set(), pg_sampler.join(10)))
         print(f"== load: {args.rate}/s split over A and B", flush=True)
         load.start()
-        wall0 = time.time() - load.now()
+        wall0 = load.wall0
         stack.callback(load.stop)
-        _phase(load, routes, args.warm)
+        _phase(load, args.warm)
         marks["kill"] = time.time()
         if args.fault == "region-loss":
             print("== kill -9 region A", flush=True)
             regions.kill("A")
+            marks["killed"] = time.time()
             tails["B"].stop()  # these two read from A's Kafka
             tails["A-source"].stop()
         else:
             print(f"== fault: {args.fault}", flush=True)
             for verb in FAULTS[args.fault][0]:
                 regions.script(*verb, timeout=300)
-        _phase(load, routes, args.outage)
+            marks["killed"] = time.time()
+        _phase(load, args.outage)
         marks["return"] = time.time()
         if args.fault == "region-loss":
             print("== region A returns", flush=True)
             regions.start("A")
             regions.start_services("A")
             regions.wait_ready("A")
-            routes.restore("A")
+            load.restore("A")
         else:
             print(f"== heal: {args.fault}", flush=True)
             for verb in FAULTS[args.fault][1]:
                 regions.script(*verb, timeout=900)
         marks["a_ready"] = time.time()
-        _phase(load, routes, args.after)
+        _phase(load, args.after)
         marks["load_end"] = time.time()
         print("== load stopped; waiting for the votes in flight", flush=True)
-        unfinished = load.finish(timeout_s=policy.max_elapsed_s + 60)
+        unfinished = load.finish()
     for key in ("A", "B-source"):
         tails[key].stop()
     result = check_regions(args.fault, regions, election, load.votes, args.converge_timeout)
@@ -409,24 +553,19 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, object], Result]:
     return report, result
 
 
-def _phase(load: Load, routes: RegionRoutes, seconds: float) -> None:
+def _phase(load: LoadProcesses, seconds: float) -> None:
     """Sleep through a phase of the run, printing progress every 10 s."""
     end = time.monotonic() + seconds
     while (left := end - time.monotonic()) > 0:
         time.sleep(min(10.0, left))
-        got = Counter(v.outcome or "open" for v in list(load.votes))
-        print(
-            f"   {load.now():6.1f}s sent {sum(got.values())}: {dict(got)};"
-            f" regions refusing: {sorted(routes.down) or 'none'}",
-            flush=True,
-        )
+        print(f"   {load.now():6.1f}s {load.progress()}", flush=True)
 
 
 def _report(
     args: argparse.Namespace,
     regions: Regions,
     election: str,
-    load: Load,
+    load: LoadProcesses,
     wall0: float,
     result: Result,
     tails: dict[str, MirrorTail],
@@ -444,12 +583,33 @@ def _report(
     # RTO of ingestion: A's voters answered by B after the kill.
     moved = [done_at(v) for v in acked if v.home == "A" and v.served_by == "B"]
     rto_ingest = min((t for t in moved if t > kill), default=None)
+    # The client's half of it: its first attempt at B for one of A's voters (what DNS
+    # takes to move them); the rest is the wait for an answer, queue included.
+    first_at_b = min(
+        (
+            wall0 + a.at_s
+            for v in votes
+            if v.home == "A"
+            for a in v.attempts
+            if a.region == "B" and wall0 + a.at_s > kill
+        ),
+        default=None,
+    )
+    # What a vote waited for its answer around the loss: the median latency of the
+    # votes acknowledged in the outage (from their schedule, the client's queue included).
+    outage_latency = [
+        v.latency_s
+        for v in acked
+        if v.latency_s is not None and kill < done_at(v) < marks["return"]
+    ]
     dsn = regions.env("A")["VOTE_PG_DSN"]
     with psycopg.connect(dsn) as conn:
+        # Counting again: the first vote counted once the fault was complete (the kill
+        # of a whole region takes a moment, and B may still commit on A's primary in it).
         (first_counted,) = conn.execute(
             "SELECT extract(epoch FROM min(counted_at)) FROM votes"
-            " WHERE election_id = %s AND received_at > to_timestamp(%s)",
-            (election, kill),
+            " WHERE election_id = %s AND counted_at > to_timestamp(%s)",
+            (election, marks["killed"]),
         ).fetchone()
         counted_rows = conn.execute(
             "SELECT split_part(gateway_id, '-', 2), floor(extract(epoch FROM counted_at)), count(*)"
@@ -500,6 +660,10 @@ def _report(
         "tallies_match": result.tallies_match,
         "drained": result.spill_drained and result.lag_zero and result.offsets_at_end,
         "rto_ingest_s": None if rto_ingest is None else round(rto_ingest - kill, 3),
+        "first_attempt_at_b_s": None if first_at_b is None else round(first_at_b - kill, 3),
+        "ack_latency_p50_in_outage_s": (
+            round(statistics.median(outage_latency), 3) if outage_latency else None
+        ),
         "rto_count_s": None if first_counted is None else round(float(first_counted) - kill, 3),
         "rpo_pending_votes": len(pending),
         "acked_by_a_before_kill": len(a_before),
@@ -514,6 +678,7 @@ def _report(
             {n for t, n in pg.writable if kill < t < marks["return"]}
         ),
         "a_back_ready_s": round(marks["a_ready"] - marks["return"], 3),
+        "kill_s": round(marks["killed"] - kill, 3),
         "a_voters_served_by_b": len(moved),
         "notes": result.notes,
     }
@@ -531,7 +696,7 @@ def _report(
 
 def _plot(
     directory: Path,
-    load: Load,
+    load: LoadProcesses,
     wall0: float,
     tails: dict[str, MirrorTail],
     counters: dict[str, Timeline],

@@ -107,6 +107,8 @@ class Regions:
             {
                 "VOTE_PROCESSOR_METRICS_PORT": str(self.processor_metrics_port(region)),
                 "VOTE_PROCESSOR_MEMBERS": "1",
+                # Two workers: more of a crowded machine's CPU for the region that serves both.
+                "VOTE_WORKERS": "2",
                 "VOTE_HTTP_PORT": str(self.http_port(region)),
                 "VOTE_METRICS_PORT": str(self.gateway_metrics_port(region)),
                 "VOTE_GATEWAY_ID": f"gw-{region}",
