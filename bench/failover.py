@@ -42,10 +42,12 @@ import statistics
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+import httpx
 import msgspec
 import psycopg
 import redis
@@ -65,6 +67,7 @@ from bench.chaos.timeline import Sampler, Timeline
 from bench.env import REPO, BenchError
 from bench.outage import spilled_events
 from bench.region_stack import REGIONS, Regions, base_port_offset
+from bench.scrape import samples
 from core import keyset
 from core.event import TOPIC, decode
 from core.results import tally_key
@@ -100,6 +103,11 @@ class PgTimeline:
     primary: list[tuple[float, str | None]] = field(default_factory=list)
     # PostgreSQL nodes that accepted writes at each sample (split brain if ever > 1).
     writable: list[tuple[float, int]] = field(default_factory=list)
+    # What the region alerts read from the processors (deploy/prometheus/rules.yml), per
+    # sample: the largest MirrorMaker heartbeat age and the fewest synchronous standbys
+    # any region's processor reports (None: no processor answered).
+    mirror_age: list[tuple[float, float | None]] = field(default_factory=list)
+    sync_standbys: list[tuple[float, float | None]] = field(default_factory=list)
 
 
 # -- mirror tails ---------------------------------------------------------------------------
@@ -300,10 +308,23 @@ def _monitor_dsn() -> str:
     return f"postgresql://autoctl_node@127.0.0.1:{20000 + base_port_offset()}/pg_auto_failover"
 
 
-def _sample_pg(timeline: PgTimeline, stop: threading.Event) -> None:
-    """Which node the monitor calls primary, and how many nodes accept writes."""
+def _gauge(urls: list[str], family: str, pick: Callable[..., float]) -> float | None:
+    values = []
+    for url in urls:
+        with contextlib.suppress(httpx.HTTPError):
+            values += [s.value for s in samples(url, family) or []]
+    return pick(values) if values else None
+
+
+def _sample_pg(timeline: PgTimeline, stop: threading.Event, processor_urls: list[str]) -> None:
+    """Which node the monitor calls primary, how many nodes accept writes, and what the
+    processors' region gauges say."""
     while not stop.wait(0.5):
         now = time.time()
+        timeline.mirror_age.append(
+            (now, _gauge(processor_urls, "vote_mirror_heartbeat_age_seconds", max))
+        )
+        timeline.sync_standbys.append((now, _gauge(processor_urls, "vote_pg_sync_standbys", min)))
         try:
             with psycopg.connect(_monitor_dsn(), connect_timeout=2) as conn:
                 rows = conn.execute(
@@ -434,6 +455,16 @@ def check_regions(
     return r
 
 
+def _max_in(series: list[tuple[float, float | None]], start: float, end: float) -> float | None:
+    found = [v for t, v in series if start <= t <= end and v is not None]
+    return round(max(found), 3) if found else None
+
+
+def _min_in(series: list[tuple[float, float | None]], start: float, end: float) -> float | None:
+    found = [v for t, v in series if start <= t <= end and v is not None]
+    return round(min(found), 3) if found else None
+
+
 def _p99(values: list[float]) -> float | None:
     if not values:
         return None
@@ -454,7 +485,10 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, object], Result]:
     regions = Regions()
     print("== regions up", flush=True)
     regions.up()
-    # The loss of the region holding the primary is the case that needs a failover.
+    # The loss of the region holding the primary is the case that needs a failover. A
+    # previous run's services are stopped first: a switchover waits for their sessions.
+    for r in REGIONS:
+        regions.stop_services(r)
     regions.promote("A")
     regions.prepare_schema_and_keys()
     dsn = regions.env("A")["VOTE_PG_DSN"]
@@ -491,7 +525,12 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, object], Result]:
     pg = PgTimeline()
     counters = {r: Timeline() for r in REGIONS}  # spill and consumer lag per region (bench.chaos)
     stop_pg = threading.Event()
-    pg_sampler = threading.Thread(target=_sample_pg, args=(pg, stop_pg), daemon=True)
+    processor_urls = [
+        f"http://127.0.0.1:{regions.processor_metrics_port(r)}/metrics" for r in REGIONS
+    ]
+    pg_sampler = threading.Thread(
+        target=_sample_pg, args=(pg, stop_pg, processor_urls), daemon=True
+    )
     marks: dict[str, float] = {}
     with contextlib.ExitStack() as stack:
         for r in REGIONS:
@@ -515,10 +554,12 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, object], Result]:
         wall0 = load.wall0
         stack.callback(load.stop)
         _phase(load, args.warm)
-        marks["kill"] = time.time()
+        marks["kill"] = marks["fault_start"] = time.time()
         if args.fault == "region-loss":
             print("== kill -9 region A", flush=True)
-            regions.kill("A")
+            # The figures count from the moment the region stopped, not from the start of
+            # the script that looks for its processes.
+            marks["kill"] = regions.kill("A")
             marks["killed"] = time.time()
             tails["B"].stop()  # these two read from A's Kafka
             tails["A-source"].stop()
@@ -677,8 +718,13 @@ def _report(
         "writable_pg_nodes_during_fault": sorted(
             {n for t, n in pg.writable if kill < t < marks["return"]}
         ),
+        # The region alerts' inputs during the fault (VoteMirrorLagHigh: > 5 s for 1 m,
+        # VoteMirrorDown: > 60 s for 2 m, VotePgNoSyncStandby: 0 for 1 m).
+        "mirror_heartbeat_age_max_s": _max_in(pg.mirror_age, kill, marks["a_ready"]),
+        "mirror_heartbeat_age_after_s": _max_in(pg.mirror_age, marks["load_end"] - 5, 1e12),
+        "sync_standbys_min_during_fault": _min_in(pg.sync_standbys, kill, marks["a_ready"]),
         "a_back_ready_s": round(marks["a_ready"] - marks["return"], 3),
-        "kill_s": round(marks["killed"] - kill, 3),
+        "kill_script_s": round(marks["killed"] - marks["fault_start"], 3),
         "a_voters_served_by_b": len(moved),
         "notes": result.notes,
     }

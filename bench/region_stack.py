@@ -172,8 +172,10 @@ class Regions:
 
     # -- faults --------------------------------------------------------------------------
 
-    def kill(self, region: str) -> None:
-        self.script("kill", region, timeout=120)
+    def kill(self, region: str) -> float:
+        """kill -9 every process of the region; returns when (Unix time) they stopped."""
+        out = self.script("kill", region, timeout=120).split()
+        return float(out[-1]) if out else time.time()
 
     def start(self, region: str) -> None:
         self.script("start", region)
