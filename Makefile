@@ -89,9 +89,10 @@ lint: venv
 	$(PY) -m ruff format --check .
 
 # The region-loss test on two simulated regions (deploy/local/regions: two more Kafka
-# JVMs, MirrorMaker 2, three PostgreSQL servers), kept out of `make test` for its weight.
+# JVMs, MirrorMaker 2, three PostgreSQL servers), kept out of `make test` for its weight
+# (README.md, "Tests"). It needs no single-region stack: tests/regions/ has no fixture of it.
 regions-test: venv
-	source <($(STACK) env) && VOTE_REGION_TESTS=1 $(PY) -m pytest tests/integration/test_region_loss.py -q -p no:cacheprovider
+	VOTE_REGION_TESTS=1 $(PY) -m pytest tests/regions -q -p no:cacheprovider
 
 # Every chaos scenario under load on its own 3-node stack (.stack/chaos/): a command, not a
 # test (make test runs a short subset). Arguments: make chaos CHAOS_ARGS='--scenarios x,y'.

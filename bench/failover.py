@@ -88,10 +88,11 @@ FAULTS: dict[str, tuple[list[tuple[str, ...]], list[tuple[str, ...]]]] = {
     # Synchronous replication has nobody to wait for: the monitor relaxes it (wait_primary).
     "standby-down": ([("pg-kill", "B")], [("pg-start", "B")]),
     # Without the monitor nobody may promote: the primary's loss must not cause a second
-    # writable node; failover happens once the monitor is back.
+    # writable node. The primary returns before the monitor, which then finds it healthy
+    # (a monitor back while the primary is still gone fails over: the region-loss case).
     "monitor-down": (
         [("monitor", "stop"), ("pg-kill", "A")],
-        [("monitor", "start"), ("pg-start", "A")],
+        [("pg-start", "A"), ("monitor", "start")],
     ),
 }
 
@@ -336,17 +337,40 @@ def _sample_pg(timeline: PgTimeline, stop: threading.Event, processor_urls: list
         except psycopg.Error:
             primary = None
         timeline.primary.append((now, primary))
-        writable = 0
-        for port in (20001 + base_port_offset(), 20002 + base_port_offset()):
-            try:
-                with psycopg.connect(
-                    f"postgresql://vote:vote@127.0.0.1:{port}/vote", connect_timeout=2
-                ) as conn:
-                    (in_recovery,) = conn.execute("SELECT pg_is_in_recovery()").fetchone()
-                writable += 0 if in_recovery else 1
-            except psycopg.Error:
-                pass
-        timeline.writable.append((now, writable))
+        timeline.writable.append((now, _writable_nodes()))
+
+
+def _writable_at(port: int, out: dict[int, tuple[float, float]]) -> None:
+    """Record (asked, answered) when the node on ``port`` says it takes writes."""
+    asked = time.time()
+    try:
+        with psycopg.connect(
+            f"postgresql://vote:vote@127.0.0.1:{port}/vote", connect_timeout=2
+        ) as conn:
+            (in_recovery,) = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+    except psycopg.Error:
+        return
+    if not in_recovery:
+        out[port] = (asked, time.time())
+
+
+def _writable_nodes() -> int:
+    """PostgreSQL nodes taking writes at the same time: both asked at once, and counted
+    as two only when their answers' windows overlap (asked one after the other, a
+    switchover's hand-over between the two questions would look like two primaries)."""
+    found: dict[int, tuple[float, float]] = {}
+    threads = [
+        threading.Thread(target=_writable_at, args=(port, found))
+        for port in (20001 + base_port_offset(), 20002 + base_port_offset())
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    windows = list(found.values())
+    if len(windows) == 2 and max(w[0] for w in windows) <= min(w[1] for w in windows):
+        return 2
+    return min(len(windows), 1)
 
 
 # -- checks ---------------------------------------------------------------------------------
@@ -585,13 +609,38 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, object], Result]:
         marks["load_end"] = time.time()
         print("== load stopped; waiting for the votes in flight", flush=True)
         unfinished = load.finish()
-    for key in ("A", "B-source"):
-        tails[key].stop()
     result = check_regions(args.fault, regions, election, load.votes, args.converge_timeout)
+    # MirrorMaker has caught up once each region's copy holds as many records as the
+    # original (more after a re-copy); the tails keep running meanwhile, so the lag of
+    # the backlog a fault left is in mm2_lag_max_s.
+    caught_up = wait_for(
+        "MirrorMaker to copy both regions' votes.v1 to the end",
+        lambda: all(_mirror_behind(regions, r) <= 0 for r in REGIONS),
+        args.converge_timeout,
+        result.notes,
+    )
+    marks["mirror_caught_up"] = time.time()
+    time.sleep(1)  # the tails read the last copies
+    for key in ("A", "B", "A-source", "B-source"):
+        if tails[key].is_alive():
+            tails[key].stop()
+    if not caught_up:
+        result.failures.append("MirrorMaker did not catch up")
+    result.extra["mirror_heartbeat_age_at_end_s"] = _gauge(
+        processor_urls, "vote_mirror_heartbeat_age_seconds", max
+    )
     if unfinished:
         result.notes.append(f"{unfinished} votes had no outcome when the client gave up")
     report = _report(args, regions, election, load, wall0, result, tails, counters, pg, marks)
     return report, result
+
+
+def _mirror_behind(regions: Regions, source: str) -> int:
+    """How many records of ``source``'s votes.v1 its copy in the other region lacks."""
+    other = next(r for r in REGIONS if r != source)
+    original = end_offsets(regions.env(source)["VOTE_KAFKA_BOOTSTRAP"], TOPIC)
+    copy = end_offsets(regions.env(other)["VOTE_KAFKA_BOOTSTRAP"], f"{source}.{TOPIC}")
+    return sum(original.values()) - sum(copy.values())
 
 
 def _phase(load: LoadProcesses, seconds: float) -> None:
@@ -721,15 +770,18 @@ def _report(
         # The region alerts' inputs during the fault (VoteMirrorLagHigh: > 5 s for 1 m,
         # VoteMirrorDown: > 60 s for 2 m, VotePgNoSyncStandby: 0 for 1 m).
         "mirror_heartbeat_age_max_s": _max_in(pg.mirror_age, kill, marks["a_ready"]),
-        "mirror_heartbeat_age_after_s": _max_in(pg.mirror_age, marks["load_end"] - 5, 1e12),
+        "mirror_caught_up_s": round(marks["mirror_caught_up"] - marks["a_ready"], 3),
+        "mirror_heartbeat_age_at_end_s": result.extra["mirror_heartbeat_age_at_end_s"],
         "sync_standbys_min_during_fault": _min_in(pg.sync_standbys, kill, marks["a_ready"]),
         "a_back_ready_s": round(marks["a_ready"] - marks["return"], 3),
         "kill_script_s": round(marks["killed"] - marks["fault_start"], 3),
         "a_voters_served_by_b": len(moved),
         "notes": result.notes,
     }
+    report["failures"] = result.failures
     report["passed"] = bool(
-        report["missing"] == 0
+        not result.failures
+        and report["missing"] == 0
         and report["double_counted"] == 0
         and report["tallies_match"]
         and report["drained"]

@@ -21,6 +21,9 @@ from bench.env import REPO, BenchError, parse_env_lines
 
 SCRIPT = REPO / "deploy" / "local" / "regions"
 REGIONS = ("A", "B")
+# The services outlive the Regions object on purpose (their pid files stop them); holding
+# their Popen objects keeps Python from warning, when one is collected, that it still runs.
+_SERVICES: list[subprocess.Popen[bytes]] = []
 
 
 class Regions:
@@ -130,6 +133,7 @@ class Regions:
                     cwd=REPO,
                 )
             (run / f"{name}.pid").write_text(f"{proc.pid}\n")
+            _SERVICES.append(proc)
 
     def wait_ready(self, region: str, timeout_s: float = 300) -> None:
         url = f"{self.gateway_url(region)}/readyz"

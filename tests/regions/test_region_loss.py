@@ -6,9 +6,10 @@ invariants once A is back: every acknowledged vote stored, none counted twice, a
 tallies of PostgreSQL and of both regions' Redis equal to a recount of both regions'
 votes.v1.
 
-It needs ``deploy/local/regions`` (two more Kafka JVMs, MirrorMaker 2 and a three-server
-pg_auto_failover formation beside the checkout's stack), so it runs only when
-VOTE_REGION_TESTS=1 (``make regions-test``); ``make test`` leaves it out.
+It needs ``deploy/local/regions`` (two Kafka JVMs, MirrorMaker 2 and a three-server
+pg_auto_failover formation; not the single-region stack of tests/integration, whose
+fixtures this directory does not use), so it runs only when VOTE_REGION_TESTS=1
+(``make regions-test``); ``make test`` collects it and skips it (README.md, "Tests").
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def test_region_loss_counts_every_acknowledged_vote_once() -> None:
 
     args = argparse.Namespace(
         fault="region-loss",
-        rate=50.0,
+        rate=30.0,
         warm=15.0,
         outage=45.0,
         after=5.0,
@@ -41,11 +42,12 @@ def test_region_loss_counts_every_acknowledged_vote_once() -> None:
         plots=None,
     )
     report, result = failover.measure(args)
-    assert result.acked >= 1000, report
+    assert result.acked >= 1500, report
     assert result.lost == 0, (result.examples, report)
     assert result.double_counted == 0, (result.examples, report)
     assert result.tallies_match, report["tallies"]
     assert result.spill_drained and result.lag_zero and result.offsets_at_end, result.notes
+    assert not result.failures, result.failures  # MirrorMaker caught up both ways
     # B answered A's voters after the kill, PostgreSQL failed over to B, counting went on
     # during the outage, and there never were two writable PostgreSQL nodes.
     assert report["a_voters_served_by_b"] > 0 and report["rto_ingest_s"] is not None
