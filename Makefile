@@ -61,8 +61,10 @@ GO ?= $(or $(shell command -v go),/usr/local/go/bin/go)
 TOOLS := .stack/bin
 HELM_VERSION := v3.22.0
 PROMTOOL_VERSION := v0.316.0
+TOFU_VERSION := v1.12.6
 
-tools: $(TOOLS)/.built/helm-$(HELM_VERSION) $(TOOLS)/.built/promtool-$(PROMTOOL_VERSION)
+tools: $(TOOLS)/.built/helm-$(HELM_VERSION) $(TOOLS)/.built/promtool-$(PROMTOOL_VERSION) \
+	$(TOOLS)/.built/tofu-$(TOFU_VERSION)
 
 # go_install MODULE@VERSION: build one command into $(TOOLS), then touch the stamp ($@).
 define go_install
@@ -76,6 +78,15 @@ $(TOOLS)/.built/helm-%:
 	$(call go_install,helm.sh/helm/v3/cmd/helm@$*)
 $(TOOLS)/.built/promtool-%:
 	$(call go_install,github.com/prometheus/prometheus/cmd/promtool@$*)
+# `go install module@version` refuses a module whose go.mod has replace directives, as
+# OpenTofu's has: build it inside its downloaded copy instead.
+$(TOOLS)/.built/tofu-%:
+	@test -x $(GO) || { echo "building tofu needs the Go toolchain (>= 1.25)"; exit 1; }
+	@mkdir -p $(@D)
+	dir=$$($(GO) mod download -json github.com/opentofu/opentofu@$* | \
+	  sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p'); \
+	cd "$$dir" && $(GO) build -trimpath -o $(abspath $(TOOLS))/tofu ./cmd/tofu
+	@touch $@
 
 status:
 	$(STACK) status

@@ -8,9 +8,11 @@
 - ``promtool check rules`` accepts ``prometheus/rules.yml`` and ``promtool test rules``
   passes ``prometheus/rules.test.yml``, in which every alert fires;
 - ``docker-compose.yml`` is valid against the Compose specification's JSON schema
-  (vendored in ``check-jsonschema``).
+  (vendored in ``check-jsonschema``);
+- ``tofu fmt -check`` finds nothing to reformat in ``tofu/`` (``tofu validate`` needs
+  providers from a registry, which is not offline).
 
-helm and promtool are built from source into ``.stack/bin`` by ``make tools`` (part
+helm, promtool and tofu are built from source into ``.stack/bin`` by ``make tools`` (part
 of ``make prepare``). A missing tool fails these tests rather than skipping them: a check
 that silently does not run proves nothing.
 """
@@ -18,6 +20,7 @@ that silently does not run proves nothing.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -332,3 +335,39 @@ def test_compose_check_catches_a_misspelt_key(tmp_path: Path):
     done = check_compose(broken)
     assert done.returncode != 0
     assert "enviroment" in done.stdout + done.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# OpenTofu
+
+
+def tofu(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    # An empty CLI configuration: nothing of the machine's, and no warning about it.
+    config = tmp_path / "tofurc"
+    config.touch()
+    return subprocess.run(
+        [tool("tofu"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CLI_CONFIG_FILE": str(config)},
+    )
+
+
+def test_tofu_files_are_formatted(tmp_path: Path):
+    done = tofu(tmp_path, "fmt", "-check", "-diff", "-recursive", str(DEPLOY / "tofu"))
+    assert done.returncode == 0, f"tofu fmt -check:\n{done.stdout}\n{done.stderr}"
+
+
+def test_tofu_fmt_check_catches_misformatting(tmp_path: Path):
+    text = (DEPLOY / "tofu" / "variables.tf").read_text()
+    assert "  type        = string\n" in text
+    broken = tmp_path / "module"
+    broken.mkdir()
+    (broken / "variables.tf").write_text(
+        text.replace("  type        = string\n", "  type = string\n", 1)
+    )
+    done = tofu(tmp_path, "fmt", "-check", str(broken))
+    assert done.returncode != 0
+    assert "variables.tf" in done.stdout
