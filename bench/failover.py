@@ -367,9 +367,15 @@ def _writable_nodes() -> int:
         t.start()
     for t in threads:
         t.join(10)
-    windows = list(found.values())
-    if len(windows) == 2 and max(w[0] for w in windows) <= min(w[1] for w in windows):
-        return 2
+    return writable_at_once(list(found.values()))
+
+
+def writable_at_once(windows: list[tuple[float, float]]) -> int:
+    """How many nodes took writes at the same time, from each writable node's (asked,
+    answered) window: all of them only if every window overlaps every other, else at
+    most one (pure)."""
+    if len(windows) > 1 and max(w[0] for w in windows) <= min(w[1] for w in windows):
+        return len(windows)
     return min(len(windows), 1)
 
 

@@ -165,3 +165,14 @@ def test_a_standalone_scenario_runs_without_the_chaos_stack(
         assert "kafka-leader-kill" in names and "region-loss" in SCENARIOS
     finally:
         del SCENARIOS["own-topology"]
+
+
+def test_two_primaries_only_when_their_answers_overlap() -> None:
+    from bench.failover import writable_at_once
+
+    assert writable_at_once([]) == 0
+    assert writable_at_once([(1.0, 1.2)]) == 1
+    # Asked at once and both said "writable" while the other's question was open.
+    assert writable_at_once([(1.0, 1.3), (1.1, 1.2)]) == 2
+    # One answered before the other was asked: a hand-over between the two questions.
+    assert writable_at_once([(1.0, 1.1), (1.2, 1.4)]) == 1
