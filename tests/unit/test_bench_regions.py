@@ -4,10 +4,8 @@ region that refuses connections has its voters, retries included, sent to the ne
 
 from __future__ import annotations
 
-import http.server
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 
@@ -23,6 +21,7 @@ from bench.chaos.client import (
     Vote,
     write_attempts,
 )
+from tests.unit.local_http import QuietHandler, serving
 
 
 def test_voters_live_in_the_regions_in_turn() -> None:
@@ -60,26 +59,13 @@ def _closed_port() -> int:
 def accepting_gateway() -> Iterator[str]:
     """A stand-in for a region's gateway that accepts every vote."""
 
-    class Accept(http.server.BaseHTTPRequestHandler):
+    class Accept(QuietHandler):
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers["content-length"]))
-            body = json.dumps({"status": "accepted", "durability": "kafka"}).encode()
-            self.send_response(202)
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.reply(202, json.dumps({"status": "accepted", "durability": "kafka"}).encode())
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Accept)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/votes"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(Accept) as url:
+        yield f"{url}/votes"
 
 
 class _Votes:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import http.server
 import ssl
-import threading
 from collections.abc import Iterator
 
 import pytest
 
 from bench.scrape import samples
+from tests.unit.local_http import QuietHandler, serving
 
 METRICS = b"""# TYPE vote_spill_events gauge
 vote_spill_events{slot="0"} 3.0
@@ -19,23 +18,12 @@ vote_spill_events{slot="1"} 2.0
 
 @pytest.fixture
 def metrics_url() -> Iterator[str]:
-    class Metrics(http.server.BaseHTTPRequestHandler):
+    class Metrics(QuietHandler):
         def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("content-length", str(len(METRICS)))
-            self.end_headers()
-            self.wfile.write(METRICS)
+            self.reply(200, METRICS)
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/metrics"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(Metrics) as url:
+        yield f"{url}/metrics"
 
 
 def test_reads_a_family(metrics_url: str) -> None:
