@@ -6,26 +6,29 @@
 
 On the two simulated regions of ``deploy/local/regions`` (started if they are not up):
 a gateway and a processor per region, one election, and the chaos suite's patient
-open-loop client (``bench.chaos.client.Load``) at ``--rate`` votes/s, its voters spread
-over both regions' gateways by ``RegionRoutes`` as global DNS would: once A refuses
-connections, A's voters, retries included, go to B; once A is back and ready, they go
-home again. After ``--warm``
-seconds every process of region A is killed with SIGKILL (Kafka, Redis, its PostgreSQL
-node and keeper, gateway, processor); after ``--outage`` seconds A is started again,
-its PostgreSQL node rejoins as the standby, and the load runs ``--after`` more seconds.
-Then the chaos checks run across both regions (``check_regions``) and it reports
-(docs/ARCHITECTURE.md, "Regions"):
+open-loop client (``bench.chaos.client.Load``, in processes of ``RATE_PER_PROCESS``) at
+``--rate`` votes/s, its voters spread over both regions' gateways by ``RegionRoutes`` as
+global DNS would: once A refuses connections, A's voters, retries included, go to B;
+once A is back and ready, they go home again. After ``--warm`` seconds every process of
+region A is killed with SIGKILL (Kafka, Redis, its PostgreSQL node and keeper, gateway,
+processor), or ``--fault`` breaks something inside the regions instead; after
+``--outage`` seconds A is started again (its PostgreSQL node rejoins as the standby,
+MirrorMaker is restarted) or the fault healed, and the load runs ``--after`` more
+seconds. Then the chaos checks run across both regions (``check_regions``), the run
+waits for MirrorMaker to copy both regions' ``votes.v1`` to the end, and it reports
+(docs/ARCHITECTURE.md, "Regions"; every time from the moment A's processes stopped):
 
 * ``acked``, ``stored``, ``missing``, ``double_counted``; ``tallies_match``: PostgreSQL's
   tallies and both regions' Redis equal a recount of both regions' ``votes.v1``;
 * ``rto_ingest_s``: from the kill to the first 2xx from B for one of A's voters;
-* ``rto_count_s``: from the kill to the first vote counted after every process of A
-  was dead (``kill_s`` is how long the kill itself took);
+* ``rto_count_s``: from the kill to the first vote counted after it;
 * ``rpo_pending_votes``: votes A acknowledged that were not yet in B at the kill;
 * ``mm2_lag_p99_s``: before the kill, from a vote's arrival in its region's
   ``votes.v1`` to its arrival in the other region's copy (consumers tail all four
   topics); ``received_to_mirror_p99_s`` counts from the gateway's received_at instead;
 * ``pg_failover_s``: from the kill to the monitor reporting B's node as primary;
+* what the region alerts read from the processors during the fault, and how many
+  PostgreSQL nodes took writes at once (split brain if ever 2);
 
 and draws a PNG timeline per region: acks/s, counted/s, spill size, mirror lag.
 """
