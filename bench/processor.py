@@ -184,19 +184,23 @@ _VOTE_COLS = (
 )
 
 
+def create_copy_baseline(conn: psycopg.Connection) -> None:
+    """An empty table ``copy_baseline`` with the same DDL as `votes` in 001_initial.sql."""
+    conn.execute("DROP TABLE IF EXISTS copy_baseline")
+    conn.execute(
+        "CREATE TABLE copy_baseline (LIKE votes INCLUDING DEFAULTS INCLUDING CONSTRAINTS,"
+        " PRIMARY KEY (election_id, vote_id)) PARTITION BY HASH (vote_id)"
+    )
+    for i in range(32):
+        conn.execute(
+            f"CREATE TABLE copy_baseline_p{i:02d} PARTITION OF copy_baseline"
+            f" FOR VALUES WITH (MODULUS 32, REMAINDER {i})"
+        )
+
+
 def time_copy_baseline(dsn: str, election: str) -> dict[str, float]:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        # The same DDL as `votes` in 001_initial.sql.
-        conn.execute("DROP TABLE IF EXISTS copy_baseline")
-        conn.execute(
-            "CREATE TABLE copy_baseline (LIKE votes INCLUDING DEFAULTS INCLUDING CONSTRAINTS,"
-            " PRIMARY KEY (election_id, vote_id)) PARTITION BY HASH (vote_id)"
-        )
-        for i in range(32):
-            conn.execute(
-                f"CREATE TABLE copy_baseline_p{i:02d} PARTITION OF copy_baseline"
-                f" FOR VALUES WITH (MODULUS 32, REMAINDER {i})"
-            )
+        create_copy_baseline(conn)
         buf = bytearray()
         with conn.cursor().copy(
             f"COPY (SELECT {_VOTE_COLS} FROM votes WHERE election_id = %s)"

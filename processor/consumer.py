@@ -88,6 +88,8 @@ class Processor:
             self.topic,
             lookup_threshold=settings.processor_lookup_threshold,
             cluster=settings.processor_cluster,
+            state=settings.processor_lookup == "state",
+            state_dir=settings.processor_state_dir or None,
         )
         self.tallies = TallyPublisher(
             TallyCache(settings.redis_url), self.store.shard_tallies, self.log
@@ -166,6 +168,8 @@ class Processor:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         ids = [tp.partition for tp in partitions]
+        # Another member may have moved these partitions on since we last held them.
+        self.store.forget_state(ids)
         self._before_assign(consumer, ids)
         stored = self._retry_db(lambda: self.store.stored_offsets(ids))
         stored = self._rewind_past_log_end(consumer, stored)
@@ -231,6 +235,7 @@ class Processor:
         )
 
     def _drop(self, ids: list[int]) -> None:
+        self.store.forget_state(ids)
         self._assigned.difference_update(ids)
         self._rebalances += 1
         self._gap_ok.clear()

@@ -9,6 +9,8 @@ transaction (fence, vote COPY, tallies, offsets) is the store's and the same for
 * ``ArrayLookup``: keys as array parameters; the batch touches no temporary table.
 * ``StagedLookup``: keys staged by binary COPY into temporary tables partitioned like
   the big ones (partitionwise joins); cheaper per key, dearer per transaction.
+* ``StateLookup``: no lookup query; the member's own copy of its partitions' committed
+  keys answers (``processor.state``). Used for every batch when the store has one.
 """
 
 from __future__ import annotations
@@ -17,7 +19,19 @@ from typing import Protocol
 
 import psycopg
 
-from processor.policy import Decoded, Lookups, RejectionRow, VoterKey, VoterState
+from processor.policy import (
+    ELECTION_CLOSED,
+    UNKNOWN_CANDIDATE,
+    UNKNOWN_ELECTION,
+    VOTER_ALREADY_VOTED,
+    Decoded,
+    Lookups,
+    Plan,
+    RejectionRow,
+    VoterKey,
+    VoterState,
+)
+from processor.state import PartitionState
 
 # Batches with fewer messages than this look their keys up with array parameters
 # and write rejections and known voters from arrays too, touching no temporary table:
@@ -48,8 +62,9 @@ Changed = list[tuple[VoterKey, VoterState]]
 class LookupPath(Protocol):
     """Reads a batch's keys and writes its rejections and known voters.
 
-    Called inside the batch's transaction, on the store's cursor; a path keeps no state
-    between batches other than what ``prepare`` set up on the connection.
+    Called inside the batch's transaction, on the store's cursor. The PostgreSQL paths
+    keep no state between batches other than what ``prepare`` set up on the connection;
+    ``StateLookup`` reads a ``PartitionState`` that the store keeps in step.
     """
 
     def prepare(self, conn: psycopg.Connection) -> None:
@@ -312,3 +327,117 @@ class StagedLookup:
             " FROM stage_voters s"
             " WHERE v.election_id = s.election_id AND v.voter_id = s.voter_id"
         )
+
+
+class StateMissed(Exception):
+    """The state did not know a key that another stream wrote; decide again from PostgreSQL."""
+
+
+# Rejections the policy gives a vote whose vote_id it believes new. Rule 2 of
+# processor.policy comes first: if the vote_id is stored after all (through another
+# partition), the reason must be duplicate_vote_id instead.
+# Up to this many vote_ids, StateLookup.confirm probes them with ANY lists, else by a join.
+_FEW_PROBES = 32
+_POLICY_REJECTIONS = frozenset(
+    {VOTER_ALREADY_VOTED, ELECTION_CLOSED, UNKNOWN_CANDIDATE, UNKNOWN_ELECTION}
+)
+
+
+class StateLookup:
+    """Keys answered by the member's ``PartitionState``; no lookup query.
+
+    Partitions the state has not loaded yet are loaded first, inside the transaction
+    (after the fence). Rejections go through the PostgreSQL path their count calls for
+    (``choose_path``): mostly a handful, so arrays and no temporary table. Known voters
+    are updated only where the row still holds the state the batch was decided on, so
+    a state that missed another stream's write can't count a voter twice.
+    """
+
+    def __init__(
+        self, state: PartitionState, array: LookupPath, staged: LookupPath, threshold: int
+    ) -> None:
+        self.state = state
+        self._array = array
+        self._staged = staged
+        self._threshold = threshold
+        self._read: dict[VoterKey, VoterState] = {}
+
+    def prepare(self, conn: psycopg.Connection) -> None:
+        pass
+
+    def lookups(self, cur: psycopg.Cursor, decoded: list[Decoded]) -> Lookups:
+        missing = self.state.missing(d.msg.partition for d in decoded if d.event is not None)
+        if missing:
+            self.state.load(cur, missing)
+        lk = self.state.lookups(decoded)
+        # plan_batch replaces these entries as it decides; update_voters needs the old ones.
+        self._read = dict(lk.voters)
+        return lk
+
+    def confirm(self, cur: psycopg.Cursor, plan: Plan) -> None:
+        """Raises StateMissed if a vote_id the plan rejected as new is stored in ``votes``.
+
+        A vote_id stored through another partition is unknown to this one's state. Were
+        the vote counted, its COPY would collide; rejected, nothing would, and it would
+        carry the policy's reason instead of duplicate_vote_id. So those few vote_ids
+        are probed in ``votes``.
+        """
+        keys = [
+            (r.election_id, r.vote_id) for r in plan.rejections if r.reason in _POLICY_REJECTIONS
+        ]
+        if not keys:
+            return
+        if len(keys) <= _FEW_PROBES:
+            # Plain ANY lists, planned with their values: only the vote_ids' own partitions
+            # are set up and probed.
+            cur.execute(
+                "SELECT election_id, vote_id FROM votes"
+                " WHERE election_id = ANY(%s) AND vote_id = ANY(%s)",
+                (sorted({k[0] for k in keys}), [k[1] for k in keys]),
+            )
+        else:
+            # Beyond a few, the ANY lists' index scans cost more than ArrayLookup's
+            # forced nested loop, one probe per key (bench/README.md, batchcost).
+            cur.execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
+            cur.execute(
+                "SELECT v.election_id, v.vote_id FROM unnest(%b::text[], %b::text[]) AS k(e, x)"
+                " JOIN votes v ON v.election_id = k.e AND v.vote_id = k.x",
+                ([k[0] for k in keys], [k[1] for k in keys]),
+            )
+        wanted = set(keys)
+        found = next((k for k in cur.fetchall() if k in wanted), None)
+        if found is not None:
+            raise StateMissed(f"vote_id {found[1]!r} was stored through another partition")
+
+    def write_rejections(self, cur: psycopg.Cursor, rows: list[RejectionRow]) -> None:
+        choose_path(len(rows), self._threshold, self._array, self._staged).write_rejections(
+            cur, rows
+        )
+
+    def update_voters(self, cur: psycopg.Cursor, changed: Changed) -> None:
+        """Raises StateMissed unless every row still held the state read."""
+        old = [self._read[k] for k, _ in changed]
+        cur.execute(
+            "UPDATE voters v SET counted = s.n, current_vote_id = s.x,"
+            "  current_choice = s.c, current_received_at = "
+            + _EPOCH_US.format("s.t")
+            + " FROM unnest(%b::text[], %b::text[], %b::int4[], %b::text[], %b::text[],"
+            "  %b::int8[], %b::int4[], %b::text[]) AS s(e, a, n, x, c, t, was_n, was_x)"
+            " WHERE v.election_id = s.e AND v.voter_id = s.a"
+            # (counted, current vote) only ever moves forward: it versions the row.
+            "  AND v.counted = s.was_n AND v.current_vote_id = s.was_x",
+            (
+                [k[0] for k, _ in changed],
+                [k[1] for k, _ in changed],
+                [st.counted for _, st in changed],
+                [st.vote_id for _, st in changed],
+                [st.choice for _, st in changed],
+                [st.received_at_us for _, st in changed],
+                [st.counted for st in old],
+                [st.vote_id for st in old],
+            ),
+        )
+        if cur.rowcount != len(changed):
+            raise StateMissed(
+                f"{len(changed) - cur.rowcount} of {len(changed)} known voters changed meanwhile"
+            )

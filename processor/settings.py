@@ -43,6 +43,12 @@ class ProcessorSettings(KafkaSecurity, frozen=True, kw_only=True):
     # parameters and touch no temporary table (processor.lookup.LOOKUP_THRESHOLD says
     # why); 0 sends every batch through the staged path.
     processor_lookup_threshold: int = 4000
+    # Where a batch's lookups are answered: "state", each member's local copy of what
+    # PostgreSQL committed for its partitions (processor/state.py), loaded on assignment,
+    # so a batch sends no lookup query; "postgres", queries on every batch (the paths
+    # above). processor_state_dir holds the state's files ("": the temp directory).
+    processor_lookup: str = "state"
+    processor_state_dir: str = ""
     # Regions (docs/ARCHITECTURE.md, "Regions"). processor_cluster names the Kafka
     # cluster this processor reads (its region, e.g. "A"); offsets and tally shards are
     # keyed by it. "" is a single-region deployment: no heartbeat, no takeover.
@@ -96,6 +102,8 @@ class ProcessorSettings(KafkaSecurity, frozen=True, kw_only=True):
             raise ValueError("processor_members must be >= 1")
         if self.processor_lookup_threshold < 0:
             raise ValueError("processor_lookup_threshold must be >= 0")
+        if self.processor_lookup not in ("state", "postgres"):
+            raise ValueError("processor_lookup must be 'state' or 'postgres'")
         if self.processor_takeover and not self.processor_cluster:
             raise ValueError("processor_takeover needs processor_cluster")
         if self.processor_cluster in self.takeover_regions:

@@ -47,9 +47,12 @@ from processor.lookup import (
     ArrayLookup,
     LookupPath,
     StagedLookup,
+    StateLookup,
+    StateMissed,
     choose_path,
 )
-from processor.policy import Decoded, Lookups, Plan, VoterKey
+from processor.policy import Decoded, Lookups, Plan, VoterKey, VoteRow
+from processor.state import PartitionState, StateError
 
 log = logging.getLogger("processor.store")
 
@@ -117,11 +120,16 @@ class Store:
         topic: str,
         lookup_threshold: int = LOOKUP_THRESHOLD,
         cluster: str = "",
+        state: bool = False,
+        state_dir: str | None = None,
     ) -> None:
         """``lookup_threshold``: batches with fewer messages than this take the array
         path (no temporary table); 0 sends every batch through the staged path.
         ``cluster`` names the Kafka cluster ``topic`` lives in: offsets and tally shards
-        are keyed by it (docs/ARCHITECTURE.md, "Regions"); '' in a single region."""
+        are keyed by it (docs/ARCHITECTURE.md, "Regions"); '' in a single region.
+        ``state``: answer lookups from a ``PartitionState`` (in a new directory under
+        ``state_dir``) instead of PostgreSQL; the threshold then only picks how
+        rejections are written."""
         if lookup_threshold < 0:
             raise ValueError("lookup_threshold must be >= 0")
         self._dsn = dsn
@@ -131,6 +139,14 @@ class Store:
         self.lookup_threshold = lookup_threshold
         self._array: LookupPath = ArrayLookup()
         self._staged: LookupPath = StagedLookup()
+        self._state: StateLookup | None = None
+        if state:
+            self._state = StateLookup(
+                PartitionState(state_dir), self._array, self._staged, lookup_threshold
+            )
+        # After a batch the state could not decide (a key another stream wrote), the
+        # next attempt asks PostgreSQL.
+        self._ask_postgres = False
         self.conn = self._connect()
 
     def _connect(self) -> psycopg.Connection:
@@ -149,7 +165,25 @@ class Store:
             self.conn = self._connect()
 
     def close(self) -> None:
-        self.conn.close()
+        try:
+            self.conn.close()
+        finally:
+            if self._state is not None:
+                self._state.state.close()
+
+    def forget_state(self, partitions: list[int] | None = None) -> None:
+        """The state of ``partitions`` (None: all) is no longer to be trusted: their
+        assignment changed, or a batch's commit is in doubt. Their next batch loads
+        them again from PostgreSQL."""
+        if self._state is not None:
+            self._state.state.forget(partitions)
+
+    def load_state(self, cur: psycopg.Cursor, partitions: list[int]) -> int:
+        """Load ``partitions``' state now, inside the caller's transaction (a batch does it
+        by itself when it needs to); returns the keys loaded, 0 without a state."""
+        if self._state is None:
+            return 0
+        return self._state.state.load(cur, partitions)
 
     # -- reads outside a batch -------------------------------------------------------
 
@@ -204,7 +238,11 @@ class Store:
     # -- the batch ---------------------------------------------------------------------
 
     def path_for(self, messages: int) -> LookupPath:
-        """The lookup/write path of a batch of ``messages`` (see ``LOOKUP_THRESHOLD``)."""
+        """The lookup/write path of a batch of ``messages``: the state's when the store
+        has one (unless the last attempt needs PostgreSQL's answer), else by size (see
+        ``LOOKUP_THRESHOLD``)."""
+        if self._state is not None and not self._ask_postgres:
+            return self._state
         return choose_path(messages, self.lookup_threshold, self._array, self._staged)
 
     def apply_batch(
@@ -224,15 +262,67 @@ class Store:
         ``before_commit`` runs last inside the transaction (dead letters are produced
         there, so a message is never committed without its dead letter).
         """
+        args = (decoded, elections, first_offsets, next_offsets, allow_gap)
+        path = self.path_for(len(decoded))
+        try:
+            result, lookups = self._transaction(path, *args, after_copy, before_commit)
+        except StateMissed as exc:
+            # The state did not know a key another stream wrote (nothing committed): this
+            # batch is decided again, from PostgreSQL.
+            log.info("decided again from PostgreSQL", extra={"detail": str(exc)})
+            self._ask_postgres = True
+            return self.apply_batch(*args, after_copy, before_commit)
+        except VoteIdRace:
+            # Nothing committed; if the state was the path, it may never have seen that
+            # vote_id or voter (another partition's): PostgreSQL decides the next attempt.
+            self._ask_postgres = True
+            raise
+        except StateError as exc:
+            # The local store is unusable (disk full, I/O error): PostgreSQL answers from
+            # now on, starting with this batch (rolled back, nothing committed).
+            log.error("state store failed, looking keys up in PostgreSQL", exc_info=exc)
+            self._drop_state()
+            return self.apply_batch(*args, after_copy, before_commit)
+        except BaseException:
+            # Fenced, or an error that may have hit COMMIT itself: whether this batch is in
+            # PostgreSQL is unknown here, so the state can't follow it.
+            self.forget_state()
+            raise
+        self._ask_postgres = False
+        if self._state is not None:
+            try:
+                self._state.state.record(decoded, lookups)
+            except StateError as exc:
+                log.error("state store failed, looking keys up in PostgreSQL", exc_info=exc)
+                self._drop_state()
+        return result
+
+    def _drop_state(self) -> None:
+        if self._state is not None:
+            self._state.state.close()
+            self._state = None
+
+    def _transaction(
+        self,
+        path: LookupPath,
+        decoded: list[Decoded],
+        elections: dict[str, Election],
+        first_offsets: dict[int, int],
+        next_offsets: dict[int, int],
+        allow_gap: dict[int, int] | None,
+        after_copy: Callable[[], None] | None,
+        before_commit: Callable[[Plan], None] | None,
+    ) -> tuple[BatchResult, Lookups]:
+        """The batch's transaction; returns its result and its lookups as deciding left
+        them (what PostgreSQL holds about the batch's keys once it committed)."""
         conn = self.conn
         with conn.transaction(), conn.cursor() as cur:
             self._fence(cur, first_offsets, allow_gap or {})
-            # Binary COPY of received_at_us ints into timestamptz columns.
-            cur.adapters.register_dumper(None, _EpochMicrosDumper)
-            path = self.path_for(len(decoded))
+            register_epoch_dumper(cur)
             lookups = self._lookups(cur, decoded, path)
             known_voters = set(lookups.voters)  # plan_batch adds the new ones
             plan = policy.plan_batch(decoded, elections, lookups, self.topic)
+            self._confirm(cur, plan, path)
             self._write_votes(cur, plan)
             if after_copy is not None:
                 after_copy()
@@ -265,7 +355,7 @@ class Store:
             )
             if before_commit is not None:
                 before_commit(plan)
-        return BatchResult(plan, tallies)
+        return BatchResult(plan, tallies), lookups
 
     def _fence(
         self, cur: psycopg.Cursor, first_offsets: dict[int, int], allow_gap: dict[int, int]
@@ -300,36 +390,21 @@ class Store:
     def _lookups(self, cur: psycopg.Cursor, decoded: list[Decoded], path: LookupPath) -> Lookups:
         return path.lookups(cur, decoded)
 
+    def _confirm(self, cur: psycopg.Cursor, plan: Plan, path: LookupPath) -> None:
+        if path is self._state:
+            self._state.confirm(cur, plan)
+
     def _write_votes(self, cur: psycopg.Cursor, plan: Plan) -> None:
         if not plan.votes:
             return
         # Straight into `votes`: COPY routes rows to the partitions in multi-row buffers,
         # about twice as fast as staging them and INSERT … SELECT. The lookups (under the
-        # fence) saw none of these vote_ids, so the only possible conflict is a
-        # processor of another partition storing one meanwhile: the unique violation
-        # aborts the transaction and the batch is decided again.
+        # fence) saw none of these vote_ids, so the only possible conflict is a vote_id
+        # stored through another partition (meanwhile, or ever on the state path, which
+        # knows its own partitions only): the unique violation aborts the transaction
+        # and the batch is decided again (from PostgreSQL, see apply_batch).
         try:
-            with cur.copy(
-                "COPY votes (election_id, vote_id, voter_id, choice, received_at,"
-                "  gateway_id, kafka_partition, kafka_offset, superseded_by)"
-                " FROM STDIN (FORMAT BINARY)"
-            ) as copy:
-                copy.set_types(_VOTE_TYPES)
-                write = copy.write_row
-                for r in plan.votes:
-                    write(
-                        (
-                            r.election_id,
-                            r.vote_id,
-                            r.voter_id,
-                            r.choice,
-                            r.received_at_us,
-                            r.gateway_id,
-                            r.partition,
-                            r.offset,
-                            r.superseded_by,
-                        )
-                    )
+            copy_votes(cur, plan.votes)
         except psycopg.errors.UniqueViolation as exc:
             raise VoteIdRace(f"vote_id taken concurrently: {exc.diag.message_detail}") from exc
 
@@ -391,6 +466,37 @@ class Store:
             ),
         )
         return [ShardTally(*r) for r in cur.fetchall()]
+
+
+def copy_votes(cur: psycopg.Cursor, rows: list[VoteRow], table: str = "votes") -> None:
+    """Binary COPY of ``rows`` into ``table`` (``votes`` or a table like it), as a batch
+    writes them; the cursor needs ``register_epoch_dumper``."""
+    with cur.copy(
+        f"COPY {table} (election_id, vote_id, voter_id, choice, received_at,"
+        "  gateway_id, kafka_partition, kafka_offset, superseded_by)"
+        " FROM STDIN (FORMAT BINARY)"
+    ) as copy:
+        copy.set_types(_VOTE_TYPES)
+        write = copy.write_row
+        for r in rows:
+            write(
+                (
+                    r.election_id,
+                    r.vote_id,
+                    r.voter_id,
+                    r.choice,
+                    r.received_at_us,
+                    r.gateway_id,
+                    r.partition,
+                    r.offset,
+                    r.superseded_by,
+                )
+            )
+
+
+def register_epoch_dumper(cur: psycopg.Cursor) -> None:
+    """Binary COPY of received_at_us ints into timestamptz columns, on this cursor."""
+    cur.adapters.register_dumper(None, _EpochMicrosDumper)
 
 
 def shard_tallies(conn: psycopg.Connection, election_id: str) -> list[ShardTally]:

@@ -223,6 +223,7 @@ def test_kill_9_and_restart(crash_at: str, policy_text: str, harness: Harness) -
         batch_max_messages="300",
         batch_min_messages="100",
         members="1",
+        lookup="state",
     )
     crashing = harness.start({**env, "VOTE_FAILPOINTS": f"processor.{crash_at}=kill@3"})
     assert crashing.proc.wait(300) == -9, crashing.log()
@@ -241,17 +242,21 @@ def test_kill_9_and_restart(crash_at: str, policy_text: str, harness: Harness) -
     harness.drain(topic, [svc])
     harness.invariants(el, events)
     assert svc.stop() == 0
+    # Both lives answered their lookups from a state loaded from PostgreSQL.
+    assert "partition state loaded" in crashing.log()
+    assert "partition state loaded" in svc.log()
     report = harness.verify(env, el)
     assert report["ok"], report
     assert report["kafka_distinct_vote_ids"] == len({e.vote_id for e in events})
 
 
-def test_rebalance_two_processors_mid_load(harness: Harness) -> None:
+@pytest.mark.parametrize("lookup", ["state", "postgres"])
+def test_rebalance_two_processors_mid_load(harness: Harness, lookup: str) -> None:
     topic = harness.topic(6)
     el = harness.election(("a", "b", "c"), "last_wins")
     events = _crafted_load(el, 12000, revote_every=7)
     chunks = [events[i : i + 1000] for i in range(0, len(events), 1000)]
-    env = harness.env(topic, batch_max_messages="500", batch_min_messages="100")
+    env = harness.env(topic, batch_max_messages="500", batch_min_messages="100", lookup=lookup)
 
     def feed() -> None:
         own = type(harness.producer)(harness.kafka_bootstrap, harness.producer.signer)
@@ -278,6 +283,9 @@ def test_rebalance_two_processors_mid_load(harness: Harness) -> None:
     harness.invariants(el, events)
     logs = p1.log() + p2.log() + p3.log()
     assert logs.count("partitions assigned") >= 3
+    # The state path reloads what the others committed each time partitions move.
+    loads = logs.count("partition state loaded")
+    assert loads >= 3 if lookup == "state" else loads == 0
     assert p3.stop() == 0
     report = harness.verify(env, el)
     assert report["ok"], report

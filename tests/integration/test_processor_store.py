@@ -3,13 +3,16 @@
 Pins what the batch transaction does at its edges: timestamps stored from
 microseconds, and the rare race where processors of two partitions store the same
 vote_id or the same new voter at once (one of them rolls back and decides again).
-Every test runs through both lookup paths of ``Store`` (staged temp tables and array
-parameters, chosen by ``lookup_threshold``), and one crafted sequence of batches must
-leave identical rows, rejections, tallies and offsets through either.
+Every test runs through the three lookup paths of ``Store`` (staged temp tables and
+array parameters, chosen by ``lookup_threshold``, and the member's own state store), and
+one crafted sequence of batches must leave identical rows, rejections, tallies and
+offsets through each. The state store's own edges (a key another stream wrote, a fenced
+batch) have tests of their own at the end.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -22,17 +25,18 @@ import pytest
 from core.event import VoteEvent, encode
 from core.keyset import KeySet
 from processor.policy import Decoded, EventAuth, Message, Plan, decode_all
-from processor.store import BatchResult, Store, VoteIdRace
+from processor.store import BatchResult, Fenced, Store, VoteIdRace
 
 pytestmark = pytest.mark.integration
 
 # The store's paths are under test here, not authentication: unsigned events are taken.
 UNSIGNED = EventAuth(KeySet(()), accept_unsigned=True)
 
-# lookup_threshold values that force each path for any batch these tests make.
-STAGED = 0
-ARRAYS = 1_000_000
-PATHS = pytest.mark.parametrize("threshold", [STAGED, ARRAYS], ids=["staged", "arrays"])
+# Store arguments that force each path for any batch these tests make.
+STAGED: dict[str, Any] = {"lookup_threshold": 0}
+ARRAYS: dict[str, Any] = {"lookup_threshold": 1_000_000}
+STATE: dict[str, Any] = {"state": True}
+PATHS = pytest.mark.parametrize("path", [STAGED, ARRAYS, STATE], ids=["staged", "arrays", "state"])
 
 T0 = 1_764_000_000_123_457  # µs since the epoch, odd on purpose
 
@@ -55,10 +59,10 @@ def _apply(store: Store, partition: int, offset: int, *events: VoteEvent, **kw: 
 
 @PATHS
 def test_received_at_microseconds_round_trip(
-    pg_dsn: str, create_election: Callable[..., str], threshold: int
+    pg_dsn: str, create_election: Callable[..., str], path: dict[str, Any]
 ) -> None:
     eid = create_election(("a", "b"), policy="last_wins")
-    store = Store(pg_dsn, uuid.uuid4().hex, "t", lookup_threshold=threshold)
+    store = Store(pg_dsn, uuid.uuid4().hex, "t", **path)
     try:
         _apply(store, 0, 0, VoteEvent(1, "x1", eid, "ann", "a", T0, "gw"))
         # A later re-vote updates the known voter's row (UPDATE path, not COPY).
@@ -89,13 +93,13 @@ def test_received_at_microseconds_round_trip(
 
 
 def _race(
-    pg_dsn: str, first: tuple[int, VoteEvent], second: tuple[int, VoteEvent], threshold: int
+    pg_dsn: str, first: tuple[int, VoteEvent], second: tuple[int, VoteEvent], path: dict[str, Any]
 ) -> tuple[Exception | None, BatchResult]:
     """``second``'s batch runs while ``first``'s transaction holds all its rows, uncommitted;
     returns what ``second`` raised and its retry's result."""
     group = uuid.uuid4().hex  # the session's database keeps other tests' offsets
-    s1 = Store(pg_dsn, group, "t", lookup_threshold=threshold)
-    s2 = Store(pg_dsn, group, "t", lookup_threshold=threshold)
+    s1 = Store(pg_dsn, group, "t", **path)
+    s2 = Store(pg_dsn, group, "t", **path)
     outcome: list[Exception | None] = []
     inserted = threading.Event()
 
@@ -128,14 +132,14 @@ def _race(
 
 @PATHS
 def test_same_vote_id_from_two_partitions_races_then_is_rejected(
-    pg_dsn: str, create_election: Callable[..., str], threshold: int
+    pg_dsn: str, create_election: Callable[..., str], path: dict[str, Any]
 ) -> None:
     eid = create_election(("a", "b"))
     err, retried = _race(
         pg_dsn,
         (0, VoteEvent(1, "same", eid, "ann", "a", T0, "gw")),
         (1, VoteEvent(1, "same", eid, "bob", "b", T0, "gw")),
-        threshold,
+        path,
     )
     assert isinstance(err, VoteIdRace)
     assert retried.plan.outcomes == {"duplicate_vote_id": 1}
@@ -143,14 +147,14 @@ def test_same_vote_id_from_two_partitions_races_then_is_rejected(
 
 @PATHS
 def test_same_new_voter_from_two_partitions_races_then_counts_once(
-    pg_dsn: str, create_election: Callable[..., str], threshold: int
+    pg_dsn: str, create_election: Callable[..., str], path: dict[str, Any]
 ) -> None:
     eid = create_election(("a", "b"))
     err, retried = _race(
         pg_dsn,
         (0, VoteEvent(1, "v1", eid, "ann", "a", T0, "gw")),
         (1, VoteEvent(1, "v2", eid, "ann", "b", T0, "gw")),
-        threshold,
+        path,
     )
     assert isinstance(err, VoteIdRace)
     assert retried.plan.outcomes == {"voter_already_voted": 1}
@@ -214,7 +218,7 @@ _SEQUENCE: list[list[tuple[int, str, str, str, str, int, str] | bytes]] = [
 
 
 def _run_sequence(
-    pg_dsn: str, create_election: Callable[..., str], threshold: int
+    pg_dsn: str, create_election: Callable[..., str], path: dict[str, Any]
 ) -> tuple[list[dict[str, int]], dict[str, list[tuple]], list[int]]:
     """Apply ``_SEQUENCE`` with fresh elections, topic and group; return every batch's
     outcomes and the rows it left, with the run's own ids replaced by their roles."""
@@ -225,7 +229,7 @@ def _run_sequence(
     eids["X"] = f"no-such-{uuid.uuid4().hex[:8]}"
     role_of = {eid: role for role, eid in eids.items()}
     topic, group = f"t-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
-    store = Store(pg_dsn, group, topic, lookup_threshold=threshold)
+    store = Store(pg_dsn, group, topic, **path)
     outcomes: list[dict[str, int]] = []
     staged_keys: list[int] = []
     nxt = {0: 0, 1: 0}
@@ -315,15 +319,18 @@ def test_both_lookup_paths_decide_and_write_the_same(
     staged = _run_sequence(pg_dsn, create_election, STAGED)
     arrays = _run_sequence(pg_dsn, create_election, ARRAYS)
     # A threshold between the batch sizes: the first batch staged, the others arrays.
-    mixed = _run_sequence(pg_dsn, create_election, 10)
+    mixed = _run_sequence(pg_dsn, create_election, {"lookup_threshold": 10})
+    state = _run_sequence(pg_dsn, create_election, STATE)
 
     # Each run took the path it was meant to (the stage is emptied at commit).
     assert all(n > 0 for n in staged[2])
     assert arrays[2] == [0, 0, 0]
     assert mixed[2][0] > 0 and mixed[2][1:] == [0, 0]
+    assert state[2] == [0, 0, 0]
 
     assert arrays[:2] == staged[:2]
     assert mixed[:2] == staged[:2]
+    assert state[:2] == staged[:2]
 
     # And what they agree on is right.
     outcomes, rows, _ = staged
@@ -375,3 +382,151 @@ def test_both_lookup_paths_decide_and_write_the_same(
         ("M", "b"): 2,  # dan, hal
     }
     assert rows["offsets"] == [("TOPIC", 0, 13), ("TOPIC", 1, 15)]
+
+
+# -- the state store's edges -------------------------------------------------------------
+
+
+def _scans(cur: psycopg.Cursor) -> dict[str, int]:
+    """Index and sequential scans of `votes` and `voters` (all partitions) by this
+    session that its statistics have not reported yet: within one transaction, a
+    difference of two readings counts what ran in between."""
+    rows = cur.execute(
+        "SELECT split_part(relname, '_p', 1), sum(coalesce(idx_scan, 0) + seq_scan)"
+        " FROM pg_stat_xact_user_tables WHERE relname ~ '^(votes|voters)_p[0-9]+$'"
+        " GROUP BY 1"
+    ).fetchall()
+    return {name: int(n) for name, n in rows}
+
+
+@pytest.mark.parametrize("path", [ARRAYS, STATE], ids=["arrays", "state"])
+def test_state_answers_without_lookup_queries(
+    pg_dsn: str, create_election: Callable[..., str], path: dict[str, Any]
+) -> None:
+    """Once its first batch loaded the partition, the state path's lookups read neither
+    votes nor voters (the arrays path, for contrast, probes both), and the batch still
+    decides replays and second votes."""
+    eid = create_election(("a", "b"))
+    store = Store(pg_dsn, uuid.uuid4().hex, f"t-{uuid.uuid4().hex[:8]}", **path)
+    scans: list[dict[str, int]] = []
+    lookups = store._lookups
+
+    def counted(cur: psycopg.Cursor, *args: Any) -> Any:
+        before = _scans(cur)
+        try:
+            return lookups(cur, *args)
+        finally:
+            scans.append({k: n - before[k] for k, n in _scans(cur).items()})
+
+    store._lookups = counted  # type: ignore[method-assign]
+    try:
+        first = _apply(store, 0, 0, VoteEvent(1, "x1", eid, "ann", "a", T0, "gw"))
+        assert first.plan.outcomes == {"counted": 1}
+        later = _apply(
+            store,
+            0,
+            1,
+            VoteEvent(1, "x1", eid, "ann", "a", T0, "gw"),  # replay
+            VoteEvent(1, "x2", eid, "ann", "b", T0 + 1, "gw"),  # second vote
+            VoteEvent(1, "x3", eid, "bob", "b", T0 + 2, "gw"),
+        )
+    finally:
+        store.close()
+    assert later.plan.outcomes == {"duplicate": 1, "voter_already_voted": 1, "counted": 1}
+    if path is STATE:
+        assert scans[0]["votes"] > 0  # the first batch loaded the partition
+        assert scans[1] == {"votes": 0, "voters": 0}, scans
+    else:
+        assert scans[1]["votes"] > 0 and scans[1]["voters"] > 0, scans
+
+
+def test_state_learns_a_vote_id_stored_through_another_partition(
+    pg_dsn: str, create_election: Callable[..., str]
+) -> None:
+    """Partition 1's state never saw partition 0's vote_id: the COPY collides, the batch
+    is decided again from PostgreSQL, and the state keeps that answer for a replay."""
+    eid = create_election(("a", "b"))
+    store = Store(pg_dsn, uuid.uuid4().hex, f"t-{uuid.uuid4().hex[:8]}", **STATE)
+    try:
+        _apply(store, 0, 0, VoteEvent(1, "same", eid, "ann", "a", T0, "gw"))
+        theirs = VoteEvent(1, "same", eid, "bob", "b", T0, "gw")
+        with pytest.raises(VoteIdRace):
+            _apply(store, 1, 0, theirs)
+        assert _apply(store, 1, 0, theirs).plan.outcomes == {"duplicate_vote_id": 1}
+        assert _apply(store, 1, 1, theirs).plan.outcomes == {"duplicate": 1}
+    finally:
+        store.close()
+
+
+def test_state_missing_another_streams_voter_update_counts_once(
+    pg_dsn: str, create_election: Callable[..., str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another stream (here another topic) moves a voter the state already knows: the
+    state's UPDATE finds the row changed, the batch is decided again from PostgreSQL, and
+    the voter stays within max_votes:2."""
+    eid = create_election(("a", "b", "c"), policy="max_votes:2")
+    group = uuid.uuid4().hex
+    ours = Store(pg_dsn, group, f"t-{uuid.uuid4().hex[:8]}", **STATE)
+    other = Store(pg_dsn, group, f"t-{uuid.uuid4().hex[:8]}", **ARRAYS)
+    try:
+        _apply(ours, 0, 0, VoteEvent(1, "m1", eid, "dan", "a", T0, "gw"))
+        _apply(other, 0, 0, VoteEvent(1, "m2", eid, "dan", "b", T0 + 1, "gw"))
+        third = VoteEvent(1, "m3", eid, "dan", "c", T0 + 2, "gw")
+        with caplog.at_level(logging.INFO, "processor.store"):
+            assert _apply(ours, 0, 1, third).plan.outcomes == {"voter_already_voted": 1}
+        assert [r.detail for r in caplog.records if r.msg == "decided again from PostgreSQL"] == [
+            "1 of 1 known voters changed meanwhile"
+        ]
+        # And the state learnt dan's row: a fourth vote is decided without a retry.
+        caplog.clear()
+        fourth = VoteEvent(1, "m4", eid, "dan", "a", T0 + 3, "gw")
+        with caplog.at_level(logging.INFO, "processor.store"):
+            assert _apply(ours, 0, 2, fourth).plan.outcomes == {"voter_already_voted": 1}
+        assert not caplog.records
+    finally:
+        ours.close()
+        other.close()
+    with psycopg.connect(pg_dsn) as conn:
+        counted = conn.execute(
+            "SELECT counted FROM voters WHERE election_id = %s AND voter_id = 'dan'", (eid,)
+        ).fetchone()[0]
+        tally = conn.execute(
+            "SELECT sum(votes) FROM election_tallies WHERE election_id = %s", (eid,)
+        ).fetchone()[0]
+    assert (counted, tally) == (2, 2)
+
+
+def test_state_is_dropped_after_a_fenced_batch(
+    pg_dsn: str, create_election: Callable[..., str]
+) -> None:
+    """A member that lost its partition to another (a zombie) must not go on trusting its
+    state. Here the new owner rejects a vote for an election that does not exist yet;
+    once it exists, the zombie's replay of that vote is a duplicate only if the zombie
+    reloaded what the new owner committed (its own state never saw that rejection)."""
+    eid = create_election(("a", "b"))
+    group, topic = uuid.uuid4().hex, f"t-{uuid.uuid4().hex[:8]}"
+    zombie = Store(pg_dsn, group, topic, **STATE)
+    owner = Store(pg_dsn, group, topic, **STATE)
+    early = VoteEvent(1, "x1", eid, "fay", "a", T0, "gw")
+
+    def apply(store: Store, offset: int, *events: VoteEvent, known: bool) -> BatchResult:
+        elections = store.load_elections([eid]) if known else {}
+        return store.apply_batch(
+            _batch(0, offset, *events), elections, {0: offset}, {0: offset + len(events)}
+        )
+
+    try:
+        apply(zombie, 0, VoteEvent(1, "x0", eid, "gus", "b", T0, "gw"), known=True)
+        assert apply(owner, 1, early, known=False).plan.outcomes == {"unknown_election": 1}
+        with pytest.raises(Fenced):
+            apply(zombie, 1, early, known=True)
+        replay = apply(zombie, 2, early, known=True)
+    finally:
+        zombie.close()
+        owner.close()
+    assert replay.plan.outcomes == {"duplicate": 1}
+    with psycopg.connect(pg_dsn) as conn:
+        stored = conn.execute(
+            "SELECT count(*) FROM votes WHERE election_id = %s AND vote_id = 'x1'", (eid,)
+        ).fetchone()[0]
+    assert stored == 0

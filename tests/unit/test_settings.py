@@ -58,6 +58,17 @@ def test_processor_lookup_threshold():
         load(ProcessorSettings, {"VOTE_PROCESSOR_LOOKUP_THRESHOLD": "-1"})
 
 
+def test_processor_lookup():
+    from processor.settings import ProcessorSettings
+
+    assert load(ProcessorSettings, {}).processor_lookup == "state"
+    env = {"VOTE_PROCESSOR_LOOKUP": "postgres", "VOTE_PROCESSOR_STATE_DIR": "/var/tmp"}
+    s = load(ProcessorSettings, env)
+    assert (s.processor_lookup, s.processor_state_dir) == ("postgres", "/var/tmp")
+    with pytest.raises(ConfigError):
+        load(ProcessorSettings, {"VOTE_PROCESSOR_LOOKUP": "rocksdb"})
+
+
 def test_one_variable_moves_the_gateway_and_the_processor_to_another_topic():
     from processor.settings import ProcessorSettings
 

@@ -1,0 +1,141 @@
+"""processor.state.PartitionState on its own: what it answers, what it learns after a
+commit, and what it forgets. Loading from PostgreSQL is covered against the real database
+in tests/integration/test_processor_store.py."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from core.event import VoteEvent, encode
+from core.keyset import KeySet
+from processor.policy import Decoded, Election, EventAuth, Lookups, Message, decode_all, plan_batch
+from processor.state import PartitionState, StateError
+
+UNSIGNED = EventAuth(KeySet(()), accept_unsigned=True)
+T0 = 1_764_000_000_000_000
+
+
+def _decoded(*items: tuple[int, str, str, str, str]) -> list[Decoded]:
+    """(partition, election, vote_id, voter, choice) per message."""
+    msgs = [
+        Message(p, i, encode(VoteEvent(1, x, e, a, c, T0 + i, "gw")))
+        for i, (p, e, x, a, c) in enumerate(items)
+    ]
+    return decode_all(msgs, UNSIGNED)
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> PartitionState:
+    s = PartitionState(str(tmp_path))
+    yield s
+    s.close()
+
+
+def _filled(state: PartitionState) -> None:
+    state.fill(
+        [0, 1],
+        votes=[(0, "E", "x1", "ann", "a"), (1, "E", "x2", "bob", "b")],
+        rejected=[(0, "E", "x3", "ann", "b")],
+        voters=[(0, "E", "ann", 1, "x1", "a", T0), (1, "E", "bob", 1, "x2", "b", T0 + 1)],
+    )
+
+
+def test_answers_from_the_partition_of_each_message(state: PartitionState) -> None:
+    _filled(state)
+    lk = state.lookups(
+        _decoded(
+            (0, "E", "x1", "ann", "a"),
+            (0, "E", "x3", "ann", "b"),
+            (1, "E", "x2", "bob", "b"),
+            (0, "E", "x9", "new", "a"),
+        )
+    )
+    assert lk.votes == {("E", "x1"): ("ann", "a"), ("E", "x2"): ("bob", "b")}
+    assert lk.rejected == {("E", "x3", "ann", "b")}
+    assert {
+        k: (s.counted, s.vote_id, s.choice, s.received_at_us) for k, s in lk.voters.items()
+    } == {
+        ("E", "ann"): (1, "x1", "a", T0),
+        ("E", "bob"): (1, "x2", "b", T0 + 1),
+    }
+    # bob's keys read on partition 0: that partition never saw them.
+    other = state.lookups(_decoded((0, "E", "x2", "bob", "b")))
+    assert (other.votes, other.rejected, other.voters) == ({}, set(), {})
+    assert state.missing([0, 1, 2]) == [2]
+
+
+def test_a_replayed_batch_decides_the_same_after_record(state: PartitionState) -> None:
+    """What plan_batch decided, recorded after the commit, makes a replay all duplicates
+    and a later vote of the same voter a rejection, as PostgreSQL's lookups would."""
+    elections = {"E": Election("E", "first_wins", frozenset({"a", "b"}))}
+    state.fill([0], votes=[], rejected=[], voters=[])
+    batch = _decoded(
+        (0, "E", "x1", "ann", "a"),
+        (0, "E", "x2", "ann", "b"),  # voter_already_voted
+        (0, "E", "x3", "zoë \u00e9", "b"),  # any text but controls round-trips
+    )
+    lk = state.lookups(batch)
+    first = plan_batch(batch, elections, lk, "t")
+    assert first.outcomes == {"counted": 2, "voter_already_voted": 1}
+    state.record(batch, lk)
+
+    replay = plan_batch(batch, elections, state.lookups(batch), "t")
+    assert replay.outcomes == {"duplicate": 3}
+    assert not replay.votes and not replay.rejections and not replay.voters
+    later = _decoded((0, "E", "x4", "ann", "a"))
+    assert plan_batch(later, elections, state.lookups(later), "t").outcomes == {
+        "voter_already_voted": 1
+    }
+
+
+def test_record_skips_partitions_not_loaded(state: PartitionState) -> None:
+    state.fill([0], votes=[], rejected=[], voters=[])
+    batch = _decoded((0, "E", "x1", "ann", "a"), (1, "E", "x2", "bob", "b"))
+    lk = Lookups()
+    lk.votes = {("E", "x1"): ("ann", "a"), ("E", "x2"): ("bob", "b")}
+    state.record(batch, lk)
+    assert state.partitions == {0}
+    assert state.lookups(batch[:1]).votes == {("E", "x1"): ("ann", "a")}
+
+
+def test_forget_drops_what_was_loaded(state: PartitionState, tmp_path: Path) -> None:
+    _filled(state)
+    state.forget([1])
+    assert state.partitions == {0}
+    assert state.missing([0, 1]) == [1]
+    # Loading again starts from nothing but what it is given.
+    state.fill([1], votes=[], rejected=[], voters=[])
+    assert state.lookups(_decoded((1, "E", "x2", "bob", "b"))).votes == {}
+    state.forget()
+    assert state.partitions == set()
+    state.close()
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_failed_fill_leaves_the_partition_unloaded(state: PartitionState) -> None:
+    def broken() -> list[tuple[int, str, str, str, str]]:
+        raise OSError("disk gone")
+
+    class Rows:
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            yield (0, "E", "x1", "ann", "a")
+            broken()
+
+    with pytest.raises(StateError):
+        state.fill([0], votes=Rows(), rejected=[], voters=[])
+    assert state.missing([0]) == [0]
+
+
+def test_each_store_has_its_own_directory(tmp_path: Path) -> None:
+    a, b = PartitionState(str(tmp_path)), PartitionState(str(tmp_path))
+    try:
+        a.fill([0], votes=[(0, "E", "x1", "ann", "a")], rejected=[], voters=[])
+        b.fill([0], votes=[], rejected=[], voters=[])
+        batch = _decoded((0, "E", "x1", "ann", "a"))
+        assert a.lookups(batch).votes and not b.lookups(batch).votes
+    finally:
+        a.close()
+        b.close()
