@@ -4,7 +4,8 @@
    votes, ~5 % exact duplicates of earlier events (same vote_id), ~2 % second votes of
    a voter who already voted (first_wins: rejected).
 2. Start one ``python -m processor`` with ``--members`` consumer-group members
-   (default: ``VOTE_PROCESSOR_MEMBERS`` or its default) on a fresh database and time
+   (default: ``VOTE_PROCESSOR_MEMBERS`` or its default) and ``--lookup state|postgres``
+   (``VOTE_PROCESSOR_LOOKUP``) on a fresh database and time
    it from the first assignment of partitions (logged) until the offsets stored in
    PostgreSQL reach the end of every partition. The consumer-group join before that is
    reported as ``join_seconds``, not in the figure. The rebalance that spreads the
@@ -133,6 +134,7 @@ def time_processor(
     ends: dict[int, int],
     log_path: Path,
     members: int,
+    lookup: str,
 ) -> dict[str, float]:
     penv = {
         **os.environ,
@@ -143,6 +145,7 @@ def time_processor(
         "VOTE_PROCESSOR_GROUP": group,
         "VOTE_PROCESSOR_METRICS_PORT": "0",
         "VOTE_PROCESSOR_MEMBERS": str(members),
+        "VOTE_PROCESSOR_LOOKUP": lookup,
         "PYTHONPATH": str(REPO),
     }
     started = time.time()
@@ -239,6 +242,13 @@ def main(argv: list[str]) -> int:
         help="consumer-group members in the processor process (default: VOTE_PROCESSOR_MEMBERS"
         " or its default)",
     )
+    ap.add_argument(
+        "--lookup",
+        choices=("state", "postgres"),
+        default=load(ProcessorSettings).processor_lookup,
+        help="where the processor's lookups are answered (default: VOTE_PROCESSOR_LOOKUP or"
+        " its default)",
+    )
     ap.add_argument("--json", dest="json_path", help="write the result here too")
     ap.add_argument("--keep", action="store_true", help="keep the database and topic")
     args = ap.parse_args(argv)
@@ -258,7 +268,7 @@ def main(argv: list[str]) -> int:
         key = keyset.load(load(ProcessorSettings, env).event_keys_path).signing()
         preload_s = preload(kafka, topic, events, key)
         ends = end_offsets(kafka, topic)
-        proc = time_processor(env, dsn, topic, group, ends, log_path, args.members)
+        proc = time_processor(env, dsn, topic, group, ends, log_path, args.members, args.lookup)
         base = time_copy_baseline(dsn, election)
         with psycopg.connect(dsn) as conn:
             stored = conn.execute(
@@ -277,6 +287,7 @@ def main(argv: list[str]) -> int:
                 {
                     "target": "processor",
                     "members": args.members,
+                    "lookup": args.lookup,
                     "rows": args.events,
                     "seconds": round(proc["seconds"], 3),
                     "rows_per_s": round(args.events / proc["seconds"]),

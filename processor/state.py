@@ -3,11 +3,11 @@
 The state path of ``processor.lookup`` (``StateLookup``) answers a batch's lookups from
 here instead of querying ``votes``, ``vote_rejections`` and ``voters``
 (docs/ARCHITECTURE.md, Processor). One RocksDB database per assigned Kafka partition
-(``rocksdict``, on local disk: a partition's voters may outgrow memory) holds:
-
-* every stored vote: (election, vote_id) -> (voter, choice);
-* every rejected (election, vote_id, voter, choice);
-* every voter's state: (election, voter) -> (counted, current vote_id, choice, received_at).
+(``rocksdict``, on local disk: a partition's voters may outgrow memory) holds one record
+per voter, since Kafka is keyed by voter and so a voter's keys all come through one
+partition: (election, voter) -> the voter's state (``counted`` 0 when ``voters`` has no
+row), the (vote_id, choice) of every vote stored for the voter and of every rejected one.
+One read per message answers all three lookups.
 
 It is never trusted beyond what PostgreSQL committed:
 
@@ -19,11 +19,12 @@ It is never trusted beyond what PostgreSQL committed:
   batch that failed in a way that leaves its commit in doubt (``forget``). A crash drops it
   with the process. The directory is the process's own and deleted at close.
 
-What it can still miss (another stream wrote the same keys: a topic whose partition count
-changed, a region's mirrored topic) the batch's writes catch: a vote_id or voter it does
-not know collides with PostgreSQL's primary keys, and a known voter's UPDATE carries the
-state it was decided on (``StateLookup.update_voters``). Either aborts the batch, which is
-then decided again from PostgreSQL itself.
+What it can still miss (another stream wrote the same keys: a vote_id reused by another
+voter, a topic whose partition count changed, a region's mirrored topic) the batch
+catches (``StateLookup``): a vote_id or voter it does not know collides with
+PostgreSQL's primary keys, a known voter's UPDATE carries the state it was decided on,
+and the vote_ids of policy rejections are probed. Each makes the batch be decided again
+from PostgreSQL itself.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import tempfile
 import time
 from collections.abc import Iterable
 
+import msgspec
 import psycopg
 import rocksdict
 
@@ -42,36 +44,62 @@ from processor.policy import Decoded, Lookups, VoterState
 
 log = logging.getLogger("processor.state")
 
-# Field separator inside keys and values: core.event refuses control characters in every
-# id, so it can't occur inside one.
-_SEP = "\x1f"
-_VOTE = "x"
-_REJECTED = "r"
-_VOTER = "a"
+# Between election and voter in a key: core.event refuses control characters in every id.
+_SEP = b"\x1f"
 
-_KEY_TYPES = ["int4", "text", "text", "text", "text"]
-_VOTER_TYPES = ["int4", "text", "text", "int4", "text", "text", "int8"]
+# One row per (partition, election, voter): its voters row (NULLs if none), and the
+# (vote_id, choice) arrays of its stored votes and of its rejected ones.
+_RECORD_TYPES = [
+    "int4",
+    "text",
+    "text",
+    "int4",
+    "text",
+    "text",
+    "int8",
+    "text[]",
+    "text[]",
+    "text[]",
+    "text[]",
+]
+_RECORDS = """
+WITH v AS (
+  SELECT kafka_partition AS p, election_id AS e, voter_id AS a,
+         array_agg(vote_id) AS xs, array_agg(choice) AS cs
+  FROM votes WHERE kafka_partition = ANY(%(p)s) GROUP BY 1, 2, 3),
+r AS (
+  SELECT kafka_partition AS p, election_id AS e, voter_id AS a,
+         array_agg(vote_id) AS xs, array_agg(choice) AS cs
+  FROM vote_rejections WHERE kafka_partition = ANY(%(p)s) AND election_id <> ''
+  GROUP BY 1, 2, 3),
+k AS (
+  SELECT coalesce(v.p, r.p) AS p, coalesce(v.e, r.e) AS e, coalesce(v.a, r.a) AS a,
+         v.xs AS vxs, v.cs AS vcs, r.xs AS rxs, r.cs AS rcs
+  FROM v FULL JOIN r ON v.p = r.p AND v.e = r.e AND v.a = r.a)
+SELECT k.p, k.e, k.a, w.counted, w.current_vote_id, w.current_choice,
+       (extract(epoch FROM w.current_received_at) * 1000000)::bigint,
+       k.vxs, k.vcs, k.rxs, k.rcs
+FROM k LEFT JOIN voters w ON w.election_id = k.e AND w.voter_id = k.a
+"""
 
 
-def _vote_key(e: str, x: str) -> bytes:
-    return f"{_VOTE}{e}{_SEP}{x}".encode()
+class _Record(msgspec.Struct, array_like=True, gc=False):
+    """One voter's keys in a partition (see the module docstring)."""
+
+    counted: int = 0  # 0: no row in `voters`
+    vote_id: str = ""
+    choice: str = ""
+    received_at_us: int = 0
+    votes: list[tuple[str, str]] = []
+    rejected: list[tuple[str, str]] = []
 
 
-def _rejected_key(e: str, x: str, a: str, c: str) -> bytes:
-    return f"{_REJECTED}{e}{_SEP}{x}{_SEP}{a}{_SEP}{c}".encode()
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(_Record).decode
 
 
-def _voter_key(e: str, a: str) -> bytes:
-    return f"{_VOTER}{e}{_SEP}{a}".encode()
-
-
-def _voter_value(s: VoterState) -> bytes:
-    return f"{s.counted}{_SEP}{s.vote_id}{_SEP}{s.choice}{_SEP}{s.received_at_us}".encode()
-
-
-def _voter_state(value: bytes) -> VoterState:
-    n, x, c, t = value.decode().split(_SEP)
-    return VoterState(int(n), x, c, int(t))
+def _key(e: str, a: str) -> bytes:
+    return e.encode() + _SEP + a.encode()
 
 
 class _ChunkedWriter:
@@ -119,6 +147,8 @@ class PartitionState:
     def __init__(self, directory: str | None = None) -> None:
         self._root = tempfile.mkdtemp(prefix="vote-processor-state-", dir=directory or None)
         self._dbs: dict[int, rocksdict.Rdict] = {}
+        # The records the last lookups read (None: no record), the base of record().
+        self._read: dict[tuple[int, str, str], _Record | None] = {}
         # Nothing here needs to survive a crash (it is rebuilt), so no write-ahead log.
         self._write = rocksdict.WriteOptions()
         self._write.disable_wal = True
@@ -134,7 +164,7 @@ class PartitionState:
     # -- loading ------------------------------------------------------------------------
 
     def load(self, cur: psycopg.Cursor, partitions: list[int]) -> int:
-        """Fresh databases for ``partitions`` from PostgreSQL; returns the keys loaded.
+        """Fresh databases for ``partitions`` from PostgreSQL; returns the voters loaded.
 
         Must run inside the batch's transaction after its fence: the fence's row locks
         keep every other writer of these partitions out until this transaction ends.
@@ -142,63 +172,35 @@ class PartitionState:
         facts too, only not needed.
         """
         t0 = time.monotonic()
-        n = self.fill(
-            partitions,
-            votes=self._rows(
-                cur,
-                "SELECT kafka_partition, election_id, vote_id, voter_id, choice FROM votes"
-                " WHERE kafka_partition = ANY(%s)",
-                partitions,
-                _KEY_TYPES,
-            ),
-            # Malformed messages are rejected under their Kafka position with an empty
-            # election; nothing looks those up.
-            rejected=self._rows(
-                cur,
-                "SELECT kafka_partition, election_id, vote_id, voter_id, choice"
-                " FROM vote_rejections WHERE kafka_partition = ANY(%s) AND election_id <> ''",
-                partitions,
-                _KEY_TYPES,
-            ),
-            # A voter belongs to the partition of its current vote (Kafka is keyed by voter).
-            voters=self._rows(
-                cur,
-                "SELECT x.kafka_partition, v.election_id, v.voter_id, v.counted,"
-                "  v.current_vote_id, v.current_choice,"
-                "  (extract(epoch FROM v.current_received_at) * 1000000)::bigint"
-                " FROM voters v JOIN votes x"
-                "  ON x.election_id = v.election_id AND x.vote_id = v.current_vote_id"
-                " WHERE x.kafka_partition = ANY(%s)",
-                partitions,
-                _VOTER_TYPES,
-            ),
-        )
+        # Streamed by COPY rather than fetched: a partition can hold millions of voters.
+        with cur.copy(f"COPY ({_RECORDS}) TO STDOUT (FORMAT BINARY)", {"p": partitions}) as copy:
+            copy.set_types(_RECORD_TYPES)
+            n = self.fill(partitions, copy.rows())
         log.info(
             "partition state loaded",
-            extra={"partitions": partitions, "keys": n, "seconds": time.monotonic() - t0},
+            extra={"partitions": partitions, "voters": n, "seconds": time.monotonic() - t0},
         )
         return n
 
-    def fill(
-        self,
-        partitions: list[int],
-        votes: Iterable[tuple[int, str, str, str, str]],
-        rejected: Iterable[tuple[int, str, str, str, str]],
-        voters: Iterable[tuple[int, str, str, int, str, str, int]],
-    ) -> int:
-        """Fresh databases for ``partitions`` holding exactly these rows, each led by its
-        partition: votes (e, vote_id, voter, choice), rejected (e, vote_id, voter,
-        choice) and voters (e, voter, counted, vote_id, choice, received_at_us)."""
+    def fill(self, partitions: list[int], rows: Iterable[tuple]) -> int:
+        """Fresh databases for ``partitions`` holding exactly ``rows``: (partition,
+        election, voter, counted, current vote_id, choice, received_at_us, the vote_ids
+        and choices stored, the vote_ids and choices rejected); the voters-row fields
+        None for a voter without one, an array None for none."""
         self.forget(partitions)
         dbs = {p: self._open(p) for p in partitions}
         writer = _ChunkedWriter(dbs, self._write)
         try:
-            for p, e, x, a, c in votes:
-                writer.put(p, _vote_key(e, x), f"{a}{_SEP}{c}".encode())
-            for p, e, x, a, c in rejected:
-                writer.put(p, _rejected_key(e, x, a, c), b"")
-            for p, e, a, cnt, x, c, t in voters:
-                writer.put(p, _voter_key(e, a), _voter_value(VoterState(cnt, x, c, t)))
+            for p, e, a, n, x, c, t, vxs, vcs, rxs, rcs in rows:
+                rec = _Record(
+                    n or 0,
+                    x or "",
+                    c or "",
+                    t or 0,
+                    list(zip(vxs, vcs, strict=True)) if vxs else [],
+                    list(zip(rxs, rcs, strict=True)) if rxs else [],
+                )
+                writer.put(p, _key(e, a), _encode(rec))
             writer.flush()
         except Exception as exc:
             for p, db in dbs.items():
@@ -208,15 +210,6 @@ class PartitionState:
             raise StateError(f"loading partitions {partitions}: {exc!r}") from exc
         self._dbs.update(dbs)
         return writer.written
-
-    @staticmethod
-    def _rows(
-        cur: psycopg.Cursor, sql: str, partitions: list[int], types: list[str]
-    ) -> Iterable[tuple]:
-        # Streamed by COPY rather than fetched: a partition's state can be millions of rows.
-        with cur.copy(f"COPY ({sql}) TO STDOUT (FORMAT BINARY)", (partitions,)) as copy:
-            copy.set_types(types)
-            yield from copy.rows()
 
     def _open(self, partition: int) -> rocksdict.Rdict:
         options = rocksdict.Options(raw_mode=True)
@@ -232,67 +225,109 @@ class PartitionState:
     def lookups(self, decoded: list[Decoded]) -> Lookups:
         """What the loaded partitions know about ``decoded``'s keys (all must be loaded)."""
         lk = Lookups()
-        by_partition: dict[int, list[Decoded]] = {}
+        self._read.clear()
+        wanted: dict[int, dict[tuple[str, str], None]] = {}
         for d in decoded:
-            if d.event is not None:
-                by_partition.setdefault(d.msg.partition, []).append(d)
+            e = d.event
+            if e is not None:
+                wanted.setdefault(d.msg.partition, {})[(e.election_id, e.voter_id)] = None
+        votes, rejected, voters = lk.votes, lk.rejected, lk.voters
         try:
-            for p, ds in by_partition.items():
-                db = self._dbs[p]
-                events = [d.event for d in ds]
-                vote_keys = [(e.election_id, e.vote_id) for e in events]
-                found = db.get([_vote_key(*k) for k in vote_keys])
-                for k, v in zip(vote_keys, found, strict=True):
-                    if v is not None:
-                        a, c = v.decode().split(_SEP)
-                        lk.votes[k] = (a, c)
-                full = [(e.election_id, e.vote_id, e.voter_id, e.choice) for e in events]
-                found = db.get([_rejected_key(*k) for k in full])
-                lk.rejected.update(k for k, v in zip(full, found, strict=True) if v is not None)
-                voter_keys = [(e.election_id, e.voter_id) for e in events]
-                found = db.get([_voter_key(*k) for k in voter_keys])
-                for k, v in zip(voter_keys, found, strict=True):
-                    if v is not None:
-                        lk.voters[k] = _voter_state(v)
+            for p, keys in wanted.items():
+                found = self._dbs[p].get([_key(e, a) for e, a in keys])
+                for (e, a), value in zip(keys, found, strict=True):
+                    if value is None:
+                        self._read[(p, e, a)] = None
+                        continue
+                    rec = _decode(value)
+                    self._read[(p, e, a)] = rec
+                    for x, c in rec.votes:
+                        votes[(e, x)] = (a, c)
+                    for x, c in rec.rejected:
+                        rejected.add((e, x, a, c))
+                    if rec.counted:
+                        voters[(e, a)] = VoterState(
+                            rec.counted, rec.vote_id, rec.choice, rec.received_at_us
+                        )
         except Exception as exc:
             raise StateError(f"lookups: {exc!r}") from exc
         return lk
 
     def record(self, decoded: list[Decoded], after: Lookups) -> None:
         """After the batch's COMMIT: what ``after`` (its lookups, as deciding the batch left
-        them) says about each of its keys, for the partitions loaded.
+        them) says about each of its voters, for the partitions loaded.
 
         Raises StateError when the store can't be written; the caller then forgets it.
         """
-        batches: dict[int, rocksdict.WriteBatch] = {}
         votes, rejected, voters = after.votes, after.rejected, after.voters
-        for d in decoded:
-            e = d.event
-            p = d.msg.partition
-            if e is None or p not in self._dbs:
-                continue
-            wb = batches.get(p)
-            if wb is None:
-                wb = batches[p] = rocksdict.WriteBatch(raw_mode=True)
-            eid, x, a, c = e.election_id, e.vote_id, e.voter_id, e.choice
-            owner = votes.get((eid, x))
-            if owner is not None:
-                wb.put(_vote_key(eid, x), f"{owner[0]}{_SEP}{owner[1]}".encode())
-            if (eid, x, a, c) in rejected:
-                wb.put(_rejected_key(eid, x, a, c), b"")
-            state = voters.get((eid, a))
-            if state is not None:
-                wb.put(_voter_key(eid, a), _voter_value(state))
+        dbs = self._dbs
+        read = self._read
         try:
+            # Voters the lookups did not read (a retry decided from PostgreSQL).
+            unread: dict[int, dict[tuple[str, str], None]] = {}
+            for d in decoded:
+                ev = d.event
+                p = d.msg.partition
+                if ev is not None and p in dbs and (p, ev.election_id, ev.voter_id) not in read:
+                    unread.setdefault(p, {})[(ev.election_id, ev.voter_id)] = None
+            for p, keys in unread.items():
+                found = dbs[p].get([_key(e, a) for e, a in keys])
+                for (e, a), value in zip(keys, found, strict=True):
+                    read[(p, e, a)] = None if value is None else _decode(value)
+            changed: dict[tuple[int, str, str], _Record] = {}
+            for d in decoded:
+                ev = d.event
+                p = d.msg.partition
+                if ev is None or p not in dbs:
+                    continue
+                e, x, a, c = ev.election_id, ev.vote_id, ev.voter_id, ev.choice
+                k = (p, e, a)
+                rec = changed.get(k)
+                if rec is None:
+                    old = read[k]
+                    rec = changed[k] = (
+                        _Record()
+                        if old is None
+                        else _Record(
+                            old.counted,
+                            old.vote_id,
+                            old.choice,
+                            old.received_at_us,
+                            list(old.votes),
+                            list(old.rejected),
+                        )
+                    )
+                    state = voters.get((e, a))
+                    if state is not None:
+                        rec.counted = state.counted
+                        rec.vote_id = state.vote_id
+                        rec.choice = state.choice
+                        rec.received_at_us = state.received_at_us
+                if votes.get((e, x)) == (a, c):
+                    if (x, c) not in rec.votes:
+                        rec.votes.append((x, c))
+                elif (e, x, a, c) in rejected and (x, c) not in rec.rejected:
+                    rec.rejected.append((x, c))
+            batches: dict[int, rocksdict.WriteBatch] = {}
+            for k, rec in changed.items():
+                if rec != read[k]:
+                    p = k[0]
+                    wb = batches.get(p)
+                    if wb is None:
+                        wb = batches[p] = rocksdict.WriteBatch(raw_mode=True)
+                    wb.put(_key(k[1], k[2]), _encode(rec))
             for p, wb in batches.items():
-                self._dbs[p].write(wb, self._write)
+                dbs[p].write(wb, self._write)
         except Exception as exc:
             raise StateError(f"record: {exc!r}") from exc
+        finally:
+            self._read.clear()
 
     # -- dropping -------------------------------------------------------------------------
 
     def forget(self, partitions: Iterable[int] | None = None) -> None:
         """Stop trusting ``partitions`` (None: all); the next batch loads them again."""
+        self._read.clear()
         for p in list(self._dbs) if partitions is None else list(partitions):
             db = self._dbs.pop(p, None)
             if db is not None:

@@ -34,12 +34,32 @@ def state(tmp_path: Path) -> PartitionState:
     s.close()
 
 
+def _row(
+    p: int,
+    e: str,
+    a: str,
+    state: tuple[int, str, str, int] | None,
+    votes: list[tuple[str, str]] = (),
+    rejected: list[tuple[str, str]] = (),
+) -> tuple:
+    """A row as the load query gives it (NULLs for no voters row, no votes, no rejections)."""
+    n, x, c, t = state or (None, None, None, None)
+    vxs = [v[0] for v in votes] or None
+    vcs = [v[1] for v in votes] or None
+    rxs = [r[0] for r in rejected] or None
+    rcs = [r[1] for r in rejected] or None
+    return (p, e, a, n, x, c, t, vxs, vcs, rxs, rcs)
+
+
 def _filled(state: PartitionState) -> None:
     state.fill(
         [0, 1],
-        votes=[(0, "E", "x1", "ann", "a"), (1, "E", "x2", "bob", "b")],
-        rejected=[(0, "E", "x3", "ann", "b")],
-        voters=[(0, "E", "ann", 1, "x1", "a", T0), (1, "E", "bob", 1, "x2", "b", T0 + 1)],
+        [
+            _row(0, "E", "ann", (1, "x1", "a", T0), [("x1", "a")], [("x3", "b")]),
+            _row(1, "E", "bob", (1, "x2", "b", T0 + 1), [("x2", "b")]),
+            # Only a rejected vote (an election that did not exist): no voters row.
+            _row(1, "E", "cy", None, [], [("x4", "a")]),
+        ],
     )
 
 
@@ -50,11 +70,12 @@ def test_answers_from_the_partition_of_each_message(state: PartitionState) -> No
             (0, "E", "x1", "ann", "a"),
             (0, "E", "x3", "ann", "b"),
             (1, "E", "x2", "bob", "b"),
+            (1, "E", "x4", "cy", "a"),
             (0, "E", "x9", "new", "a"),
         )
     )
     assert lk.votes == {("E", "x1"): ("ann", "a"), ("E", "x2"): ("bob", "b")}
-    assert lk.rejected == {("E", "x3", "ann", "b")}
+    assert lk.rejected == {("E", "x3", "ann", "b"), ("E", "x4", "cy", "a")}
     assert {
         k: (s.counted, s.vote_id, s.choice, s.received_at_us) for k, s in lk.voters.items()
     } == {
@@ -71,7 +92,7 @@ def test_a_replayed_batch_decides_the_same_after_record(state: PartitionState) -
     """What plan_batch decided, recorded after the commit, makes a replay all duplicates
     and a later vote of the same voter a rejection, as PostgreSQL's lookups would."""
     elections = {"E": Election("E", "first_wins", frozenset({"a", "b"}))}
-    state.fill([0], votes=[], rejected=[], voters=[])
+    state.fill([0], [])
     batch = _decoded(
         (0, "E", "x1", "ann", "a"),
         (0, "E", "x2", "ann", "b"),  # voter_already_voted
@@ -92,7 +113,7 @@ def test_a_replayed_batch_decides_the_same_after_record(state: PartitionState) -
 
 
 def test_record_skips_partitions_not_loaded(state: PartitionState) -> None:
-    state.fill([0], votes=[], rejected=[], voters=[])
+    state.fill([0], [])
     batch = _decoded((0, "E", "x1", "ann", "a"), (1, "E", "x2", "bob", "b"))
     lk = Lookups()
     lk.votes = {("E", "x1"): ("ann", "a"), ("E", "x2"): ("bob", "b")}
@@ -107,7 +128,7 @@ def test_forget_drops_what_was_loaded(state: PartitionState, tmp_path: Path) -> 
     assert state.partitions == {0}
     assert state.missing([0, 1]) == [1]
     # Loading again starts from nothing but what it is given.
-    state.fill([1], votes=[], rejected=[], voters=[])
+    state.fill([1], [])
     assert state.lookups(_decoded((1, "E", "x2", "bob", "b"))).votes == {}
     state.forget()
     assert state.partitions == set()
@@ -121,21 +142,35 @@ def test_a_failed_fill_leaves_the_partition_unloaded(state: PartitionState) -> N
 
     class Rows:
         def __iter__(self):  # type: ignore[no-untyped-def]
-            yield (0, "E", "x1", "ann", "a")
+            yield _row(0, "E", "ann", None, [("x1", "a")])
             broken()
 
     with pytest.raises(StateError):
-        state.fill([0], votes=Rows(), rejected=[], voters=[])
+        state.fill([0], Rows())
     assert state.missing([0]) == [0]
 
 
 def test_each_store_has_its_own_directory(tmp_path: Path) -> None:
     a, b = PartitionState(str(tmp_path)), PartitionState(str(tmp_path))
     try:
-        a.fill([0], votes=[(0, "E", "x1", "ann", "a")], rejected=[], voters=[])
-        b.fill([0], votes=[], rejected=[], voters=[])
+        a.fill([0], [_row(0, "E", "ann", None, [("x1", "a")])])
+        b.fill([0], [])
         batch = _decoded((0, "E", "x1", "ann", "a"))
         assert a.lookups(batch).votes and not b.lookups(batch).votes
     finally:
         a.close()
         b.close()
+
+
+def test_record_without_lookups_merges_into_the_stored_record(state: PartitionState) -> None:
+    """A batch decided again from PostgreSQL reaches record() without the state's own
+    lookups: what it learnt is added to the voter's stored record, nothing is lost."""
+    _filled(state)
+    batch = _decoded((0, "E", "x5", "ann", "a"))  # ann's second vote, rejected
+    lk = Lookups()
+    lk.rejected = {("E", "x5", "ann", "a")}
+    state.record(batch, lk)
+    again = state.lookups(_decoded((0, "E", "x1", "ann", "a")))
+    assert again.votes == {("E", "x1"): ("ann", "a")}
+    assert again.rejected == {("E", "x3", "ann", "b"), ("E", "x5", "ann", "a")}
+    assert again.voters[("E", "ann")].vote_id == "x1"
