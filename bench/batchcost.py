@@ -213,11 +213,11 @@ def run(dsn: str, args: argparse.Namespace) -> dict[str, Any]:
         store.forget_state()
         with store.conn.transaction(), store.conn.cursor() as cur:
             c0, w0 = _cpu_ns(timer.path), time.perf_counter()
-            keys = store.load_state(cur, list(range(PARTITIONS)))
+            voters = store.load_state(cur, list(range(PARTITIONS)))
             c1, w1 = _cpu_ns(timer.path), time.perf_counter()
         out["state_load"] = {
             "votes_stored": store.conn.execute("SELECT count(*) FROM votes").fetchone()[0],
-            "keys": keys,
+            "voters": voters,
             "pg_cpu_ms": round((c1 - c0) / 1e6, 1),
             "wall_ms": round((w1 - w0) * 1e3, 1),
         }

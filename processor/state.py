@@ -40,7 +40,7 @@ import msgspec
 import psycopg
 import rocksdict
 
-from processor.policy import Decoded, Lookups, VoterState
+from processor.policy import Decoded, Lookups, Plan, VoterState
 
 log = logging.getLogger("processor.state")
 
@@ -253,6 +253,74 @@ class PartitionState:
             raise StateError(f"lookups: {exc!r}") from exc
         return lk
 
+    def record_plan(self, plan: Plan) -> None:
+        """After the COMMIT of a batch these lookups answered: its new votes, rejections
+        and voter states, added to the records the lookups read. Proportional to what the
+        batch wrote; ``record`` is the general form.
+
+        Raises StateError when the store can't be written; the caller then forgets it.
+        """
+        dbs = self._dbs
+        read = self._read
+        changed: dict[tuple[int, str, str], _Record] = {}
+
+        def edit(k: tuple[int, str, str]) -> _Record:
+            rec = changed.get(k)
+            if rec is None:
+                old = read.get(k)
+                rec = changed[k] = (
+                    _Record()
+                    if old is None
+                    else _Record(
+                        old.counted,
+                        old.vote_id,
+                        old.choice,
+                        old.received_at_us,
+                        list(old.votes),
+                        list(old.rejected),
+                    )
+                )
+            return rec
+
+        try:
+            # A voter's state changes only with a vote of this batch: its partition.
+            partition_of: dict[tuple[str, str], int] = {}
+            for v in plan.votes:
+                if v.partition in dbs:
+                    edit((v.partition, v.election_id, v.voter_id)).votes.append(
+                        (v.vote_id, v.choice)
+                    )
+                    partition_of[(v.election_id, v.voter_id)] = v.partition
+            for r in plan.rejections:
+                # Malformed ones are recorded under their Kafka position, no election.
+                if r.election_id and r.partition in dbs:
+                    edit((r.partition, r.election_id, r.voter_id)).rejected.append(
+                        (r.vote_id, r.choice)
+                    )
+            for (e, a), st in plan.voters.items():
+                p = partition_of.get((e, a))
+                if p is not None:
+                    rec = changed[(p, e, a)]
+                    rec.counted = st.counted
+                    rec.vote_id = st.vote_id
+                    rec.choice = st.choice
+                    rec.received_at_us = st.received_at_us
+            self._write_records(changed)
+        except Exception as exc:
+            raise StateError(f"record: {exc!r}") from exc
+        finally:
+            self._read.clear()
+
+    def _write_records(self, changed: dict[tuple[int, str, str], _Record]) -> None:
+        batches: dict[int, rocksdict.WriteBatch] = {}
+        for (p, e, a), rec in changed.items():
+            wb = batches.get(p)
+            if wb is None:
+                wb = batches[p] = rocksdict.WriteBatch(raw_mode=True)
+            wb.put(_key(e, a), _encode(rec))
+        for p, wb in batches.items():
+            self._dbs[p].write(wb, self._write)
+
     def record(self, decoded: list[Decoded], after: Lookups) -> None:
         """After the batch's COMMIT: what ``after`` (its lookups, as deciding the batch left
         them) says about each of its voters, for the partitions loaded.
@@ -308,16 +376,7 @@ class PartitionState:
                         rec.votes.append((x, c))
                 elif (e, x, a, c) in rejected and (x, c) not in rec.rejected:
                     rec.rejected.append((x, c))
-            batches: dict[int, rocksdict.WriteBatch] = {}
-            for k, rec in changed.items():
-                if rec != read[k]:
-                    p = k[0]
-                    wb = batches.get(p)
-                    if wb is None:
-                        wb = batches[p] = rocksdict.WriteBatch(raw_mode=True)
-                    wb.put(_key(k[1], k[2]), _encode(rec))
-            for p, wb in batches.items():
-                dbs[p].write(wb, self._write)
+            self._write_records({k: rec for k, rec in changed.items() if rec != read[k]})
         except Exception as exc:
             raise StateError(f"record: {exc!r}") from exc
         finally:

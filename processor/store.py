@@ -180,7 +180,7 @@ class Store:
 
     def load_state(self, cur: psycopg.Cursor, partitions: list[int]) -> int:
         """Load ``partitions``' state now, inside the caller's transaction (a batch does it
-        by itself when it needs to); returns the keys loaded, 0 without a state."""
+        by itself when it needs to); returns the voters loaded, 0 without a state."""
         if self._state is None:
             return 0
         return self._state.state.load(cur, partitions)
@@ -291,7 +291,10 @@ class Store:
         self._ask_postgres = False
         if self._state is not None:
             try:
-                self._state.state.record(decoded, lookups)
+                if path is self._state:
+                    self._state.state.record_plan(result.plan)
+                else:  # decided from PostgreSQL: what it answered is news to the state
+                    self._state.state.record(decoded, lookups)
             except StateError as exc:
                 log.error("state store failed, looking keys up in PostgreSQL", exc_info=exc)
                 self._drop_state()

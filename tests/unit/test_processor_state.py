@@ -88,9 +88,11 @@ def test_answers_from_the_partition_of_each_message(state: PartitionState) -> No
     assert state.missing([0, 1, 2]) == [2]
 
 
-def test_a_replayed_batch_decides_the_same_after_record(state: PartitionState) -> None:
-    """What plan_batch decided, recorded after the commit, makes a replay all duplicates
-    and a later vote of the same voter a rejection, as PostgreSQL's lookups would."""
+@pytest.mark.parametrize("how", ["record_plan", "record"])
+def test_a_replayed_batch_decides_the_same_after_record(state: PartitionState, how: str) -> None:
+    """What plan_batch decided, recorded after the commit (from the plan, or from the
+    lookups as deciding left them), makes a replay all duplicates and a later vote of
+    the same voter a rejection, as PostgreSQL's lookups would."""
     elections = {"E": Election("E", "first_wins", frozenset({"a", "b"}))}
     state.fill([0], [])
     batch = _decoded(
@@ -101,7 +103,10 @@ def test_a_replayed_batch_decides_the_same_after_record(state: PartitionState) -
     lk = state.lookups(batch)
     first = plan_batch(batch, elections, lk, "t")
     assert first.outcomes == {"counted": 2, "voter_already_voted": 1}
-    state.record(batch, lk)
+    if how == "record_plan":
+        state.record_plan(first)
+    else:
+        state.record(batch, lk)
 
     replay = plan_batch(batch, elections, state.lookups(batch), "t")
     assert replay.outcomes == {"duplicate": 3}
@@ -174,3 +179,18 @@ def test_record_without_lookups_merges_into_the_stored_record(state: PartitionSt
     assert again.votes == {("E", "x1"): ("ann", "a")}
     assert again.rejected == {("E", "x3", "ann", "b"), ("E", "x5", "ann", "a")}
     assert again.voters[("E", "ann")].vote_id == "x1"
+
+
+def test_record_plan_follows_a_last_wins_revote(state: PartitionState) -> None:
+    """A re-vote that supersedes: the voter's record moves to the new vote and keeps
+    both vote_ids, so replays of either are duplicates."""
+    elections = {"L": Election("L", "last_wins", frozenset({"a", "b"}))}
+    state.fill([0], [])
+    for batch in (_decoded((0, "L", "l1", "cat", "a")), _decoded((0, "L", "l2", "cat", "b"))):
+        plan = plan_batch(batch, elections, state.lookups(batch), "t")
+        state.record_plan(plan)
+    both = _decoded((0, "L", "l1", "cat", "a"), (0, "L", "l2", "cat", "b"))
+    lk = state.lookups(both)
+    assert lk.votes == {("L", "l1"): ("cat", "a"), ("L", "l2"): ("cat", "b")}
+    assert (lk.voters[("L", "cat")].vote_id, lk.voters[("L", "cat")].choice) == ("l2", "b")
+    assert plan_batch(both, elections, lk, "t").outcomes == {"duplicate": 2}
