@@ -103,6 +103,18 @@ def _keys(decoded: list[Decoded]) -> tuple[list[str], list[str], list[str], list
     return es, xs, voters, choices
 
 
+def _voter_arrays(changed: Changed) -> tuple[list, ...]:
+    """(election, voter, counted, vote_id, choice, received_at_us) arrays of ``changed``."""
+    return (
+        [k[0] for k, _ in changed],
+        [k[1] for k, _ in changed],
+        [st.counted for _, st in changed],
+        [st.vote_id for _, st in changed],
+        [st.choice for _, st in changed],
+        [st.received_at_us for _, st in changed],
+    )
+
+
 class ArrayLookup:
     """Keys as array parameters; no temporary table (see LOOKUP_THRESHOLD)."""
 
@@ -183,14 +195,7 @@ class ArrayLookup:
             + " FROM unnest(%b::text[], %b::text[], %b::int4[], %b::text[], %b::text[],"
             "  %b::int8[]) AS s(e, a, n, x, c, t)"
             " WHERE v.election_id = s.e AND v.voter_id = s.a",
-            (
-                [k[0] for k, _ in changed],
-                [k[1] for k, _ in changed],
-                [st.counted for _, st in changed],
-                [st.vote_id for _, st in changed],
-                [st.choice for _, st in changed],
-                [st.received_at_us for _, st in changed],
-            ),
+            _voter_arrays(changed),
         )
 
 
@@ -426,16 +431,7 @@ class StateLookup:
             " WHERE v.election_id = s.e AND v.voter_id = s.a"
             # (counted, current vote) only ever moves forward: it versions the row.
             "  AND v.counted = s.was_n AND v.current_vote_id = s.was_x",
-            (
-                [k[0] for k, _ in changed],
-                [k[1] for k, _ in changed],
-                [st.counted for _, st in changed],
-                [st.vote_id for _, st in changed],
-                [st.choice for _, st in changed],
-                [st.received_at_us for _, st in changed],
-                [st.counted for st in old],
-                [st.vote_id for st in old],
-            ),
+            (*_voter_arrays(changed), [st.counted for st in old], [st.vote_id for st in old]),
         )
         if cur.rowcount != len(changed):
             raise StateMissed(

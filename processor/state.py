@@ -98,6 +98,20 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(_Record).decode
 
 
+def _copy(old: _Record | None) -> _Record:
+    """A record to edit: ``old``'s fields (lists copied), or an empty one."""
+    if old is None:
+        return _Record()
+    return _Record(
+        old.counted,
+        old.vote_id,
+        old.choice,
+        old.received_at_us,
+        list(old.votes),
+        list(old.rejected),
+    )
+
+
 def _key(e: str, a: str) -> bytes:
     return e.encode() + _SEP + a.encode()
 
@@ -267,19 +281,7 @@ class PartitionState:
         def edit(k: tuple[int, str, str]) -> _Record:
             rec = changed.get(k)
             if rec is None:
-                old = read.get(k)
-                rec = changed[k] = (
-                    _Record()
-                    if old is None
-                    else _Record(
-                        old.counted,
-                        old.vote_id,
-                        old.choice,
-                        old.received_at_us,
-                        list(old.votes),
-                        list(old.rejected),
-                    )
-                )
+                rec = changed[k] = _copy(read.get(k))
             return rec
 
         try:
@@ -352,19 +354,7 @@ class PartitionState:
                 k = (p, e, a)
                 rec = changed.get(k)
                 if rec is None:
-                    old = read[k]
-                    rec = changed[k] = (
-                        _Record()
-                        if old is None
-                        else _Record(
-                            old.counted,
-                            old.vote_id,
-                            old.choice,
-                            old.received_at_us,
-                            list(old.votes),
-                            list(old.rejected),
-                        )
-                    )
+                    rec = changed[k] = _copy(read[k])
                     state = voters.get((e, a))
                     if state is not None:
                         rec.counted = state.counted
