@@ -101,7 +101,8 @@ lint: venv
 
 # The region-loss test on two simulated regions (deploy/local/regions: two more Kafka
 # JVMs, MirrorMaker 2, three PostgreSQL servers), kept out of `make test` for its weight
-# (README.md, "Tests"). It needs no single-region stack: tests/regions/ has no fixture of it.
+# (README.md, "What the two commands do"). It needs no single-region stack: tests/regions/
+# has no fixture of it.
 regions-test: venv
 	VOTE_REGION_TESTS=1 $(PY) -m pytest tests/regions -q -p no:cacheprovider
 

@@ -9,7 +9,8 @@ votes.v1.
 It needs ``deploy/local/regions`` (two Kafka JVMs, MirrorMaker 2 and a three-server
 pg_auto_failover formation; not the single-region stack of tests/integration, whose
 fixtures this directory does not use), so it runs only when VOTE_REGION_TESTS=1
-(``make regions-test``); ``make test`` collects it and skips it (README.md, "Tests").
+(``make regions-test``); ``make test`` collects it and skips it (README.md, "What the
+two commands do").
 """
 
 from __future__ import annotations
