@@ -30,7 +30,9 @@ from PostgreSQL itself.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -43,6 +45,8 @@ import rocksdict
 from processor.policy import Decoded, Lookups, Plan, VoterState
 
 log = logging.getLogger("processor.state")
+
+_PREFIX = "vote-processor-state-"
 
 # Between election and voter in a key: core.event refuses control characters in every id.
 _SEP = b"\x1f"
@@ -159,7 +163,12 @@ class PartitionState:
     """
 
     def __init__(self, directory: str | None = None) -> None:
-        self._root = tempfile.mkdtemp(prefix="vote-processor-state-", dir=directory or None)
+        self._root = tempfile.mkdtemp(prefix=_PREFIX, dir=directory or None)
+        # Held while this store lives: a directory whose lock is free was left by a
+        # process that died (killed, crashed), and the next store removes it.
+        self._lock = os.open(os.path.join(self._root, "lock"), os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _remove_orphans(os.path.dirname(self._root))
         self._dbs: dict[int, rocksdict.Rdict] = {}
         # The records the last lookups read (None: no record), the base of record().
         self._read: dict[tuple[int, str, str], _Record | None] = {}
@@ -390,3 +399,26 @@ class PartitionState:
     def close(self) -> None:
         self.forget()
         shutil.rmtree(self._root, ignore_errors=True)
+        if self._lock >= 0:
+            os.close(self._lock)
+            self._lock = -1
+
+
+def _remove_orphans(parent: str) -> None:
+    """Remove the state directories under ``parent`` that no live store holds."""
+    for name in os.listdir(parent):
+        if not name.startswith(_PREFIX):
+            continue
+        path = os.path.join(parent, name)
+        try:
+            fd = os.open(os.path.join(path, "lock"), os.O_RDWR)
+        except OSError:  # not ours, or a store being made right now
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # alive
+        finally:
+            os.close(fd)
+        log.info("removing a dead member's state directory", extra={"path": path})
+        shutil.rmtree(path, ignore_errors=True)

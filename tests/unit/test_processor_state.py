@@ -194,3 +194,24 @@ def test_record_plan_follows_a_last_wins_revote(state: PartitionState) -> None:
     assert lk.votes == {("L", "l1"): ("cat", "a"), ("L", "l2"): ("cat", "b")}
     assert (lk.voters[("L", "cat")].vote_id, lk.voters[("L", "cat")].choice) == ("l2", "b")
     assert plan_batch(both, elections, lk, "t").outcomes == {"duplicate": 2}
+
+
+def test_a_dead_stores_directory_is_removed_by_the_next(tmp_path: Path) -> None:
+    """A killed processor leaves its directory behind; the next store in the same place
+    removes it, and never a live store's."""
+    live = PartitionState(str(tmp_path))
+    dead = tmp_path / "vote-processor-state-dead"
+    dead.mkdir()
+    (dead / "lock").touch()  # nobody holds it: its process is gone
+    (dead / "p0").mkdir()
+    other = tmp_path / "unrelated"
+    other.mkdir()
+    try:
+        new = PartitionState(str(tmp_path))
+        new.close()
+        assert not dead.exists()
+        assert other.exists()
+        assert len([p for p in tmp_path.iterdir() if p.name.startswith("vote-processor")]) == 1
+        live.fill([0], [])  # still usable
+    finally:
+        live.close()
