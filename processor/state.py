@@ -17,7 +17,8 @@ It is never trusted beyond what PostgreSQL committed:
 * it learns a batch's outcome only after that batch's COMMIT returned (``record``);
 * it is dropped whenever that chain breaks: on every assignment change, and after any
   batch that failed in a way that leaves its commit in doubt (``forget``). A crash drops it
-  with the process. The directory is the process's own and deleted at close.
+  with the process. The directory is the process's own and deleted at close; one a killed
+  process left behind is removed by the next store made beside it.
 
 What it can still miss (another stream wrote the same keys: a vote_id reused by another
 voter, a topic whose partition count changed, a region's mirrored topic) the batch
