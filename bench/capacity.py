@@ -154,22 +154,13 @@ def topic_bytes_per_event(data_dirs: Sequence[Path], topic: str, events: int) ->
     return size / (len(dirs) / len(partitions)) / events
 
 
-def topic_events(kafka: dict[str, str], topic: str) -> int:
+def topic_events(kafka_config: dict[str, str], topic: str) -> int:
     """Events in the topic now (end minus start offset, summed over its partitions).
 
-    ``kafka``: the client settings (``bench.env.kafka_config``)."""
-    from confluent_kafka import Consumer, TopicPartition
+    ``kafka_config``: the client settings (``bench.env.kafka_config``)."""
+    from bench import kafka as kafka_topics
 
-    consumer = Consumer({**kafka, "group.id": "bench-capacity"})
-    try:
-        meta = consumer.list_topics(topic, timeout=30)
-        total = 0
-        for p in meta.topics[topic].partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
-            total += high - low
-        return total
-    finally:
-        consumer.close()
+    return sum(high - low for low, high in kafka_topics.watermarks(kafka_config, topic).values())
 
 
 def kafka(

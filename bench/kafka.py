@@ -52,10 +52,13 @@ def delete_topics(config: dict[str, str], names: Iterable[str], timeout_s: float
             future.result(timeout=timeout_s)
 
 
-def end_offsets(config: dict[str, str], topic: str, timeout_s: float = 30.0) -> dict[int, int]:
-    """partition → its high watermark (the offset the next message will get). Asked again
-    until ``timeout_s`` while Kafka answers with an error: for a while after a broker
-    restarts, a partition's leader moves and the old one says "not leader"."""
+def watermarks(
+    config: dict[str, str], topic: str, timeout_s: float = 30.0
+) -> dict[int, tuple[int, int]]:
+    """partition → (its low watermark, its high watermark: the offset the next message
+    will get). Asked again until ``timeout_s`` while Kafka answers with an error: for a
+    while after a broker restarts, a partition's leader moves and the old one says "not
+    leader"."""
     consumer = Consumer({**config, "group.id": f"probe-{uuid.uuid4().hex}"})
     deadline = time.monotonic() + timeout_s
     try:
@@ -63,9 +66,7 @@ def end_offsets(config: dict[str, str], topic: str, timeout_s: float = 30.0) -> 
             try:
                 md = consumer.list_topics(topic, timeout=timeout_s).topics[topic]
                 return {
-                    p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)[
-                        1
-                    ]
+                    p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
                     for p in md.partitions
                 }
             except KafkaException:
@@ -74,3 +75,8 @@ def end_offsets(config: dict[str, str], topic: str, timeout_s: float = 30.0) -> 
                 time.sleep(0.5)
     finally:
         consumer.close()
+
+
+def end_offsets(config: dict[str, str], topic: str, timeout_s: float = 30.0) -> dict[int, int]:
+    """partition → its high watermark (``watermarks``)."""
+    return {p: high for p, (_low, high) in watermarks(config, topic, timeout_s).items()}
