@@ -27,6 +27,7 @@ from bench.chaos import faults
 
 if TYPE_CHECKING:
     from bench.chaos.checker import Result
+    from bench.chaos.client import Attempt
     from bench.chaos.runner import Chaos
 
 
@@ -444,7 +445,11 @@ def network(ctx: Chaos) -> None:
 
 
 # Small enough to fill within seconds at a few hundred votes/s (a few thousand events).
-SPILL_TMPFS = "1m"
+SPILL_TMPFS = "512k"
+# The brokers stay down at least this long, and on until the spill is full (the client
+# sees a 503) or this much longer: a low --rate fills it later.
+SPILL_FULL_MIN_S = 40.0
+SPILL_FULL_MAX_S = 120.0
 
 
 @contextlib.contextmanager
@@ -466,8 +471,9 @@ def spill_on_tmpfs(env: dict[str, str], out: Path) -> Iterator[Setup]:
 
 @scenario(
     "spill-disk-full",
-    f"the spill on a {SPILL_TMPFS} tmpfs; all brokers killed for 40 s, so the spill fills "
-    "up: then 503 with Retry-After, never 2xx; everything drains after Kafka returns",
+    f"the spill on a {SPILL_TMPFS} tmpfs; all brokers killed for 40 s and on until the spill "
+    "is full (at most 120 s): then 503 with Retry-After, never 2xx; everything drains after "
+    "Kafka returns",
     setup=spill_on_tmpfs,
     composable=False,
 )
@@ -475,14 +481,23 @@ def spill_disk_full(ctx: Chaos) -> None:
     ctx.checks.append(check_full_spill_refused)
     with ctx.band("all brokers killed"):
         faults.kill_brokers(ctx, list(faults.NODES))
-        ctx.sleep(40)
+        ctx.sleep(SPILL_FULL_MIN_S)
+        deadline = time.monotonic() + SPILL_FULL_MAX_S - SPILL_FULL_MIN_S
+        while not refused_503(ctx) and time.monotonic() < deadline:
+            ctx.sleep(1)
+        ctx.log(f"spill full (the client saw {len(refused_503(ctx))} answers 503)")
         faults.restart_stack(ctx)
+
+
+def refused_503(ctx: Chaos) -> list[Attempt]:
+    """Every attempt answered 503 so far."""
+    return [a for v in list(ctx.load.votes) for a in list(v.attempts) if a.status == 503]
 
 
 def check_full_spill_refused(ctx: Chaos, result: Result) -> None:
     """The spill filled up and the gateway said so: 503 with ``Retry-After`` (a 2xx
     without a durable copy would show as lost)."""
-    refused = [a for v in ctx.load.votes for a in v.attempts if a.status == 503]
+    refused = refused_503(ctx)
     without = sum(1 for a in refused if not a.retry_after)
     result.extra["answers_503"] = len(refused)
     result.extra["answers_503_without_retry_after"] = without
