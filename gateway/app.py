@@ -22,6 +22,7 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -148,12 +149,15 @@ class VoteGateway:
         await self.results.start()
         report_spill_size()
         self._tasks = [
-            loop.create_task(self.durability.drainer.run()),
-            loop.create_task(self._watch_kafka()),
-            loop.create_task(self._watch_keys()),
-            loop.create_task(self._adopt_orphans_forever()),
-            loop.create_task(self._flush_metrics_forever()),
-            loop.create_task(self.in_flight.sweep_forever()),
+            loop.create_task(keep_running(name, run))
+            for name, run in (
+                ("spill drainer", self.durability.drainer.run),
+                ("kafka watch", self._watch_kafka),
+                ("key watch", self._watch_keys),
+                ("orphan adoption", self._adopt_orphans_forever),
+                ("metrics flush", self._flush_metrics_forever),
+                ("body deadline sweep", self.in_flight.sweep_forever),
+            )
         ]
         # Everything loaded so far (modules, keys, elections) lives as long as the worker:
         # move it out of the collector's sight so a full collection only walks what
@@ -532,6 +536,21 @@ class VoteGateway:
             for task in (pump_task, disconnect):
                 task.cancel()
             await asyncio.gather(pump_task, disconnect, return_exceptions=True)
+
+
+async def keep_running(
+    name: str, run: Callable[[], Awaitable[None]], restart_after_s: float = 1.0
+) -> None:
+    """Run one of the worker's background loops for as long as the worker lives. A loop
+    that raises is logged and started again: left alone, its exception would wait
+    unseen in its task while, for the drainer, the spill stopped draining."""
+    while True:
+        try:
+            await run()
+            return
+        except Exception:
+            log.exception("background task failed; restarting it", extra={"task": name})
+            await asyncio.sleep(restart_after_s)
 
 
 def _event_signer(path: str) -> _fast.EventSigner:
