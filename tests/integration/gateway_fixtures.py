@@ -53,16 +53,22 @@ class GatewayStack:
         token: str | None = None,
         election: str | None = None,
         timeout: float = 10.0,
+        headers: dict[str, str] | None = None,
     ) -> httpx.Response:
         """POST one vote; by default a fresh vote_id and the token that authorizes it
-        (one token, one vote: its jti is the vote_id)."""
+        (one token, one vote: its jti is the vote_id). ``headers``: more request headers
+        (a client's ``X-Forwarded-For``, say)."""
         election = election or self.election
         vote_id = vote_id or str(uuid.uuid4())
         token = token or self.token(voter, election, jti=vote_id)
         return httpx.post(
             f"{self.base_url}/v1/elections/{election}/votes",
             content=json.dumps({"vote_id": vote_id, "choice": choice}),
-            headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
+            headers={
+                "authorization": f"Bearer {token}",
+                "content-type": "application/json",
+                **(headers or {}),
+            },
             timeout=timeout,
         )
 

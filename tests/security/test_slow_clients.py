@@ -95,33 +95,32 @@ def test_one_client_cannot_take_every_request_slot(edge_stack: GatewayStack) -> 
     """A client holding its share of slow requests is refused more (429), other clients
     are not; past the worker's cap everyone gets 503 at once, not a hung request."""
     vote_id = uuid.uuid4().hex
-    token = edge_stack.token(f"hog-{uuid.uuid4().hex[:8]}", jti=vote_id)
+    hog_voter = f"hog-{uuid.uuid4().hex[:8]}"
+    token = edge_stack.token(hog_voter, jti=vote_id)
     hog = client_headers()["x-forwarded-for"]
     with contextlib.ExitStack() as held:
         for _ in range(MAX_IN_FLIGHT_PER_CLIENT):
             sock = held.enter_context(connect(edge_stack))
             sock.sendall(vote_head(edge_stack, token, 100, f"X-Forwarded-For: {hog}\r\n"))
-        body = {"vote_id": vote_id, "choice": edge_stack.candidates[0]}
-        headers = {"authorization": f"Bearer {token}", "x-forwarded-for": hog}
 
         def hog_refused() -> bool:
             # The held requests reach the gateway in their own time on a loaded machine.
-            resp = httpx.post(
-                f"{edge_stack.base_url}/v1/elections/{edge_stack.election}/votes",
-                json=body,
-                headers=headers,
+            resp = edge_stack.vote(
+                hog_voter,
+                edge_stack.candidates[0],
+                vote_id=vote_id,
+                token=token,
+                headers={"x-forwarded-for": hog},
                 timeout=30,
             )
             return _refused_for_slots(resp)
 
         wait_until("the hog's next request refused", hog_refused, BODY_READ_TIMEOUT_S, interval=0.5)
 
-        other_vote = uuid.uuid4().hex
-        other_token = edge_stack.token(f"other-{uuid.uuid4().hex[:8]}", jti=other_vote)
-        resp = httpx.post(
-            f"{edge_stack.base_url}/v1/elections/{edge_stack.election}/votes",
-            json={"vote_id": other_vote, "choice": edge_stack.candidates[0]},
-            headers={"authorization": f"Bearer {other_token}", **client_headers()},
+        resp = edge_stack.vote(
+            f"other-{uuid.uuid4().hex[:8]}",
+            edge_stack.candidates[0],
+            headers=client_headers(),
             timeout=30,
         )
         assert resp.status_code == 202, resp.text
@@ -188,12 +187,10 @@ def test_past_the_workers_cap_requests_are_refused_at_once(edge_stack: GatewaySt
             sock.sendall(vote_head(edge_stack, token, 100, f"X-Forwarded-For: {address}\r\n"))
 
         def refused_at_once() -> bool:
-            vote_id = uuid.uuid4().hex
-            other_token = edge_stack.token(f"late-{uuid.uuid4().hex[:8]}", jti=vote_id)
-            resp = httpx.post(
-                f"{edge_stack.base_url}/v1/elections/{edge_stack.election}/votes",
-                json={"vote_id": vote_id, "choice": edge_stack.candidates[0]},
-                headers={"authorization": f"Bearer {other_token}", **client_headers()},
+            resp = edge_stack.vote(
+                f"late-{uuid.uuid4().hex[:8]}",
+                edge_stack.candidates[0],
+                headers=client_headers(),
                 timeout=30,
             )
             if resp.status_code == 503:
