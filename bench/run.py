@@ -65,8 +65,10 @@ from bench.targets import (
     TARGETS,
     Target,
     TargetConfig,
+    is_gateway,
     make_target,
     migrate,
+    parse_variant,
     processor_running,
     processor_service,
     settle_database,
@@ -211,6 +213,28 @@ class Session:
 
     # -- the session ------------------------------------------------------------------
 
+    def _variants(self, env: dict[str, str]) -> dict[str, dict[str, str]]:
+        """The ``--variant`` targets, each checked by the gateway's own settings parser."""
+        import msgspec
+
+        from core import settings as settings_mod
+        from gateway.config import GatewaySettings
+
+        known = {
+            settings_mod.PREFIX + f.name.upper() for f in msgspec.structs.fields(GatewaySettings)
+        }
+        variants: dict[str, dict[str, str]] = {}
+        for spec in self.args.variant:
+            try:
+                name, changed = parse_variant(spec)
+                if typos := sorted(set(changed) - known):
+                    raise ValueError(f"--variant {spec!r}: no gateway setting {', '.join(typos)}")
+                settings_mod.load(GatewaySettings, {**env, **changed})
+            except (settings_mod.ConfigError, ValueError) as exc:
+                raise BenchError(str(exc)) from exc
+            variants[name] = changed
+        return variants
+
     def run(self) -> int:
         args, plan = self.args, self.plan
         env = self.env = stack_env()
@@ -230,9 +254,11 @@ class Session:
         from gateway.config import GatewaySettings
 
         settings = settings_mod.load(GatewaySettings, env)
-        unknown = [n for n in names if n not in TARGETS]
+        variants = self._variants(env)
+        known = (*TARGETS, *variants)
+        unknown = [n for n in names if n not in known]
         if unknown:
-            raise BenchError(f"unknown target(s) {', '.join(unknown)}; known: {', '.join(TARGETS)}")
+            raise BenchError(f"unknown target(s) {', '.join(unknown)}; known: {', '.join(known)}")
         vegeta_exe = ensure_vegeta(env)
         if "go-peer" in names:
             ensure_go_peer(env)
@@ -263,6 +289,7 @@ class Session:
             linger_ms=settings.kafka_linger_ms,
             jwks_file=keys["jwks"],
             receipt_key_file=keys["receipt"],
+            variants=variants,
         )
         candidates = list(DEFAULT_CANDIDATES)
         verify_results: dict[str, dict] = {}
@@ -317,13 +344,13 @@ class Session:
             # Peers first: the gateway keeps running while we wait, so that anything it
             # had to spill is drained to Kafka before we look for it in PostgreSQL.
             for name in names:
-                if name != "gateway":
+                if not is_gateway(name):
                     self._stop(self.targets[name].service)
             to_verify = [
                 n
                 for n in names
                 if self.targets[n].produces
-                and (n == "gateway" or args.verify_peers)
+                and (is_gateway(n) or args.verify_peers)
                 and not args.no_verify
             ]
             for name in to_verify:
@@ -650,6 +677,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--loadgen-cpus", default=None, help="taskset -c list for vegeta")
     p.add_argument("--target-cpus", default=None, help="taskset -c list for the targets")
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="gateway+NAME:VOTE_X=v[,...]",
+        help="a further target: the gateway with these settings changed, measured "
+        "interleaved with the others (name it in --targets; repeatable)",
+    )
     p.add_argument("--alg", default="HS256", choices=("HS256", "EdDSA"))
     p.add_argument(
         "--batch",

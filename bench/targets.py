@@ -14,19 +14,24 @@ they never clash with a gateway someone runs on :8080.
 * ``granian-kafka-floor`` — the gateway's required parts (granian, msgspec, its Kafka
   producer) with none of its vote work: the ceiling of any gateway built on them
   (optional; not in the default set).
+* ``gateway+NAME`` — the gateway again with some of its settings changed
+  (``--variant gateway+NAME:VOTE_X=1,VOTE_Y=2``): a lever measured side by side with the
+  gateway as it ships, in the same interleaved run.
 """
 
 from __future__ import annotations
 
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 
 from bench.env import REPO, ensure_go_peer, ensure_nginx, python_exe, stack_dir
 from bench.procs import Service, free_port
 from core.event import TOPIC
+
+VARIANT_PREFIX = "gateway+"
 
 TARGETS = (
     "gateway",
@@ -64,6 +69,37 @@ class TargetConfig:
     linger_ms: float = 2.0
     jwks_file: str = ""
     receipt_key_file: str = ""
+    # gateway+NAME -> the VOTE_* settings that differ from the gateway's (parse_variant)
+    variants: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+def is_gateway(name: str) -> bool:
+    """The gateway or one of its variants: full semantics, verified exactly-once."""
+    return name == "gateway" or name.startswith(VARIANT_PREFIX)
+
+
+def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
+    """``gateway+NAME:VOTE_X=1,VOTE_Y=2`` -> (``gateway+NAME``, {VOTE_X: 1, VOTE_Y: 2}).
+
+    Only the gateway's own ``VOTE_*`` settings may differ; whether their values are valid
+    is the gateway's settings parser's to say (the session loads them before any start).
+    """
+    name, sep, assignments = spec.partition(":")
+    suffix = name.removeprefix(VARIANT_PREFIX)
+    if not sep or not name.startswith(VARIANT_PREFIX) or not suffix.replace("-", "").isalnum():
+        raise ValueError(
+            f"--variant {spec!r}: expected gateway+NAME:VOTE_X=value[,VOTE_Y=value...] "
+            "(NAME of letters, digits and '-')"
+        )
+    env: dict[str, str] = {}
+    for item in filter(None, (a.strip() for a in assignments.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.startswith("VOTE_"):
+            raise ValueError(f"--variant {spec!r}: {item!r} is not VOTE_X=value")
+        env[key] = value
+    if not env:
+        raise ValueError(f"--variant {spec!r}: no setting changed")
+    return name, env
 
 
 def _pinned(argv: list[str], cpus: str | None) -> list[str]:
@@ -100,7 +136,9 @@ def make_target(name: str, election: str, cfg: TargetConfig) -> Target:
     base = f"http://127.0.0.1:{port}"
     log = cfg.run_dir / f"{name}.log"
     env = dict(cfg.env)
-    if name == "gateway":
+    if is_gateway(name):
+        if name != "gateway" and name not in cfg.variants:
+            raise ValueError(f"unknown target {name!r}: no --variant defines it")
         env.update(
             {
                 "VOTE_HTTP_HOST": "127.0.0.1",
@@ -114,11 +152,15 @@ def make_target(name: str, election: str, cfg: TargetConfig) -> Target:
                 "VOTE_RATE_IP_PER_S": "1000000000",
                 "VOTE_RATE_IP_BURST": "1000000000",
                 "VOTE_MAX_IN_FLIGHT_PER_CLIENT": "1000000000",
-                "VOTE_SPILL_DIR": str(stack_dir(cfg.env) / "bench" / "spill"),
-                "VOTE_GATEWAY_ID": "bench-gateway",
+                # Its own spill for each variant: one gateway must not adopt another's.
+                "VOTE_SPILL_DIR": str(
+                    stack_dir(cfg.env) / "bench" / name.replace("gateway", "spill")
+                ),
+                "VOTE_GATEWAY_ID": f"bench-{name}",
                 "VOTE_LOG_LEVEL": "WARNING",
             }
         )
+        env.update(cfg.variants.get(name, {}))
         if cfg.jwks_file:
             env["VOTE_JWKS_FILE"] = cfg.jwks_file
         svc = Service(
