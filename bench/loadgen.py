@@ -267,12 +267,16 @@ class Vegeta:
         cpus: str | None = None,
         max_workers: int = 4096,
         timeout_s: float = 5.0,
+        max_body: int = 4096,
     ) -> None:
         self.exe = exe
         self.workdir = workdir
         self.cpus = cpus
         self.max_workers = max_workers
         self.timeout_s = timeout_s
+        # Bytes of each answer vegeta keeps: a batch's answer must fit whole, or its
+        # results cannot be read and its votes not counted.
+        self.max_body = max_body
         self._n = 0
 
     def attack_argv(
@@ -287,7 +291,7 @@ class Vegeta:
             f"-duration={duration_s:g}s",
             f"-timeout={self.timeout_s:g}s",
             f"-max-workers={self.max_workers}",
-            "-max-body=4096",
+            f"-max-body={self.max_body}",
             f"-name={name}",
             f"-output={out_file}",
         ]

@@ -177,3 +177,19 @@ def test_a_batch_answer_acknowledges_its_votes_with_code_202() -> None:
     assert res.acked_votes == 2 + 1 + 1
     assert sorted(res.acked_ids) == ["a", "c", "d"]
     assert res.acked_from_spill == 1
+
+
+def test_vegeta_keeps_as_much_of_each_answer_as_it_is_told(tmp_path) -> None:
+    # A batch of 100 votes answers with one result per vote: with vegeta's 4 KiB it was
+    # cut short, could not be read, and its votes went uncounted.
+    from pathlib import Path
+
+    from bench.loadgen import Vegeta
+
+    argv = Vegeta(Path("vegeta"), tmp_path, max_body=106_496).attack_argv(
+        tmp_path / "t", tmp_path / "o", 20, 1.0, "gateway"
+    )
+    assert "-max-body=106496" in argv
+    assert "-max-body=4096" in Vegeta(Path("vegeta"), tmp_path).attack_argv(
+        tmp_path / "t", tmp_path / "o", 20, 1.0, "gateway"
+    )
