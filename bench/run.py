@@ -65,6 +65,7 @@ from bench.targets import (
     TARGETS,
     Target,
     TargetConfig,
+    election_for,
     is_gateway,
     make_target,
     migrate,
@@ -307,7 +308,7 @@ class Session:
         )
         with contextlib.ExitStack() as stack:
             for name in names:
-                target = make_target(name, f"{run_id}-{name}", cfg)
+                target = make_target(name, election_for(run_id, name), cfg)
                 self.targets[name] = target
                 if target.produces:
                     admin.create_election(

@@ -78,6 +78,12 @@ def is_gateway(name: str) -> bool:
     return name == "gateway" or name.startswith(VARIANT_PREFIX)
 
 
+def election_for(run_id: str, name: str) -> str:
+    """The target's own election id: the run's id and the target's name, in the
+    characters an election id may hold ([A-Za-z0-9._-], the schema's check)."""
+    return f"{run_id}-{name.replace('+', '.')}"
+
+
 def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
     """``gateway+NAME:VOTE_X=1,VOTE_Y=2`` -> (``gateway+NAME``, {VOTE_X: 1, VOTE_Y: 2}).
 
@@ -86,10 +92,16 @@ def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
     """
     name, sep, assignments = spec.partition(":")
     suffix = name.removeprefix(VARIANT_PREFIX)
-    if not sep or not name.startswith(VARIANT_PREFIX) or not suffix.replace("-", "").isalnum():
+    if (
+        not sep
+        or not name.startswith(VARIANT_PREFIX)
+        or not suffix.replace("-", "").isascii()
+        or not suffix.replace("-", "").isalnum()
+        or len(suffix) > 20  # the election id (run id + name) must fit in 64 characters
+    ):
         raise ValueError(
             f"--variant {spec!r}: expected gateway+NAME:VOTE_X=value[,VOTE_Y=value...] "
-            "(NAME of letters, digits and '-')"
+            "(NAME of at most 20 letters, digits and '-')"
         )
     env: dict[str, str] = {}
     for item in filter(None, (a.strip() for a in assignments.split(","))):

@@ -5,11 +5,12 @@ measured interleaved with the gateway as it ships and verified exactly-once like
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from bench.targets import TargetConfig, is_gateway, make_target, parse_variant
+from bench.targets import TargetConfig, election_for, is_gateway, make_target, parse_variant
 
 
 def test_a_variant_names_the_settings_it_changes() -> None:
@@ -26,6 +27,8 @@ def test_a_variant_names_the_settings_it_changes() -> None:
         "http1:VOTE_GRANIAN_HTTP=1",  # not a gateway variant
         "gateway+:VOTE_GRANIAN_HTTP=1",  # no name
         "gateway+a b:VOTE_GRANIAN_HTTP=1",  # a name the report cannot use
+        "gateway+é:VOTE_GRANIAN_HTTP=1",  # not in an election id's characters
+        "gateway+" + "x" * 21 + ":VOTE_GRANIAN_HTTP=1",  # its election id would not fit
         "gateway+x:GRANIAN_HTTP=1",  # not one of the gateway's settings
         "gateway+x:VOTE_GRANIAN_HTTP",  # no value
     ],
@@ -60,3 +63,10 @@ def test_a_variant_no_flag_defines_is_not_started(tmp_path: Path) -> None:
     cfg = TargetConfig(env={"VOTE_KAFKA_BOOTSTRAP": "127.0.0.1:19092"}, run_dir=tmp_path)
     with pytest.raises(ValueError, match="no --variant defines it"):
         make_target("gateway+http1", "e1", cfg)
+
+
+def test_a_variants_election_id_passes_the_schemas_check() -> None:
+    name, _env = parse_variant("gateway+" + "x" * 20 + ":VOTE_GRANIAN_HTTP=1")
+    election = election_for("bench-20261202-104318-6f59", name)
+    # processor/migrations/001_initial.sql: CHECK (election_id ~ '^[A-Za-z0-9._-]{1,64}$')
+    assert re.fullmatch(r"[A-Za-z0-9._-]{1,64}", election), election
