@@ -118,7 +118,6 @@ class VoteGateway:
             linger_ms=s.kafka_linger_ms,
             queue_max_messages=s.kafka_queue_max_messages,
             extra=s.kafka_client_config(),
-            in_time_s=s.spill_deadline_ms / 1000,
         )
         self.sink.start()
         self.spill = SpillStore.claim(s.spill_dir, loop, s.spill_max_events)

@@ -7,7 +7,7 @@ within the spill deadline, ``"spill"`` when the event was synced into the local 
 spill instead, and raises ``NotDurable`` when neither is possible. No other outcome
 exists, so the caller cannot send a 202 for a vote that is not durable. After one miss,
 or as soon as librdkafka reports every broker down, votes skip Kafka and go to the spill
-at once until Kafka confirms a delivery within the deadline again.
+at once until Kafka confirms a delivery again.
 
 ``Drainer`` re-produces spilled events and deletes each one only after Kafka confirms
 it; it also adopts the slots of dead workers. A vote spilled while its first produce is

@@ -37,7 +37,6 @@ class KafkaSink:
         linger_ms: float = 2.0,
         queue_max_messages: int = 200_000,
         extra: dict[str, object] | None = None,
-        in_time_s: float = float("inf"),
     ) -> None:
         conf: dict[str, object] = {
             "bootstrap.servers": bootstrap,
@@ -61,14 +60,9 @@ class KafkaSink:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll_forever, name="kafka-poll", daemon=True)
         # Loop time since which Kafka is in trouble (None: trusted): it missed a spill
-        # deadline, failed a delivery, refused a message or lost every broker. While set,
-        # votes go straight to the spill. The next delivery confirmed within ``in_time_s``
-        # of its produce (the spill deadline) clears it. A late report does not: a slow
-        # cluster that confirms each vote in 60-80 ms used to clear the trouble with every
-        # report and set it again with the next vote's missed deadline, so most votes
-        # waited the whole deadline before going to the spill (seen on the 3-node stack).
+        # deadline, failed a delivery, refused a message or lost every broker. The next
+        # confirmed delivery clears it. While set, votes go straight to the spill.
         self.trouble_since: float | None = None
-        self.in_time_s = in_time_s
         self.metadata_ok = False
 
     def start(self) -> None:
@@ -94,10 +88,10 @@ class KafkaSink:
         return future
 
     def mark_trouble(self, reason: str) -> None:
-        """Kafka is not to be waited for until it confirms a delivery in time again."""
+        """Kafka is not to be waited for until it confirms a delivery again."""
         if self.trouble_since is None:
             log.warning(
-                "kafka in trouble: spilling until it confirms a delivery in time again",
+                "kafka in trouble: spilling until it confirms a delivery again",
                 extra={"reason": reason},
             )
         self.trouble_since = self._loop.time()
@@ -122,19 +116,18 @@ class KafkaSink:
                     return
 
     def _resolve(self, batch: list[Report]) -> None:
-        in_time = False
-        in_time_s = self.in_time_s
+        ok = False
         observe_latency = metrics.kafka_delivery.observe
         for future, err, latency in batch:
             if err is not None:
                 metrics.kafka_delivery_errors_total.inc()
             else:
-                in_time = in_time or latency <= in_time_s
+                ok = True
                 observe_latency(latency)
             if not future.done():
                 future.set_result(err)
-        if in_time and self.trouble_since is not None:
-            log.info("kafka confirms deliveries in time again; producing directly")
+        if ok and self.trouble_since is not None:
+            log.info("kafka confirms deliveries again; producing directly")
             self.trouble_since = None
 
     def check_metadata(self, timeout: float = 5.0) -> bool:
