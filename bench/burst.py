@@ -310,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"results (SSE):  {base}/v1/elections/{election}/results/stream")
     print(
         f"metrics:        http://{settings.http_host}:{settings.metrics_port}/metrics "
-        "(gateway), http://127.0.0.1:9101/metrics (processor)"
+        f"(gateway), http://127.0.0.1:{os.environ.get('VOTE_PROCESSOR_METRICS_PORT', '9101')}"
+        "/metrics (processor)"
     )
     print(f"openapi:        {base}/openapi.json")
     problems = count.problems()
