@@ -76,11 +76,11 @@ from bench.targets import (
 )
 from bench.visibility import ack_to_count_buckets, ack_to_visible
 
+# A batch answer's result per vote is a single vote's 202 body (receipt included) plus its
+# index and code, a few hundred bytes; vegeta keeps this much per vote of a batch's answer.
+BATCH_ANSWER_BYTES_PER_VOTE = 1024
 # CPU pressure (PSI some avg10, %) from which a step is flagged as disturbed: the load
 # generator and the target alone keep it well below this on an otherwise idle machine.
-# A batch answer's result per vote is a single vote's 202 body (receipt included) plus its
-# index and code: about 400 bytes; vegeta keeps this much per vote of a batch's answer.
-BATCH_ANSWER_BYTES_PER_VOTE = 1024
 NOISY_PSI = 40.0
 # Steal (% of the CPU time the hypervisor gave to other guests during a step) from which a
 # step is flagged: a few % is usual on a shared VM; 40-50 % was seen in a step whose
