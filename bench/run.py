@@ -219,14 +219,10 @@ class Session:
 
     def _variants(self, env: dict[str, str]) -> dict[str, dict[str, str]]:
         """The ``--variant`` targets, each checked by the gateway's own settings parser."""
-        import msgspec
-
         from core import settings as settings_mod
         from gateway.config import GatewaySettings
 
-        known = {
-            settings_mod.PREFIX + f.name.upper() for f in msgspec.structs.fields(GatewaySettings)
-        }
+        known = settings_mod.variables(GatewaySettings)
         variants: dict[str, dict[str, str]] = {}
         for spec in self.args.variant:
             try:

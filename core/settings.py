@@ -33,12 +33,22 @@ class ConfigError(ValueError):
     """Raised when an environment variable cannot be turned into its setting."""
 
 
+def variable(field_name: str) -> str:
+    """The environment variable of a setting: ``VOTE_`` and the field's name in capitals."""
+    return PREFIX + field_name.upper()
+
+
+def variables(cls: type[msgspec.Struct]) -> frozenset[str]:
+    """Every environment variable ``load`` reads for ``cls``."""
+    return frozenset(variable(f.name) for f in msgspec.structs.fields(cls))
+
+
 def load(cls: type[S], environ: Mapping[str, str] | None = None) -> S:
     """Build ``cls`` from ``VOTE_*`` variables, falling back to the field defaults."""
     env = os.environ if environ is None else environ
     raw: dict[str, str] = {}
     for field in msgspec.structs.fields(cls):
-        value = env.get(PREFIX + field.name.upper())
+        value = env.get(variable(field.name))
         if value is not None:
             raw[field.name] = value
     try:
@@ -58,7 +68,7 @@ def describe(settings: msgspec.Struct) -> dict[str, object]:
                 value = mask_address(value)
             elif any(h in name for h in _SECRET_HINTS) and not name.endswith(_PATH_SUFFIXES):
                 value = "***"
-        shown[PREFIX + name.upper()] = value
+        shown[variable(name)] = value
     return shown
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from core.settings import variables
 from gateway.config import GatewaySettings
 from processor.settings import ProcessorSettings
 
@@ -235,12 +236,8 @@ def _default(fields: tuple[msgspec.structs.FieldInfo, ...], name: str) -> object
     return next(f.default for f in fields if f.name == name)
 
 
-def _vars(cls: type[msgspec.Struct]) -> set[str]:
-    return {"VOTE_" + f.name.upper() for f in msgspec.structs.fields(cls)}
-
-
-GATEWAY_VARS = _vars(GatewaySettings)
-PROCESSOR_VARS = _vars(ProcessorSettings)
+GATEWAY_VARS = set(variables(GatewaySettings))
+PROCESSOR_VARS = set(variables(ProcessorSettings))
 
 
 def _assert_known(names: set[str], allowed: set[str], where: str) -> None:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from core.settings import ConfigError, describe, load
+from core.settings import ConfigError, describe, load, variables
 from gateway.config import GatewaySettings
 
 
@@ -80,3 +80,12 @@ def test_one_variable_moves_the_gateway_and_the_processor_to_another_topic():
     env["VOTE_PROCESSOR_TOPIC"] = "votes.other"
     assert load(ProcessorSettings, env).vote_topic == "votes.other"
     assert load(GatewaySettings, env).topic == "votes.test"
+
+
+def test_variables_are_the_names_load_reads():
+    names = variables(GatewaySettings)
+    assert {"VOTE_HTTP_PORT", "VOTE_KAFKA_LINGER_MS", "VOTE_GRANIAN_HTTP"} <= names
+    assert len(names) == len(GatewaySettings.__struct_fields__)
+    # Each one reaches its field: load picks every name up.
+    assert load(GatewaySettings, {"VOTE_HTTP_PORT": "8081"}).http_port == 8081
+    assert set(describe(load(GatewaySettings, {}))) == names
