@@ -325,6 +325,7 @@ class VoteGateway:
     def _readyz(self, protocol: Any) -> None:
         checks = {
             "kafka_metadata": self.sink.metadata_ok,
+            "kafka_producer_id": self.sink.producer_id_assigned,
             "spill": not self.spill._closed,
             "election_cache": self.elections.healthy(),
         }

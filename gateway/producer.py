@@ -3,6 +3,12 @@
 librdkafka calls delivery callbacks only from ``poll()``. A dedicated thread polls and
 collects the reports; each poll hands the whole batch to the event loop with one
 ``call_soon_threadsafe``, instead of one cross-thread hop per vote.
+
+An idempotent producer can deliver nothing until a broker has given it a producer id,
+which a broker that has just started may refuse for seconds ("coordinator load in
+progress"). librdkafka's statistics, once a second, say whether it has one
+(``producer_id_assigned``, a /readyz check), so traffic is not sent to a worker that
+could only spill it.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import contextlib
 import logging
 import threading
 
+import msgspec
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from gateway import metrics
@@ -22,6 +29,21 @@ log = logging.getLogger("gateway.producer")
 class QueueFull(Exception):
     """librdkafka's local queue is full: the vote must go to the spill right away."""
 
+
+STATS_INTERVAL_MS = 1000
+
+
+class _Idempotence(msgspec.Struct):
+    idemp_state: str
+
+
+class _Stats(msgspec.Struct):
+    """The part of librdkafka's statistics JSON read here (its STATISTICS.md, "eos")."""
+
+    eos: _Idempotence | None = None
+
+
+_STATS_DECODER = msgspec.json.Decoder(_Stats)
 
 # (the vote's future, the delivery error or None, librdkafka's produce-to-report seconds)
 Report = tuple[asyncio.Future, KafkaError | None, float]
@@ -49,7 +71,9 @@ class KafkaSink:
             # queue cannot hold stale work forever. The spill copy is what counts.
             "message.timeout.ms": 120_000,
             "socket.keepalive.enable": True,
-            "statistics.interval.ms": 0,
+            # Only for producer_id_assigned: the JSON is a few KB, parsed on the poll thread.
+            "statistics.interval.ms": STATS_INTERVAL_MS,
+            "stats_cb": self._on_stats,
             "error_cb": self._on_client_error,
         }
         conf.update(extra or {})
@@ -64,6 +88,14 @@ class KafkaSink:
         # confirmed delivery clears it. While set, votes go straight to the spill.
         self.trouble_since: float | None = None
         self.metadata_ok = False
+        # librdkafka's idempotence state (``eos.idemp_state`` of its statistics); the
+        # producer can deliver only in "Assigned". None until the first statistics.
+        self.idempotence_state: str | None = None
+
+    @property
+    def producer_id_assigned(self) -> bool:
+        """A broker has given this producer its id: deliveries can be confirmed."""
+        return self.idempotence_state == "Assigned"
 
     def start(self) -> None:
         self._thread.start()
@@ -102,6 +134,14 @@ class KafkaSink:
             self.mark_trouble(str(err))
         else:
             log.info("kafka client error", extra={"error": str(err)})
+
+    def _on_stats(self, stats_json: str) -> None:
+        # Runs on the poll thread, inside poll(); an attribute store is atomic under the GIL.
+        try:
+            stats = _STATS_DECODER.decode(stats_json)
+        except msgspec.DecodeError:
+            return
+        self.idempotence_state = stats.eos.idemp_state if stats.eos else None
 
     def _poll_forever(self) -> None:
         while not self._stop.is_set():

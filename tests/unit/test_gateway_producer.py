@@ -128,3 +128,55 @@ def test_confirmed_deliveries_feed_the_delivery_latency_histogram(
             assert total - before[1] == pytest.approx(3 * FakeMessage().latency())
 
     asyncio.run(scenario())
+
+
+# What librdkafka 2.x puts under "eos" in its statistics (STATISTICS.md), abridged.
+ASSIGNED_STATS = (
+    '{"name":"rdkafka#producer-1","type":"producer","msg_cnt":0,"brokers":{},"topics":{},'
+    '"eos":{"idemp_state":"Assigned","idemp_stateage":449,"txn_state":"Init",'
+    '"txn_stateage":3,"txn_may_enq":false,"producer_id":0,"producer_epoch":0,"epoch_cnt":1}}'
+)
+
+
+@pytest.mark.parametrize(
+    ("stats", "state", "assigned"),
+    [
+        (ASSIGNED_STATS, "Assigned", True),
+        (ASSIGNED_STATS.replace('"Assigned"', '"WaitPID"'), "WaitPID", False),
+        ('{"name":"rdkafka#producer-1","type":"producer"}', None, False),  # no eos object
+        ("not json", "unchanged", False),  # ignored: the last state read stays
+    ],
+)
+def test_statistics_say_whether_the_producer_has_its_id(
+    stats: str, state: str | None, assigned: bool
+) -> None:
+    async def scenario() -> None:
+        sink = producer_mod.KafkaSink("127.0.0.1:1", "t", asyncio.get_running_loop())
+        sink.idempotence_state = "unchanged"
+        sink._on_stats(stats)
+        assert sink.idempotence_state == state
+        assert sink.producer_id_assigned is assigned
+
+    asyncio.run(scenario())
+
+
+def test_real_librdkafka_statistics_are_read_without_a_broker() -> None:
+    """librdkafka's own JSON, not a sample: with nothing listening it has no producer id."""
+
+    async def scenario() -> None:
+        sink = producer_mod.KafkaSink(
+            "127.0.0.1:1", "t", asyncio.get_running_loop(), extra={"statistics.interval.ms": 50}
+        )
+        sink.start()
+        try:
+            for _ in range(100):
+                if sink.idempotence_state is not None:
+                    break
+                await asyncio.sleep(0.05)
+            assert sink.idempotence_state is not None
+            assert sink.idempotence_state != "Assigned"
+            assert not sink.producer_id_assigned
+        finally:
+            sink.close(0.1)
+
+    asyncio.run(scenario())
