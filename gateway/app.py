@@ -159,6 +159,7 @@ class VoteGateway:
                 ("body deadline sweep", self.in_flight.sweep_forever),
             )
         ]
+        gc.set_threshold(s.gc_young_threshold, *gc.get_threshold()[1:])
         # Everything loaded so far (modules, keys, elections) lives as long as the worker:
         # move it out of the collector's sight so a full collection only walks what
         # requests create.

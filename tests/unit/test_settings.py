@@ -34,9 +34,10 @@ def test_bad_values_fail_at_start(env):
         load(GatewaySettings, env)
 
 
-def test_invalid_combination_fails():
-    with pytest.raises(ValueError, match="VOTE_WORKERS"):
-        load(GatewaySettings, {"VOTE_WORKERS": "0"})
+@pytest.mark.parametrize("name", ["VOTE_WORKERS", "VOTE_GC_YOUNG_THRESHOLD"])
+def test_invalid_combination_fails(name: str):
+    with pytest.raises(ValueError, match=name):
+        load(GatewaySettings, {name: "0"})
 
 
 def test_print_config_masks_credentials():
