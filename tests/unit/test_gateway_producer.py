@@ -165,7 +165,10 @@ def test_real_librdkafka_statistics_are_read_without_a_broker() -> None:
 
     async def scenario() -> None:
         sink = producer_mod.KafkaSink(
-            "127.0.0.1:1", "t", asyncio.get_running_loop(), extra={"statistics.interval.ms": 50}
+            "127.0.0.1:1",
+            "t",
+            asyncio.get_running_loop(),
+            extra={"statistics.interval.ms": 50, "log_level": 0},
         )
         sink.start()
         try:
