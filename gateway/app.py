@@ -116,6 +116,7 @@ class VoteGateway:
             s.topic,
             loop,
             linger_ms=s.kafka_linger_ms,
+            compression=s.kafka_compression,
             queue_max_messages=s.kafka_queue_max_messages,
             extra=s.kafka_client_config(),
         )

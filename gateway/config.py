@@ -12,6 +12,8 @@ from core.kafka_security import KafkaSecurity
 
 # The issuer that `python -m gateway.admin init-keys` names in issuer.json and mints with.
 DEFAULT_TOKEN_ISSUER = "vote-identity"
+# librdkafka's compression.type values.
+KAFKA_COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
 
 
 def _default_stack_dir() -> str:
@@ -59,6 +61,8 @@ class GatewaySettings(KafkaSecurity, kw_only=True):
     spill_dir: str = ""
     spill_max_events: int = 2_000_000
     kafka_linger_ms: float = 2.0
+    # librdkafka's compression.type for the vote events: none, gzip, snappy, lz4 or zstd.
+    kafka_compression: str = "lz4"
     kafka_queue_max_messages: int = 200_000
 
     # Requests.
@@ -126,6 +130,10 @@ class GatewaySettings(KafkaSecurity, kw_only=True):
             raise ValueError("VOTE_GRANIAN_TASK_IMPL must be asyncio (the body deadline)")
         for cidr in filter(None, (c.strip() for c in self.trusted_proxies.split(","))):
             ipaddress.ip_network(cidr, strict=False)  # ValueError names the bad one
+        if self.kafka_compression not in KAFKA_COMPRESSIONS:
+            raise ValueError(
+                f"VOTE_KAFKA_COMPRESSION must be one of {', '.join(KAFKA_COMPRESSIONS)}"
+            )
         if self.gc_young_threshold < 1:
             raise ValueError("VOTE_GC_YOUNG_THRESHOLD must be >= 1")
         if self.batch_max_votes < 1:

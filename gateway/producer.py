@@ -57,6 +57,7 @@ class KafkaSink:
         loop: asyncio.AbstractEventLoop,
         *,
         linger_ms: float = 2.0,
+        compression: str = "lz4",
         queue_max_messages: int = 200_000,
         extra: dict[str, object] | None = None,
     ) -> None:
@@ -64,7 +65,7 @@ class KafkaSink:
             "bootstrap.servers": bootstrap,
             "enable.idempotence": True,  # implies acks=all, bounded in-flight, no reorder
             "acks": "all",
-            "compression.type": "lz4",
+            "compression.type": compression,
             "linger.ms": linger_ms,
             "queue.buffering.max.messages": queue_max_messages,
             # A vote not confirmed in 2 minutes has long been spilled; fail it so the

@@ -34,7 +34,9 @@ def test_bad_values_fail_at_start(env):
         load(GatewaySettings, env)
 
 
-@pytest.mark.parametrize("name", ["VOTE_WORKERS", "VOTE_GC_YOUNG_THRESHOLD"])
+@pytest.mark.parametrize(
+    "name", ["VOTE_WORKERS", "VOTE_GC_YOUNG_THRESHOLD", "VOTE_KAFKA_COMPRESSION"]
+)
 def test_invalid_combination_fails(name: str):
     with pytest.raises(ValueError, match=name):
         load(GatewaySettings, {name: "0"})
