@@ -84,7 +84,7 @@ class GatewaySettings(KafkaSecurity, kw_only=True):
     # The worker's cyclic collector runs a young-generation pass after this many more
     # container objects allocated than freed. Every request makes a few dozen, and under
     # load each pass also walks the requests still in flight: 10,000 instead of Python's
-    # 700 cost 5-9 % less CPU per vote in every interleaved pair (bench/README.md).
+    # 700 cost 4-16 % less CPU per vote in all six interleaved rounds (bench/README.md).
     gc_young_threshold: int = 10_000
 
     # Slow and greedy clients (SECURITY.md). The header deadline, header size and
