@@ -37,6 +37,7 @@ from bench.loadgen import StepResult, Vegeta
 from core import settings as settings_mod
 from gateway import admin
 from gateway.config import GatewaySettings
+from processor.settings import ProcessorSettings
 
 # Answers the gateway gives a valid vote by design when it is overloaded: the client retries.
 OVERLOAD_CODES = frozenset({429, 503})
@@ -232,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     settings = settings_mod.load(GatewaySettings)
+    processor = settings_mod.load(ProcessorSettings)
     base = args.gateway or f"http://{settings.http_host}:{settings.http_port}"
     election = args.election or f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     candidates = ["alice", "bob", "carol"]
@@ -310,8 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"results (SSE):  {base}/v1/elections/{election}/results/stream")
     print(
         f"metrics:        http://{settings.http_host}:{settings.metrics_port}/metrics "
-        f"(gateway), http://127.0.0.1:{os.environ.get('VOTE_PROCESSOR_METRICS_PORT', '9101')}"
-        "/metrics (processor)"
+        f"(gateway), http://127.0.0.1:{processor.processor_metrics_port}/metrics (processor)"
     )
     print(f"openapi:        {base}/openapi.json")
     problems = count.problems()
